@@ -1,0 +1,214 @@
+"""Model sources: resolve (local folder, hub id, ``zoo:``), check without loading, load.
+
+Checks (``check_model_sources``) read only safetensors headers, so ``search validate`` stays
+fast and never imports torch. Loading imports torch/transformers inside the functions.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import struct
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from .errors import ConfigError, ConfigIssue
+
+if TYPE_CHECKING:
+    import torch
+
+    from .config import ModelsConfig, SearchConfig
+
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+DTYPES = {"float32": "float32", "bfloat16": "bfloat16", "float16": "float16"}
+
+
+def is_zoo(src: str) -> bool:
+    return src.startswith("zoo:")
+
+
+def resolve_source(src: str, base_dir: Path | None = None, build: bool = True) -> str:
+    """A loadable path or hub id for ``src``; ``zoo:`` models are built on first use."""
+    if is_zoo(src):
+        from .zoo import zoo_path
+
+        return str(zoo_path(src, build=build))
+    p = Path(src).expanduser()
+    if not p.is_absolute() and base_dir is not None and (base_dir / p).exists():
+        p = base_dir / p
+    if p.exists():
+        return str(p.resolve())
+    return src
+
+
+def safetensors_shapes(folder: Path) -> dict[str, tuple[int, ...]] | None:
+    """Tensor name -> shape from the safetensors headers of a model folder (no tensor data read)."""
+    files = sorted(folder.glob("*.safetensors"))
+    if not files:
+        return None
+    shapes: dict[str, tuple[int, ...]] = {}
+    for f in files:
+        with open(f, "rb") as fh:
+            (n,) = struct.unpack("<Q", fh.read(8))
+            header = json.loads(fh.read(n))
+        for k, v in header.items():
+            if k != "__metadata__":
+                shapes[k] = tuple(v["shape"])
+    return shapes
+
+
+def first_mismatch(base: dict[str, tuple[int, ...]], other: dict[str, tuple[int, ...]]) -> str | None:
+    """Describe the first tensor whose name or shape differs, or None if they agree."""
+    for k, shp in base.items():
+        if k not in other:
+            return f"tensor {k!r} of the base is missing"
+        if tuple(other[k]) != tuple(shp):
+            return f"tensor {k!r} has shape {tuple(other[k])} but the base has {tuple(shp)}"
+    for k in other:
+        if k not in base:
+            return f"tensor {k!r} is not in the base"
+    return None
+
+
+def check_model_sources(models: ModelsConfig, base_dir: Path | None = None) -> list[ConfigIssue]:
+    """Every source exists (folder, known zoo model or hub id) and experts match the base's tensors."""
+    from .zoo import zoo_problem_models
+
+    issues: list[ConfigIssue] = []
+    entries = [("models.base", models.base)] + [(f"models.experts[{i}].path", e.path) for i, e in enumerate(models.experts)]
+    folders: dict[str, Path] = {}
+    for field, src in entries:
+        if is_zoo(src):
+            problem, _, name = src[4:].partition("/")
+            known = zoo_problem_models()
+            if problem not in known:
+                from .errors import did_you_mean
+
+                issues.append(ConfigIssue(field, f"unknown zoo problem {problem!r}{did_you_mean(problem, known)}"))
+            elif name not in known[problem]:
+                from .errors import did_you_mean
+
+                issues.append(ConfigIssue(field, f"zoo problem {problem!r} has no model {name!r}{did_you_mean(name, known[problem])}"))
+            else:
+                from .zoo import zoo_path
+
+                p = zoo_path(src, build=False)
+                if p.exists():
+                    folders[field] = p
+            continue
+        p = Path(src).expanduser()
+        if not p.is_absolute() and base_dir is not None:
+            p = base_dir / p
+        if p.is_dir():
+            folders[field] = p
+        elif p.exists():
+            issues.append(ConfigIssue(field, f"{src!r} is a file; give the model's folder"))
+        elif _HUB_ID.match(src) and not src.startswith((".", "~")):
+            if os.environ.get("HF_HUB_OFFLINE") == "1":
+                try:
+                    from huggingface_hub import try_to_load_from_cache
+
+                    if not isinstance(try_to_load_from_cache(src, "config.json"), str):
+                        issues.append(ConfigIssue(field, f"hub id {src!r} is not in the local cache and HF_HUB_OFFLINE=1; download it first or give a folder"))
+                except ImportError:
+                    pass
+        else:
+            issues.append(ConfigIssue(field, f"no such folder or hub id {src!r}; give an existing folder, an 'org/name' hub id or a zoo: model"))
+    if models.tokenizer:
+        tp = Path(models.tokenizer).expanduser()
+        if not tp.is_absolute() and base_dir is not None:
+            tp = base_dir / tp
+        if not tp.exists() and not _HUB_ID.match(models.tokenizer):
+            issues.append(ConfigIssue("models.tokenizer", f"no such folder or hub id {models.tokenizer!r}"))
+    if models.factory and ":" not in models.factory:
+        issues.append(ConfigIssue("models.factory", f"{models.factory!r} is not 'module:function'"))
+
+    # shapes: compare headers of local folders
+    if "models.base" in folders:
+        base_shapes = safetensors_shapes(folders["models.base"])
+        if base_shapes is not None:
+            for field, folder in folders.items():
+                if field == "models.base":
+                    continue
+                shapes = safetensors_shapes(folder)
+                if shapes is None:
+                    continue
+                msg = first_mismatch(base_shapes, shapes)
+                if msg:
+                    issues.append(ConfigIssue(field, f"not a fine-tune of the base: {msg}"))
+    return issues
+
+
+# ----------------------------------------------------------------------------- loading (heavy)
+
+
+def torch_dtype(name: str) -> torch.dtype:
+    import torch
+
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
+
+
+def load_model(src: str, cfg: SearchConfig, device: str = "cpu", dtype: str | None = None) -> torch.nn.Module:
+    """Load one model (base or expert) as a torch module in eval mode on ``device``."""
+    m = cfg.models
+    path = resolve_source(src, cfg.base_dir)
+    dt = torch_dtype(dtype or m.dtype)
+    if m.factory:
+        from .registry import import_object
+
+        model = import_object(m.factory)(path, dt)
+    else:
+        from transformers import AutoModelForCausalLM
+
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dt, trust_remote_code=m.trust_remote_code)
+    model.to(device)
+    model.eval()
+    return model
+
+
+def load_tokenizer(cfg: SearchConfig) -> Any:
+    """The tokenizer (``models.tokenizer`` or the base's); None for factory models without one."""
+    m = cfg.models
+    src = resolve_source(m.tokenizer or m.base, cfg.base_dir)
+    if m.factory and not m.tokenizer:
+        return None
+    from transformers import AutoTokenizer
+
+    try:
+        tok = AutoTokenizer.from_pretrained(src, trust_remote_code=m.trust_remote_code)
+    except (OSError, ValueError) as e:
+        raise ConfigError(ConfigIssue("models.tokenizer", f"no tokenizer found at {src!r} ({e}); set models.tokenizer")) from None
+    if tok.pad_token is None and tok.eos_token is not None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def iter_params(model: torch.nn.Module) -> Iterator[tuple[str, torch.Tensor]]:
+    """Parameters by name, each shared tensor once (tied embeddings are merged once)."""
+    yield from model.named_parameters()
+
+
+def check_compatible(base: torch.nn.Module, expert: torch.nn.Module, field: str) -> None:
+    """Raise ConfigError naming the first tensor whose name or shape differs."""
+    b = {k: tuple(v.shape) for k, v in base.named_parameters()}
+    e = {k: tuple(v.shape) for k, v in expert.named_parameters()}
+    msg = first_mismatch(b, e)
+    if msg:
+        raise ConfigError(ConfigIssue(field, f"not a fine-tune of the base: {msg}"))
+
+
+def param_names(cfg: SearchConfig) -> list[str]:
+    """Parameter names of the base in model order (loads the model on the meta device if possible)."""
+    path = resolve_source(cfg.models.base, cfg.base_dir)
+    if cfg.models.factory:
+        return [n for n, _ in load_model(cfg.models.base, cfg).named_parameters()]
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    conf = AutoConfig.from_pretrained(path, trust_remote_code=cfg.models.trust_remote_code)
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(conf, trust_remote_code=cfg.models.trust_remote_code)
+    return [n for n, _ in model.named_parameters()]

@@ -1,0 +1,159 @@
+"""The strategy protocol: ask / tell / state_dict / load_state_dict.
+
+Hooks, in the order the controller calls them:
+
+1. ``__init__(problem, options, seed)``: build internal state; cheap; no evaluations.
+2. ``ask(n)``: called whenever workers are free. Return ``n`` new candidates inside the
+   bounds when possible (generational strategies fill a generation barrier by asking ahead);
+   return fewer only if nothing sensible can be proposed before more results arrive (the
+   controller then waits for a result and asks again). Never returns the same candidate id
+   twice.
+3. ``tell(results)``: called with finished trials in any order, possibly a subset of what was
+   asked, possibly failed (``values is None``) or with NaN/inf values (treated as failed).
+4. ``state_dict()`` after each tell; ``load_state_dict(state)`` on resume restores the exact
+   state (RNG included) so the next ``ask`` proposes what the uninterrupted run would have.
+
+Values are raw objective values in objective order; each :class:`Objective` carries its
+direction. Use :meth:`Problem.minimization` to get a "smaller is better" matrix; never flip or
+drop an objective silently.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict
+
+
+@dataclass(frozen=True)
+class Objective:
+    name: str
+    direction: Literal["maximize", "minimize"] = "maximize"
+    weight: float = 1.0
+
+    @property
+    def sign(self) -> float:
+        """+1 for minimize, -1 for maximize: ``sign * value`` is to be minimised."""
+        return 1.0 if self.direction == "minimize" else -1.0
+
+
+@dataclass
+class Candidate:
+    """A proposed coefficient vector plus where it came from."""
+
+    x: np.ndarray
+    id: int
+    generation: int = 0
+    parents: tuple[int, ...] = ()
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "x": [float(v) for v in self.x],
+            "id": int(self.id),
+            "generation": int(self.generation),
+            "parents": [int(p) for p in self.parents],
+            "meta": self.meta,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Candidate:
+        return cls(
+            x=np.asarray(d["x"], dtype=np.float64),
+            id=int(d["id"]),
+            generation=int(d.get("generation", 0)),
+            parents=tuple(d.get("parents", ())),
+            meta=dict(d.get("meta", {})),
+        )
+
+
+@dataclass
+class TrialResult:
+    """The outcome of evaluating one candidate.
+
+    ``values``: raw objective values in objective order, or None if the trial failed.
+    ``per_sample``: per-example scores in [0, 1] (higher is better), concatenated over
+    objectives, for strategies that use them (M2N2); None when evaluators give none.
+    """
+
+    candidate: Candidate
+    values: np.ndarray | None
+    per_sample: np.ndarray | None = None
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.values is not None and bool(np.all(np.isfinite(self.values)))
+
+
+@dataclass(frozen=True)
+class Problem:
+    """What a strategy searches: box bounds, objectives, and optional structure hints."""
+
+    lower: np.ndarray
+    upper: np.ndarray
+    objectives: tuple[Objective, ...]
+    budget: int
+    names: tuple[str, ...] = ()
+    coord_group: np.ndarray | None = None  # group index per coordinate (layer order)
+    seeds: tuple[tuple[str, np.ndarray], ...] = ()  # named starting points: experts, base, uniform
+    n_experts: int = 0
+
+    @property
+    def dim(self) -> int:
+        return int(len(self.lower))
+
+    @property
+    def n_obj(self) -> int:
+        return len(self.objectives)
+
+    def minimization(self, values: np.ndarray) -> np.ndarray:
+        """Values (n, n_obj) or (n_obj,) -> signed so that smaller is better for every objective."""
+        signs = np.array([o.sign for o in self.objectives])
+        return np.asarray(values, dtype=np.float64) * signs
+
+    def scalarize(self, values: np.ndarray) -> np.ndarray:
+        """Weighted sum of minimization-signed values (smaller is better)."""
+        w = np.array([o.weight for o in self.objectives])
+        return self.minimization(values) @ w
+
+
+class StrategyOptions(BaseModel):
+    """Base of each strategy's ``strategy.options`` schema."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Strategy(ABC):
+    """Base class for search strategies. Subclasses set ``name`` and ``Options``."""
+
+    name: ClassVar[str]
+    Options: ClassVar[type[StrategyOptions]] = StrategyOptions
+    #: True if the strategy needs per-example scores (TrialResult.per_sample)
+    needs_per_sample: ClassVar[bool] = False
+
+    def __init__(self, problem: Problem, options: StrategyOptions | dict[str, Any] | None = None, seed: int = 0):
+        self.problem = problem
+        self.options = options if isinstance(options, StrategyOptions) else self.Options(**(options or {}))
+        self.seed = int(seed)
+
+    @abstractmethod
+    def ask(self, n: int) -> list[Candidate]: ...
+
+    @abstractmethod
+    def tell(self, results: Sequence[TrialResult]) -> None: ...
+
+    @abstractmethod
+    def state_dict(self) -> dict[str, Any]: ...
+
+    @abstractmethod
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+    @classmethod
+    def check(cls, options: StrategyOptions, problem_info: dict[str, Any]) -> list[str]:
+        """Extra checks of options against the problem (dimension, objectives); messages."""
+        return []
