@@ -1,0 +1,597 @@
+"""The persistent record of every run: SQLite (WAL) by default, any SQLAlchemy URL otherwise.
+
+The controller is the only writer; the dashboard and reports open the store read-only.
+Schema version lives in ``schema_info`` (and SQLite's ``user_version``); a store written
+by a newer version is refused with a message.
+
+Tables::
+
+    studies(id, name UNIQUE, config_yaml, config_sha, space_json, created_at, status,
+            lock_owner, lock_heartbeat)
+    objectives(study_id, idx, name, direction)
+    trials(id, study_id, number UNIQUE per study, strategy, generation, parents_json,
+           candidate_json, state, worker, attempts, started_at, heartbeat_at, finished_at,
+           error, materialize_s, evaluate_s)
+    trial_params(trial_id, name, value)
+    trial_values(trial_id, objective_idx, split, value)      split: 'search' | 'heldout'
+    evaluations(trial_id, objective_idx, split, evaluator, metric, value, raw_json)
+    per_sample(trial_id, name, blob)                         float32 .npy bytes
+    strategy_state(study_id, seq, n_told, blob, created_at)  pickled state_dict
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import socket
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import sqlalchemy as sa
+from sqlalchemy import event
+
+from .errors import StoreError, did_you_mean
+
+SCHEMA_VERSION = 1
+RUNNING, COMPLETE, FAIL = "RUNNING", "COMPLETE", "FAIL"
+STALE_LOCK_SECONDS = 60.0
+
+md = sa.MetaData()
+schema_info = sa.Table("schema_info", md, sa.Column("key", sa.String(64), primary_key=True), sa.Column("value", sa.Text))
+studies = sa.Table(
+    "studies",
+    md,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("name", sa.String(255), nullable=False, unique=True),
+    sa.Column("config_yaml", sa.Text, nullable=False),
+    sa.Column("config_sha", sa.String(64), nullable=False),
+    sa.Column("space_json", sa.Text, nullable=False),
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("lock_owner", sa.String(255)),
+    sa.Column("lock_heartbeat", sa.Float),
+)
+objectives = sa.Table(
+    "objectives",
+    md,
+    sa.Column("study_id", sa.ForeignKey("studies.id", ondelete="CASCADE"), nullable=False),
+    sa.Column("idx", sa.Integer, nullable=False),
+    sa.Column("name", sa.String(255), nullable=False),
+    sa.Column("direction", sa.String(8), nullable=False),
+    sa.UniqueConstraint("study_id", "idx"),
+)
+trials = sa.Table(
+    "trials",
+    md,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("study_id", sa.ForeignKey("studies.id", ondelete="CASCADE"), nullable=False, index=True),
+    sa.Column("number", sa.Integer, nullable=False),
+    sa.Column("strategy", sa.String(64), nullable=False),
+    sa.Column("generation", sa.Integer, nullable=False, default=0),
+    sa.Column("parents_json", sa.Text, nullable=False, default="[]"),
+    sa.Column("candidate_json", sa.Text, nullable=False),
+    sa.Column("state", sa.String(16), nullable=False),
+    sa.Column("worker", sa.String(255)),
+    sa.Column("attempts", sa.Integer, nullable=False, default=1),
+    sa.Column("started_at", sa.Float),
+    sa.Column("heartbeat_at", sa.Float),
+    sa.Column("finished_at", sa.Float),
+    sa.Column("error", sa.Text),
+    sa.Column("materialize_s", sa.Float),
+    sa.Column("evaluate_s", sa.Float),
+    sa.UniqueConstraint("study_id", "number"),
+)
+trial_params = sa.Table(
+    "trial_params",
+    md,
+    sa.Column("trial_id", sa.ForeignKey("trials.id", ondelete="CASCADE"), nullable=False, index=True),
+    sa.Column("name", sa.String(255), nullable=False),
+    sa.Column("value", sa.Float, nullable=False),
+)
+trial_values = sa.Table(
+    "trial_values",
+    md,
+    sa.Column("trial_id", sa.ForeignKey("trials.id", ondelete="CASCADE"), nullable=False, index=True),
+    sa.Column("objective_idx", sa.Integer, nullable=False),
+    sa.Column("split", sa.String(16), nullable=False),
+    sa.Column("value", sa.Float, nullable=False),
+    sa.UniqueConstraint("trial_id", "objective_idx", "split"),
+)
+evaluations = sa.Table(
+    "evaluations",
+    md,
+    sa.Column("trial_id", sa.ForeignKey("trials.id", ondelete="CASCADE"), nullable=False, index=True),
+    sa.Column("objective_idx", sa.Integer, nullable=False),
+    sa.Column("split", sa.String(16), nullable=False),
+    sa.Column("evaluator", sa.String(64), nullable=False),
+    sa.Column("metric", sa.String(255), nullable=False),
+    sa.Column("value", sa.Float),
+    sa.Column("raw_json", sa.Text),
+)
+per_sample = sa.Table(
+    "per_sample",
+    md,
+    sa.Column("trial_id", sa.ForeignKey("trials.id", ondelete="CASCADE"), nullable=False, index=True),
+    sa.Column("name", sa.String(255), nullable=False),
+    sa.Column("blob", sa.LargeBinary, nullable=False),
+)
+strategy_state = sa.Table(
+    "strategy_state",
+    md,
+    sa.Column("study_id", sa.ForeignKey("studies.id", ondelete="CASCADE"), nullable=False, index=True),
+    sa.Column("seq", sa.Integer, nullable=False),
+    sa.Column("n_told", sa.Integer, nullable=False),
+    sa.Column("blob", sa.LargeBinary, nullable=False),
+    sa.Column("created_at", sa.Float, nullable=False),
+)
+
+
+@dataclass
+class Study:
+    id: int
+    name: str
+    config_yaml: str
+    config_sha: str
+    space: dict[str, Any]
+    created_at: float
+    status: str
+    objectives: list[tuple[str, str]]  # (name, direction)
+    lock_owner: str | None = None
+    lock_heartbeat: float | None = None
+
+    @property
+    def objective_names(self) -> list[str]:
+        return [n for n, _ in self.objectives]
+
+    @property
+    def directions(self) -> list[str]:
+        return [d for _, d in self.objectives]
+
+
+@dataclass
+class Trial:
+    id: int
+    number: int
+    state: str
+    strategy: str
+    generation: int
+    parents: list[int]
+    candidate: dict[str, Any]
+    params: dict[str, float]
+    values: list[float] | None  # search-split values in objective order (None unless complete)
+    heldout: list[float | None] | None
+    worker: str | None
+    attempts: int
+    started_at: float | None
+    finished_at: float | None
+    error: str | None
+    materialize_s: float | None
+    evaluate_s: float | None
+    metrics: list[dict[str, Any]] = field(default_factory=list)
+
+
+def _npy(a: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, np.asarray(a, dtype=np.float32), allow_pickle=False)
+    return buf.getvalue()
+
+
+def _from_npy(b: bytes) -> np.ndarray:
+    return np.load(io.BytesIO(b), allow_pickle=False)
+
+
+def store_url(path_or_url: str) -> str:
+    """SQLAlchemy URL for a path (SQLite file) or a URL (returned as is)."""
+    if "://" in path_or_url:
+        return path_or_url
+    return f"sqlite:///{Path(path_or_url).expanduser().resolve()}"
+
+
+def owner_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def _owner_alive(owner: str) -> bool:
+    host, _, pid = owner.rpartition(":")
+    if host != socket.gethostname():
+        return True  # cannot tell: trust the heartbeat
+    try:
+        os.kill(int(pid), 0)
+    except (ProcessLookupError, ValueError):
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class Store:
+    """Access to one store (database). Use :meth:`open`."""
+
+    def __init__(self, engine: sa.Engine, readonly: bool):
+        self.engine = engine
+        self.readonly = readonly
+
+    # ------------------------------------------------------------------ opening
+    @classmethod
+    def open(cls, path_or_url: str, readonly: bool = False, create: bool = True) -> Store:
+        url = store_url(path_or_url)
+        is_sqlite = url.startswith("sqlite")
+        if is_sqlite:
+            db = Path(url.split(":///", 1)[1])
+            if not db.exists():
+                if readonly or not create:
+                    raise StoreError(f"{db}: no such store; run 'search launch <config>' first or pass --store")
+                db.parent.mkdir(parents=True, exist_ok=True)
+            if readonly:
+                url = f"sqlite:///file:{db}?mode=ro&uri=true"
+        engine = sa.create_engine(url, future=True, connect_args={"timeout": 30} if is_sqlite else {})
+        if is_sqlite:
+
+            @event.listens_for(engine, "connect")
+            def _pragmas(dbapi_conn, _rec):  # noqa: ANN001
+                cur = dbapi_conn.cursor()
+                if not readonly:
+                    cur.execute("PRAGMA journal_mode=WAL")
+                    cur.execute("PRAGMA synchronous=NORMAL")
+                cur.execute("PRAGMA foreign_keys=ON")
+                cur.execute("PRAGMA busy_timeout=30000")
+                cur.close()
+
+        store = cls(engine, readonly)
+        store._init_schema(is_sqlite)
+        return store
+
+    def _init_schema(self, is_sqlite: bool) -> None:
+        insp = sa.inspect(self.engine)
+        if insp.has_table("schema_info"):
+            with self.engine.connect() as c:
+                row = c.execute(sa.select(schema_info.c.value).where(schema_info.c.key == "version")).first()
+            version = int(row[0]) if row else 0
+            if version > SCHEMA_VERSION:
+                raise StoreError(
+                    f"store schema version {version} is newer than this mergesearch understands ({SCHEMA_VERSION}); "
+                    "upgrade mergesearch to read it"
+                )
+            return
+        if self.readonly:
+            raise StoreError("this database holds no mergesearch store")
+        md.create_all(self.engine)
+        with self.engine.begin() as c:
+            c.execute(schema_info.insert().values(key="version", value=str(SCHEMA_VERSION)))
+            if is_sqlite:
+                c.exec_driver_sql(f"PRAGMA user_version={SCHEMA_VERSION}")
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    def _w(self) -> None:
+        if self.readonly:
+            raise StoreError("store opened read-only")
+
+    # ------------------------------------------------------------------ studies
+    def create_study(
+        self, name: str, config_yaml: str, config_sha: str, objectives_: Sequence[tuple[str, str]], space: dict[str, Any]
+    ) -> Study:
+        self._w()
+        with self.engine.begin() as c:
+            sid = c.execute(
+                studies.insert().values(
+                    name=name,
+                    config_yaml=config_yaml,
+                    config_sha=config_sha,
+                    space_json=json.dumps(space),
+                    created_at=time.time(),
+                    status="created",
+                )
+            ).inserted_primary_key[0]
+            c.execute(
+                objectives.insert(),
+                [{"study_id": sid, "idx": i, "name": n, "direction": d} for i, (n, d) in enumerate(objectives_)],
+            )
+        return self.study(name)
+
+    def study_names(self) -> list[str]:
+        with self.engine.connect() as c:
+            return [r[0] for r in c.execute(sa.select(studies.c.name).order_by(studies.c.id))]
+
+    def find_study(self, name: str) -> Study | None:
+        with self.engine.connect() as c:
+            r = c.execute(sa.select(studies).where(studies.c.name == name)).mappings().first()
+            if r is None:
+                return None
+            objs = c.execute(
+                sa.select(objectives.c.name, objectives.c.direction)
+                .where(objectives.c.study_id == r["id"])
+                .order_by(objectives.c.idx)
+            ).all()
+        return Study(
+            id=r["id"],
+            name=r["name"],
+            config_yaml=r["config_yaml"],
+            config_sha=r["config_sha"],
+            space=json.loads(r["space_json"]),
+            created_at=r["created_at"],
+            status=r["status"],
+            objectives=[(o[0], o[1]) for o in objs],
+            lock_owner=r["lock_owner"],
+            lock_heartbeat=r["lock_heartbeat"],
+        )
+
+    def study(self, name: str) -> Study:
+        s = self.find_study(name)
+        if s is None:
+            raise StoreError(f"no run named {name!r} in this store{did_you_mean(name, self.study_names())}")
+        return s
+
+    def set_status(self, study_id: int, status: str) -> None:
+        self._w()
+        with self.engine.begin() as c:
+            c.execute(studies.update().where(studies.c.id == study_id).values(status=status))
+
+    # ------------------------------------------------------------------ single-controller lock
+    def acquire(self, study_id: int, owner: str | None = None) -> str:
+        """Take the run's controller lock or raise StoreError saying who holds it."""
+        self._w()
+        owner = owner or owner_id()
+        now = time.time()
+        with self.engine.begin() as c:
+            r = c.execute(sa.select(studies.c.lock_owner, studies.c.lock_heartbeat).where(studies.c.id == study_id)).first()
+            held_by, hb = r if r else (None, None)
+            if held_by and held_by != owner:
+                stale = hb is None or now - hb > STALE_LOCK_SECONDS or not _owner_alive(held_by)
+                if not stale:
+                    host, _, pid = held_by.rpartition(":")
+                    raise StoreError(
+                        f"this run is already being searched by process {pid} on {host} "
+                        f"(heartbeat {now - hb:.0f}s ago); stop it first, or wait until it finishes"
+                    )
+            res = c.execute(
+                studies.update()
+                .where(studies.c.id == study_id)
+                .where(sa.or_(studies.c.lock_owner.is_(None), studies.c.lock_owner == held_by))
+                .values(lock_owner=owner, lock_heartbeat=now)
+            )
+            if res.rowcount != 1:
+                raise StoreError("another controller took this run at the same moment; try again")
+        return owner
+
+    def heartbeat(self, study_id: int, owner: str) -> None:
+        with self.engine.begin() as c:
+            c.execute(
+                studies.update()
+                .where(studies.c.id == study_id, studies.c.lock_owner == owner)
+                .values(lock_heartbeat=time.time())
+            )
+
+    def release(self, study_id: int, owner: str) -> None:
+        with self.engine.begin() as c:
+            c.execute(
+                studies.update()
+                .where(studies.c.id == study_id, studies.c.lock_owner == owner)
+                .values(lock_owner=None, lock_heartbeat=None)
+            )
+
+    # ------------------------------------------------------------------ trials (controller writes)
+    def next_number(self, study_id: int) -> int:
+        with self.engine.connect() as c:
+            n = c.execute(sa.select(sa.func.max(trials.c.number)).where(trials.c.study_id == study_id)).scalar()
+        return 0 if n is None else int(n) + 1
+
+    def add_trial(
+        self,
+        study_id: int,
+        number: int,
+        candidate: dict[str, Any],
+        params: dict[str, float],
+        strategy: str,
+        worker: str | None = None,
+    ) -> int:
+        self._w()
+        now = time.time()
+        with self.engine.begin() as c:
+            tid = c.execute(
+                trials.insert().values(
+                    study_id=study_id,
+                    number=number,
+                    strategy=strategy,
+                    generation=int(candidate.get("generation", 0)),
+                    parents_json=json.dumps(candidate.get("parents", [])),
+                    candidate_json=json.dumps(candidate),
+                    state=RUNNING,
+                    worker=worker,
+                    attempts=1,
+                    started_at=now,
+                    heartbeat_at=now,
+                )
+            ).inserted_primary_key[0]
+            c.execute(trial_params.insert(), [{"trial_id": tid, "name": k, "value": float(v)} for k, v in params.items()])
+        return int(tid)
+
+    def restart_trial(self, trial_id: int, worker: str | None = None) -> None:
+        """A RUNNING trial is run again (its worker died or the controller restarted)."""
+        self._w()
+        with self.engine.begin() as c:
+            c.execute(
+                trials.update()
+                .where(trials.c.id == trial_id)
+                .values(attempts=trials.c.attempts + 1, worker=worker, started_at=time.time(), heartbeat_at=time.time())
+            )
+
+    def set_worker(self, trial_id: int, worker: str) -> None:
+        with self.engine.begin() as c:
+            c.execute(trials.update().where(trials.c.id == trial_id).values(worker=worker))
+
+    def finish_trial(
+        self,
+        trial_id: int,
+        state: str,
+        values: Sequence[float] | None = None,
+        evaluations_: Iterable[dict[str, Any]] = (),
+        per_sample_: dict[str, np.ndarray] | None = None,
+        error: str | None = None,
+        worker: str | None = None,
+        materialize_s: float | None = None,
+        evaluate_s: float | None = None,
+    ) -> None:
+        """Record a trial's outcome in one transaction (values only for COMPLETE trials)."""
+        self._w()
+        with self.engine.begin() as c:
+            upd: dict[str, Any] = dict(
+                state=state, finished_at=time.time(), error=error, materialize_s=materialize_s, evaluate_s=evaluate_s
+            )
+            if worker is not None:
+                upd["worker"] = worker
+            c.execute(trials.update().where(trials.c.id == trial_id).values(**upd))
+            if values is not None and state == COMPLETE:
+                c.execute(
+                    trial_values.insert(),
+                    [{"trial_id": trial_id, "objective_idx": i, "split": "search", "value": float(v)} for i, v in enumerate(values)],
+                )
+            ev = [dict(e, trial_id=trial_id) for e in evaluations_]
+            if ev:
+                c.execute(evaluations.insert(), ev)
+            if per_sample_:
+                c.execute(
+                    per_sample.insert(), [{"trial_id": trial_id, "name": k, "blob": _npy(v)} for k, v in per_sample_.items()]
+                )
+
+    def add_heldout(self, trial_id: int, values: Sequence[float | None], evaluations_: Iterable[dict[str, Any]] = ()) -> None:
+        self._w()
+        with self.engine.begin() as c:
+            c.execute(trial_values.delete().where(trial_values.c.trial_id == trial_id, trial_values.c.split == "heldout"))
+            rows = [
+                {"trial_id": trial_id, "objective_idx": i, "split": "heldout", "value": float(v)}
+                for i, v in enumerate(values)
+                if v is not None
+            ]
+            if rows:
+                c.execute(trial_values.insert(), rows)
+            ev = [dict(e, trial_id=trial_id) for e in evaluations_]
+            if ev:
+                c.execute(evaluations.insert(), ev)
+
+    # ------------------------------------------------------------------ strategy state
+    def save_strategy_state(self, study_id: int, seq: int, n_told: int, blob: bytes) -> None:
+        self._w()
+        with self.engine.begin() as c:
+            c.execute(
+                strategy_state.insert().values(study_id=study_id, seq=seq, n_told=n_told, blob=blob, created_at=time.time())
+            )
+            # keep the latest few states only
+            keep = sa.select(strategy_state.c.seq).where(strategy_state.c.study_id == study_id).order_by(
+                strategy_state.c.seq.desc()
+            ).limit(3)
+            c.execute(
+                strategy_state.delete().where(strategy_state.c.study_id == study_id, strategy_state.c.seq.not_in(keep))
+            )
+
+    def latest_strategy_state(self, study_id: int) -> tuple[int, int, bytes] | None:
+        with self.engine.connect() as c:
+            r = c.execute(
+                sa.select(strategy_state.c.seq, strategy_state.c.n_told, strategy_state.c.blob)
+                .where(strategy_state.c.study_id == study_id)
+                .order_by(strategy_state.c.seq.desc())
+                .limit(1)
+            ).first()
+        return (int(r[0]), int(r[1]), bytes(r[2])) if r else None
+
+    # ------------------------------------------------------------------ reading
+    def trials(
+        self, study_id: int, states: Sequence[str] | None = None, after_id: int | None = None, with_metrics: bool = False
+    ) -> list[Trial]:
+        """Trials of a study in number order; ``after_id`` returns only newer rows (for polling)."""
+        q = sa.select(trials).where(trials.c.study_id == study_id)
+        if states:
+            q = q.where(trials.c.state.in_(list(states)))
+        if after_id is not None:
+            q = q.where(trials.c.id > after_id)
+        q = q.order_by(trials.c.number)
+        with self.engine.connect() as c:
+            rows = c.execute(q).mappings().all()
+            if not rows:
+                return []
+            ids = [r["id"] for r in rows]
+            params: dict[int, dict[str, float]] = {i: {} for i in ids}
+            vals: dict[int, dict[str, dict[int, float]]] = {i: {"search": {}, "heldout": {}} for i in ids}
+            mets: dict[int, list[dict[str, Any]]] = {i: [] for i in ids}
+            for chunk in (ids[i : i + 500] for i in range(0, len(ids), 500)):
+                for r in c.execute(sa.select(trial_params).where(trial_params.c.trial_id.in_(chunk))):
+                    params[r.trial_id][r.name] = r.value
+                for r in c.execute(sa.select(trial_values).where(trial_values.c.trial_id.in_(chunk))):
+                    vals[r.trial_id][r.split][r.objective_idx] = r.value
+                if with_metrics:
+                    for r in c.execute(sa.select(evaluations).where(evaluations.c.trial_id.in_(chunk))).mappings():
+                        mets[r["trial_id"]].append({k: r[k] for k in ("objective_idx", "split", "evaluator", "metric", "value")})
+        out = []
+        for r in rows:
+            sv, hv = vals[r["id"]]["search"], vals[r["id"]]["heldout"]
+            n_obj = max(list(sv) + list(hv) + [-1]) + 1
+            out.append(
+                Trial(
+                    id=r["id"],
+                    number=r["number"],
+                    state=r["state"],
+                    strategy=r["strategy"],
+                    generation=r["generation"],
+                    parents=json.loads(r["parents_json"]),
+                    candidate=json.loads(r["candidate_json"]),
+                    params=params[r["id"]],
+                    values=[sv[i] for i in range(len(sv))] if sv and r["state"] == COMPLETE else None,
+                    heldout=[hv.get(i) for i in range(n_obj)] if hv else None,
+                    worker=r["worker"],
+                    attempts=r["attempts"],
+                    started_at=r["started_at"],
+                    finished_at=r["finished_at"],
+                    error=r["error"],
+                    materialize_s=r["materialize_s"],
+                    evaluate_s=r["evaluate_s"],
+                    metrics=mets[r["id"]],
+                )
+            )
+        return out
+
+    def trial(self, study_id: int, number: int) -> Trial | None:
+        with self.engine.connect() as c:
+            tid = c.execute(
+                sa.select(trials.c.id).where(trials.c.study_id == study_id, trials.c.number == number)
+            ).scalar()
+        if tid is None:
+            return None
+        return next(t for t in self.trials(study_id, after_id=tid - 1, with_metrics=True) if t.id == tid)
+
+    def per_sample(self, trial_id: int) -> dict[str, np.ndarray]:
+        with self.engine.connect() as c:
+            return {r.name: _from_npy(r.blob) for r in c.execute(sa.select(per_sample).where(per_sample.c.trial_id == trial_id))}
+
+    def counts(self, study_id: int) -> dict[str, int]:
+        with self.engine.connect() as c:
+            rows = c.execute(
+                sa.select(trials.c.state, sa.func.count()).where(trials.c.study_id == study_id).group_by(trials.c.state)
+            ).all()
+        return {s: int(n) for s, n in rows}
+
+
+def default_store_for(run: str) -> str:
+    """``run`` may be a store path (``runs/x.db``) or a run name (-> ``runs/<name>.db``)."""
+    if run.endswith((".db", ".sqlite", ".sqlite3")) or "://" in run:
+        return run
+    return f"runs/{run}.db"
+
+
+def open_run(run: str, store: str | None = None, readonly: bool = True) -> tuple[Store, Study]:
+    """Open a run for reading: by name (``runs/<name>.db``) or by store path (its only run)."""
+    url = store or default_store_for(run)
+    st = Store.open(url, readonly=readonly, create=False)
+    names = st.study_names()
+    if run in names:
+        return st, st.study(run)
+    if store is None and (run.endswith((".db", ".sqlite", ".sqlite3")) or "://" in run):
+        if len(names) == 1:
+            return st, st.study(names[0])
+        raise StoreError(f"{run} holds runs {names}; name one: search <cmd> RUN --store {run}")
+    return st, st.study(run)
