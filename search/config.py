@@ -136,6 +136,9 @@ class WorkersConfig(_Frozen):
     trial_timeout: float | None = Field(None, gt=0, description="seconds before a trial is failed")
     max_retries: int = Field(2, ge=0, description="retries of a trial whose worker died")
     threads: int = Field(1, ge=1, description="torch threads per worker")
+    runtime_env: dict[str, Any] | None = Field(
+        None, description="Ray runtime_env for the workers (e.g. working_dir with local task folders)"
+    )
 
 
 class SearchConfig(_Frozen):

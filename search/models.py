@@ -60,6 +60,11 @@ def safetensors_shapes(folder: Path) -> dict[str, tuple[int, ...]] | None:
     return shapes
 
 
+def _has_tokenizer(folder: Path) -> bool:
+    names = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json", "vocab.txt")
+    return any((folder / n).exists() for n in names)
+
+
 def first_mismatch(base: dict[str, tuple[int, ...]], other: dict[str, tuple[int, ...]]) -> str | None:
     """Describe the first tensor whose name or shape differs, or None if they agree."""
     for k, shp in base.items():
@@ -123,6 +128,10 @@ def check_model_sources(models: ModelsConfig, base_dir: Path | None = None) -> l
             tp = base_dir / tp
         if not tp.exists() and not _HUB_ID.match(models.tokenizer):
             issues.append(ConfigIssue("models.tokenizer", f"no such folder or hub id {models.tokenizer!r}"))
+    elif "models.base" in folders and not models.factory and not _has_tokenizer(folders["models.base"]):
+        issues.append(
+            ConfigIssue("models.tokenizer", f"the base folder {str(folders['models.base'])!r} has no tokenizer; set models.tokenizer to a tokenizer folder or hub id")
+        )
     if models.factory and ":" not in models.factory:
         issues.append(ConfigIssue("models.factory", f"{models.factory!r} is not 'module:function'"))
 

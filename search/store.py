@@ -328,6 +328,12 @@ class Store:
             raise StoreError(f"no run named {name!r} in this store{did_you_mean(name, self.study_names())}")
         return s
 
+    def update_config(self, study_id: int, config_yaml: str) -> None:
+        """Replace the stored config (only budget, time and worker settings may differ)."""
+        self._w()
+        with self.engine.begin() as c:
+            c.execute(studies.update().where(studies.c.id == study_id).values(config_yaml=config_yaml))
+
     def set_status(self, study_id: int, status: str) -> None:
         self._w()
         with self.engine.begin() as c:
@@ -390,7 +396,9 @@ class Store:
         params: dict[str, float],
         strategy: str,
         worker: str | None = None,
+        state: tuple[int, int, bytes] | None = None,
     ) -> int:
+        """Insert a RUNNING trial; ``state`` (seq, n_told, blob) is saved in the same transaction."""
         self._w()
         now = time.time()
         with self.engine.begin() as c:
@@ -409,7 +417,10 @@ class Store:
                     heartbeat_at=now,
                 )
             ).inserted_primary_key[0]
-            c.execute(trial_params.insert(), [{"trial_id": tid, "name": k, "value": float(v)} for k, v in params.items()])
+            if params:
+                c.execute(trial_params.insert(), [{"trial_id": tid, "name": k, "value": float(v)} for k, v in params.items()])
+            if state is not None:
+                self._put_state(c, study_id, state)
         return int(tid)
 
     def restart_trial(self, trial_id: int, worker: str | None = None) -> None:
@@ -437,8 +448,11 @@ class Store:
         worker: str | None = None,
         materialize_s: float | None = None,
         evaluate_s: float | None = None,
+        state: tuple[int, int, bytes] | None = None,
+        study_id: int | None = None,
     ) -> None:
-        """Record a trial's outcome in one transaction (values only for COMPLETE trials)."""
+        """Record a trial's outcome in one transaction (values only for COMPLETE trials),
+        together with the strategy state after telling it (``state``, needs ``study_id``)."""
         self._w()
         with self.engine.begin() as c:
             upd: dict[str, Any] = dict(
@@ -459,6 +473,8 @@ class Store:
                 c.execute(
                     per_sample.insert(), [{"trial_id": trial_id, "name": k, "blob": _npy(v)} for k, v in per_sample_.items()]
                 )
+            if state is not None and study_id is not None:
+                self._put_state(c, study_id, state)
 
     def add_heldout(self, trial_id: int, values: Sequence[float | None], evaluations_: Iterable[dict[str, Any]] = ()) -> None:
         self._w()
@@ -479,15 +495,15 @@ class Store:
     def save_strategy_state(self, study_id: int, seq: int, n_told: int, blob: bytes) -> None:
         self._w()
         with self.engine.begin() as c:
+            self._put_state(c, study_id, (seq, n_told, blob))
+
+    @staticmethod
+    def _put_state(c: sa.Connection, study_id: int, state: tuple[int, int, bytes]) -> None:
+        seq, n_told, blob = state
+        c.execute(strategy_state.insert().values(study_id=study_id, seq=seq, n_told=n_told, blob=blob, created_at=time.time()))
+        if seq % 20 == 0:  # keep the latest few states only
             c.execute(
-                strategy_state.insert().values(study_id=study_id, seq=seq, n_told=n_told, blob=blob, created_at=time.time())
-            )
-            # keep the latest few states only
-            keep = sa.select(strategy_state.c.seq).where(strategy_state.c.study_id == study_id).order_by(
-                strategy_state.c.seq.desc()
-            ).limit(3)
-            c.execute(
-                strategy_state.delete().where(strategy_state.c.study_id == study_id, strategy_state.c.seq.not_in(keep))
+                strategy_state.delete().where(strategy_state.c.study_id == study_id, strategy_state.c.seq < seq - 2)
             )
 
     def latest_strategy_state(self, study_id: int) -> tuple[int, int, bytes] | None:
