@@ -396,9 +396,9 @@ class Store:
         params: dict[str, float],
         strategy: str,
         worker: str | None = None,
-        state: tuple[int, int, bytes] | None = None,
+        strategy_state: tuple[int, int, bytes] | None = None,
     ) -> int:
-        """Insert a RUNNING trial; ``state`` (seq, n_told, blob) is saved in the same transaction."""
+        """Insert a RUNNING trial; ``strategy_state`` (seq, n_told, blob) is saved in the same transaction."""
         self._w()
         now = time.time()
         with self.engine.begin() as c:
@@ -419,8 +419,8 @@ class Store:
             ).inserted_primary_key[0]
             if params:
                 c.execute(trial_params.insert(), [{"trial_id": tid, "name": k, "value": float(v)} for k, v in params.items()])
-            if state is not None:
-                self._put_state(c, study_id, state)
+            if strategy_state is not None:
+                self._put_state(c, study_id, strategy_state)
         return int(tid)
 
     def restart_trial(self, trial_id: int, worker: str | None = None) -> None:
@@ -448,11 +448,11 @@ class Store:
         worker: str | None = None,
         materialize_s: float | None = None,
         evaluate_s: float | None = None,
-        state: tuple[int, int, bytes] | None = None,
+        strategy_state: tuple[int, int, bytes] | None = None,
         study_id: int | None = None,
     ) -> None:
         """Record a trial's outcome in one transaction (values only for COMPLETE trials),
-        together with the strategy state after telling it (``state``, needs ``study_id``)."""
+        together with the strategy state after telling it (``strategy_state``, needs ``study_id``)."""
         self._w()
         with self.engine.begin() as c:
             upd: dict[str, Any] = dict(
@@ -473,8 +473,8 @@ class Store:
                 c.execute(
                     per_sample.insert(), [{"trial_id": trial_id, "name": k, "blob": _npy(v)} for k, v in per_sample_.items()]
                 )
-            if state is not None and study_id is not None:
-                self._put_state(c, study_id, state)
+            if strategy_state is not None and study_id is not None:
+                self._put_state(c, study_id, strategy_state)
 
     def add_heldout(self, trial_id: int, values: Sequence[float | None], evaluations_: Iterable[dict[str, Any]] = ()) -> None:
         self._w()
