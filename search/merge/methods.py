@@ -1,0 +1,522 @@
+"""Merge methods: per-tensor formulas on base weights and task vectors.
+
+Notation: theta_0 the base tensor, tau_t = theta_t - theta_0 the task vector of expert t,
+w_t / d_t / g_t the weight / density / gamma of expert t *in this tensor's group* (from
+``CoefficientSpace.values``), lambda / normalize / rescale the method's global options
+(``merge.params``; defaults in ``info.METHODS``). Every formula is per tensor.
+
+linear
+    theta_0 + sum_t w_t tau_t / sum_t w_t with ``normalize`` (the default; a weighted average
+    of the experts). If |sum_t w_t| < 1e-12 the result is theta_0. Without normalize:
+    theta_0 + sum_t w_t tau_t.
+task_arithmetic
+    theta_0 + lambda * sum_t w_t tau_t.
+ties  (mergekit-compatible; FACTS.md checked mergekit 0.1.5 bit for bit against this)
+    k_t = int(d_t * numel). Keep the entries of tau_t with |tau_t| >= the k_t-th largest
+    |tau_t| (k_t = 0: nothing kept; k_t >= numel: everything kept). Weighted deltas
+    D_t = w_t * kept_t. Elected sign E = +1 where sum_t D_t >= 0, else -1. An entry of D_t
+    *agrees* when sign(D_t) == E (zeros never agree). merged = sum_t D_t [agree_t]; with
+    ``normalize`` (default) divide by sum_t w_t [agree_t] (0 -> 1). theta_0 + lambda * merged.
+dare_linear / dare_ties
+    Keep each entry of tau_t with probability d_t (a Bernoulli mask), rescale the kept entries
+    by 1/d_t (``rescale: inverse``, default) or by sum|tau_t| / sum|kept_t| so the L1 norm
+    matches the original delta (``rescale: l1``, mergekit's current behaviour; no rescale if
+    nothing is kept). d_t <= 0 drops the expert, d_t >= 1 keeps everything unscaled. Then
+    dare_linear = theta_0 + lambda * sum_t w_t dare_t, and dare_ties = the TIES election and
+    disjoint mean above on D_t = w_t * dare_t (divisor: the agreeing *weights* w_t).
+    Masks: entry i of tensor ``name`` for expert t is kept when the top 32 bits of
+    splitmix64((i + 1) * golden + key) are < floor(d_t * 2**32), where
+    key = derive_seed(trial_seed(run_seed, trial), name, t). This counter-based hash is a
+    pure function of (run seed, trial number, tensor name, expert index, element index):
+    identical across processes and devices (CPU/CUDA), independent of tensor iteration order
+    and of chunking, and different for different trial numbers.
+breadcrumbs  (mergekit's ``magnitude_outliers`` ranks)
+    n = numel, n_keep = int(d_t n), n_top = int(g_t n); if n_top + n_keep > n then
+    n_top = n - n_keep. Drop the n_top largest |tau_t| (entries >= the n_top-th largest; none
+    if n_top = 0) and everything below the (n_top + n_keep)-th largest, i.e. keep the band of
+    ranks (n_top, n_top + n_keep]; n_keep = 0 drops the expert. So the kept share of the
+    whole tensor is d_t. Then theta_0 + lambda * sum_t w_t kept_t.
+
+Exactness. Magnitude thresholds are the exact k-th largest |tau| in the storage dtype (from a
+sort done once at worker start, see ``SortedMagnitudes``), compared with ``>=``, so the kept
+set equals a top-k reference's (up to ties in |tau|, where ``>=`` keeps all tied entries,
+as FACTS.md's mergekit reference does). Fixed trims are applied once at start (the stored
+task vector is already trimmed), which yields the same tensors as trimming per trial.
+
+The kernels run on flat chunks of a tensor (``merge_tensor``): every formula is elementwise
+given per-tensor scalars (thresholds, weights, DARE scales), so chunking changes nothing but
+cache behaviour and the size of temporaries.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..errors import ConfigError, ConfigIssue
+from ..seeding import derive_seed
+from .info import METHODS, method_info
+
+# ----------------------------------------------------------------------------- options
+
+RESCALES = ("inverse", "l1")
+
+
+def resolve_options(method: str, params: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The method's global options: defaults from ``info.METHODS`` overridden by ``params``
+    (keys that are per-group parameters, like weight or density, are ignored here)."""
+    info = method_info(method)
+    params = dict(params or {})
+    opts = dict(info.options)
+    for k, v in params.items():
+        if k in info.options:
+            opts[k] = v
+    if "rescale" in opts and opts["rescale"] not in RESCALES:
+        raise ConfigError(
+            ConfigIssue("merge.params.rescale", f"{opts['rescale']!r} is not one of {', '.join(map(repr, RESCALES))}")
+        )
+    if "lambda" in opts:
+        opts["lambda"] = float(opts["lambda"])
+    if "normalize" in opts:
+        opts["normalize"] = bool(opts["normalize"])
+    return opts
+
+
+def trim_params(method: str) -> tuple[str, ...]:
+    """Per-group parameters that decide which entries a method keeps."""
+    if method in ("ties", "dare_ties", "dare_linear"):
+        return ("density",)
+    if method == "breadcrumbs":
+        return ("density", "gamma")
+    return ()
+
+
+def magnitude_trim(method: str) -> bool:
+    """True for methods whose trim is a deterministic magnitude rule (fixed trims can be
+    applied once at start and stored sparse)."""
+    return method in ("ties", "breadcrumbs")
+
+
+# ----------------------------------------------------------------------------- DARE masks
+
+
+def _s64(c: int) -> int:
+    """An unsigned 64-bit constant as the signed int64 with the same bits."""
+    return c - (1 << 64) if c >= (1 << 63) else c
+
+
+_GOLDEN = _s64(0x9E3779B97F4A7C15)
+_C1 = _s64(0xBF58476D1CE4E5B9)
+_C2 = _s64(0x94D049BB133111EB)
+
+
+def dare_key(seed: int, name: str, expert: int) -> int:
+    """Per-(trial, tensor, expert) key of the DARE hash (63 bits)."""
+    return derive_seed("dare", seed, name, expert)
+
+
+def dare_threshold(density: float) -> int:
+    """Keep an entry when its 32-bit hash is below this (floor(density * 2**32))."""
+    return int(min(max(float(density), 0.0), 1.0) * 4294967296.0)
+
+
+def _lsr(z: torch.Tensor, s: int) -> torch.Tensor:
+    """Logical right shift of int64 bits (torch's >> is arithmetic)."""
+    return (z >> s) & ((1 << (64 - s)) - 1)
+
+
+def dare_hash(key: int, start: int, n: int, device: torch.device | str = "cpu") -> torch.Tensor:
+    """32-bit hashes (int64 tensor) of elements start..start+n-1: splitmix64's finaliser of
+    (i + 1) * golden + key, top 32 bits. Wrapping int64 arithmetic; same bits on any device."""
+    z = torch.arange(start + 1, start + n + 1, dtype=torch.int64, device=device)
+    z.mul_(_GOLDEN).add_(key)
+    z.bitwise_xor_(_lsr(z, 30)).mul_(_C1)
+    z.bitwise_xor_(_lsr(z, 27)).mul_(_C2)
+    z.bitwise_xor_(_lsr(z, 31))
+    return _lsr(z, 32)
+
+
+def dare_hash_reference(key: int, i: int) -> int:
+    """Pure-Python value of ``dare_hash`` for element i (the definition; used by tests)."""
+    m = (1 << 64) - 1
+    z = ((i + 1) * 0x9E3779B97F4A7C15 + key) & m
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & m
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & m
+    z = z ^ (z >> 31)
+    return z >> 32
+
+
+def dare_mask(key: int, thresh: int, start: int, n: int, device: torch.device | str = "cpu") -> torch.Tensor:
+    """Bool keep-mask of elements start..start+n-1."""
+    return dare_hash(key, start, n, device) < thresh
+
+
+# ----------------------------------------------------------------------------- magnitudes
+
+
+class SortedMagnitudes:
+    """|tau| of one tensor sorted once at worker start, restricted to the ranks a search can ask.
+
+    ``kth_largest(k)`` is an exact lookup (the k-th largest |tau| in the storage dtype), so a
+    searched density costs no top-k per trial. Kept in host memory (numpy, or a CPU torch
+    tensor for bfloat16), ranks ``k_min..k_max`` only.
+    """
+
+    def __init__(self, tau: torch.Tensor, k_min: int = 1, k_max: int | None = None):
+        n = tau.numel()
+        self.n = n
+        k_max = n if k_max is None else k_max
+        self.k_min, self.k_max = max(1, int(k_min)), min(n, int(k_max))
+        if self.k_min > self.k_max:
+            self.k_min, self.k_max = 1, 0
+            self.values: Any = np.empty(0, dtype=np.float32)
+            self.offset = n
+            return
+        flat = tau.detach().reshape(-1)
+        lo, hi = n - self.k_max, n - self.k_min + 1  # ascending index of the k-th largest = n - k
+        self.offset = lo
+        if flat.dtype in (torch.float32, torch.float64, torch.float16):
+            a = np.abs(flat.cpu().numpy())  # a new array: sorted in place below
+            a.sort()
+            self.values = a if (lo == 0 and hi == n) else a[lo:hi].copy()
+        else:  # bfloat16 and friends: numpy has no such dtype; sort with torch on the tensor's device
+            self.values = torch.sort(flat.abs()).values[lo:hi].cpu().clone()
+
+    @property
+    def nbytes(self) -> int:
+        v = self.values
+        return int(v.nbytes if isinstance(v, np.ndarray) else v.numel() * v.element_size())
+
+    def kth_largest(self, k: int) -> float:
+        if not self.k_min <= k <= self.k_max:
+            raise IndexError(f"rank {k} outside the stored ranks {self.k_min}..{self.k_max}")
+        return float(self.values[self.n - k - self.offset])
+
+
+def exact_kth_largest(a: torch.Tensor, k: int) -> float:
+    """The k-th largest value of a flat tensor (1 <= k <= numel), exactly."""
+    n = a.numel()
+    x = a.reshape(-1)
+    if x.dtype not in (torch.float32, torch.float64):
+        x = x.float()  # exact for bf16/fp16 values
+    return float(torch.kthvalue(x.cpu() if x.device.type == "mps" else x, n - k + 1).values)
+
+
+def ties_k(density: float, n: int) -> int:
+    return int(float(density) * n)
+
+
+def breadcrumbs_ranks(density: float, gamma: float, n: int) -> tuple[int, int]:
+    """(n_top, n_keep) of the breadcrumbs band (mergekit's magnitude_outliers ranks)."""
+    n_keep = int(float(density) * n)
+    n_top = int(float(gamma) * n)
+    if n_top + n_keep > n:
+        n_top = n - n_keep
+    return max(n_top, 0), max(n_keep, 0)
+
+
+def rank_range(method: str, n: int, bounds: dict[str, tuple[float, float]]) -> tuple[int, int]:
+    """Ranks of |tau| a method can ask for under searched-parameter bounds (for SortedMagnitudes)."""
+    if method == "ties":
+        lo, hi = bounds.get("density", (0.0, 1.0))
+        return max(1, ties_k(lo, n)), min(n, ties_k(hi, n))
+    return 1, n
+
+
+def band_mask(a: torch.Tensor, lo: float | None, hi: float | None) -> torch.Tensor | None:
+    """Keep-mask for lo <= a < hi (None = unbounded side); None when nothing is trimmed."""
+    m = None
+    if lo is not None:
+        m = a >= lo
+    if hi is not None:
+        m = (a < hi) if m is None else m.logical_and_(a < hi)
+    return m
+
+
+# ----------------------------------------------------------------------------- per-tensor plan
+
+
+@dataclass
+class TensorPlan:
+    """Everything a trial needs to merge one tensor: per-expert scalars.
+
+    ``coeffs[t]`` multiplies the (trimmed, masked) tau_t; 0 skips expert t. For TIES-style
+    methods (``elect``) it is w_t times the DARE scale and ``lam`` is applied at the end;
+    ``weights`` are the raw w_t for the divisor. ``lo``/``hi`` are magnitude bounds
+    (keep lo <= |tau| < hi). ``dare`` holds (key, threshold) per expert; ``l1`` the full L1
+    norm of tau_t when the DARE scale matches L1 norms (computed per trial).
+    """
+
+    coeffs: list[float]
+    weights: list[float]
+    lo: list[float | None]
+    hi: list[float | None]
+    dare: list[tuple[int, int] | None]
+    l1: list[float | None]
+    elect: bool = False
+    normalize: bool = False
+    lam: float = 1.0
+    trimmed: bool = field(init=False, default=False)
+
+    def __post_init__(self) -> None:
+        self.trimmed = any(v is not None for v in self.lo + self.hi + self.dare)
+
+
+def plan_tensor(
+    method: str,
+    options: dict[str, Any],
+    vals: dict[str, Sequence[float]],
+    numel: int,
+    *,
+    name: str = "",
+    seed: int = 0,
+    kth: Callable[[int, int], float] | None = None,
+    pretrimmed: bool = False,
+    l1: Sequence[float] | None = None,
+) -> TensorPlan:
+    """Per-expert scalars of one tensor for one trial.
+
+    ``vals``: per method parameter, the values of the tensor's group per expert.
+    ``kth(t, k)``: the k-th largest |tau_t| (exact). ``pretrimmed``: the stored task vectors
+    already carry the fixed magnitude trim. ``l1``: sum |tau_t| per expert (DARE l1 rescale).
+    """
+    w = [float(v) for v in vals["weight"]]
+    K = len(w)
+    lam = float(options.get("lambda", 1.0))
+    none: list[Any] = [None] * K
+    lo, hi, dare, l1s = list(none), list(none), list(none), list(none)
+    if method == "linear":
+        if options.get("normalize", True):
+            W = math.fsum(w)
+            coeffs = [0.0] * K if abs(W) < 1e-12 else [x / W for x in w]
+        else:
+            coeffs = list(w)
+        return TensorPlan(coeffs, w, lo, hi, dare, l1s)
+    if method == "task_arithmetic":
+        return TensorPlan([lam * x for x in w], w, lo, hi, dare, l1s)
+    if method == "ties":
+        coeffs = list(w)
+        for t in range(K):
+            k = ties_k(vals["density"][t], numel)
+            if k <= 0:
+                coeffs[t] = 0.0
+            elif k < numel and not pretrimmed:
+                if kth is None:
+                    raise ValueError("ties needs magnitude thresholds (kth)")
+                lo[t] = kth(t, k)
+        return TensorPlan(coeffs, w, lo, hi, dare, l1s, elect=True, normalize=bool(options.get("normalize", True)), lam=lam)
+    if method in ("dare_ties", "dare_linear"):
+        coeffs = list(w)
+        for t in range(K):
+            d = float(vals["density"][t])
+            if d <= 0.0:
+                coeffs[t] = 0.0
+            elif d < 1.0:
+                dare[t] = (dare_key(seed, name, t), dare_threshold(d))
+                if options.get("rescale", "inverse") == "l1":
+                    if l1 is None:
+                        raise ValueError("rescale l1 needs the task vectors' L1 norms")
+                    l1s[t] = float(l1[t])
+                else:
+                    coeffs[t] = w[t] * (1.0 / d)
+        if method == "dare_linear":
+            return TensorPlan([lam * c for c in coeffs], w, lo, hi, dare, l1s)
+        return TensorPlan(coeffs, w, lo, hi, dare, l1s, elect=True, normalize=bool(options.get("normalize", True)), lam=lam)
+    if method == "breadcrumbs":
+        coeffs = [lam * x for x in w]
+        for t in range(K):
+            n_top, n_keep = breadcrumbs_ranks(vals["density"][t], vals["gamma"][t], numel)
+            if n_keep <= 0:
+                coeffs[t] = 0.0
+                continue
+            if pretrimmed:
+                continue
+            if kth is None:
+                raise ValueError("breadcrumbs needs magnitude thresholds (kth)")
+            if n_top + n_keep < numel:
+                lo[t] = kth(t, n_top + n_keep)
+            if n_top > 0:
+                hi[t] = kth(t, n_top)
+        return TensorPlan(coeffs, w, lo, hi, dare, l1s)
+    raise ValueError(f"unknown merge method {method!r}; known: {', '.join(METHODS)}")
+
+
+def fixed_trim_mask(method: str, tau: torch.Tensor, vals: dict[str, float]) -> torch.Tensor | None:
+    """The keep-mask of a fixed magnitude trim (ties / breadcrumbs) for one expert's tau
+    (flat); None when everything is kept. Same thresholds as per-trial trimming."""
+    n = tau.numel()
+    a = tau.abs()
+    if method == "ties":
+        k = ties_k(vals["density"], n)
+        if k <= 0:
+            return torch.zeros_like(a, dtype=torch.bool)
+        if k >= n:
+            return None
+        return a >= exact_kth_largest(a, k)
+    if method == "breadcrumbs":
+        n_top, n_keep = breadcrumbs_ranks(vals["density"], vals["gamma"], n)
+        if n_keep <= 0:
+            return torch.zeros_like(a, dtype=torch.bool)
+        lo = exact_kth_largest(a, n_top + n_keep) if n_top + n_keep < n else None
+        hi = exact_kth_largest(a, n_top) if n_top > 0 else None
+        return band_mask(a, lo, hi)
+    raise ValueError(f"method {method!r} has no fixed magnitude trim")
+
+
+# ----------------------------------------------------------------------------- kernels
+
+
+def _kept(tau: torch.Tensor, tp: TensorPlan, t: int, start: int, work: torch.dtype) -> torch.Tensor:
+    """tau_t's chunk with trimmed / dropped entries zeroed, in the work dtype (a new tensor
+    or ``tau`` itself when nothing is trimmed and no cast is needed)."""
+    m = band_mask(tau.abs(), tp.lo[t], tp.hi[t]) if (tp.lo[t] is not None or tp.hi[t] is not None) else None
+    d = tp.dare[t]
+    if d is not None:
+        dm = dare_mask(d[0], d[1], start, tau.numel(), tau.device)
+        m = dm if m is None else m.logical_and_(dm)
+    x = tau if tau.dtype == work else tau.to(work)
+    if m is not None:
+        x = torch.where(m, x, 0)
+    return x
+
+
+def dare_l1_scales(taus: Sequence[torch.Tensor], tp: TensorPlan, chunk: int) -> None:
+    """Fold the L1-matching DARE scales into ``tp.coeffs`` (a pass over the masks)."""
+    for t, full in enumerate(tp.l1):
+        if full is None or tp.coeffs[t] == 0.0:
+            continue
+        tau = taus[t]
+        n = tau.numel()
+        acc = torch.zeros((), dtype=torch.float64, device=tau.device)
+        for s in range(0, n, chunk):
+            e = min(n, s + chunk)
+            seg = tau[s:e]
+            d = tp.dare[t]
+            assert d is not None
+            m = dare_mask(d[0], d[1], s, e - s, seg.device)
+            acc += torch.where(m, seg.abs(), 0).sum(dtype=torch.float64)
+        kept = float(acc)
+        scale = full / kept if (kept > 0.0 and full > 0.0) else 1.0
+        tp.coeffs[t] = tp.coeffs[t] * scale
+        tp.l1[t] = None  # folded in
+
+
+def merge_chunk(out: torch.Tensor, base: torch.Tensor, taus: Sequence[torch.Tensor], tp: TensorPlan, start: int) -> None:
+    """Write the merged chunk into ``out`` (flat, the work dtype). ``base``/``taus``: chunks of
+    the same length (storage dtype). ``start``: the chunk's offset in the tensor (DARE hash)."""
+    work = out.dtype
+    active = [t for t, c in enumerate(tp.coeffs) if c != 0.0]
+    if not tp.elect:
+        out.copy_(base)
+        for t in active:
+            x = _kept(taus[t], tp, t, start, work) if tp.trimmed else taus[t]
+            out.add_(x, alpha=tp.coeffs[t])
+        return
+    if not active:
+        out.copy_(base)
+        return
+    wks = []
+    S: torch.Tensor | None = None
+    for t in active:
+        wk = _kept(taus[t], tp, t, start, work)
+        wk = wk.mul(tp.coeffs[t])
+        wks.append((t, wk))
+        S = wk.clone() if S is None else S.add_(wk)
+    assert S is not None
+    pos = S >= 0
+    num = torch.zeros_like(out)
+    den = torch.zeros_like(out) if tp.normalize else None
+    for t, wk in wks:
+        agree = torch.where(pos, wk > 0, wk < 0)
+        num.add_(wk.mul_(agree))
+        if den is not None:
+            den.add_(agree.to(work), alpha=tp.weights[t])
+    if den is not None:
+        den.masked_fill_(den == 0, 1)
+        num.div_(den)
+    out.copy_(base)
+    out.add_(num, alpha=tp.lam)
+
+
+def default_chunk(device: torch.device) -> int:
+    """Elements per kernel chunk: cache-sized on CPU, large on accelerators."""
+    return (1 << 18) if device.type == "cpu" else (1 << 26)
+
+
+def merge_tensor(
+    out: torch.Tensor,
+    base: torch.Tensor,
+    taus: Sequence[torch.Tensor],
+    tp: TensorPlan,
+    *,
+    work_dtype: torch.dtype | None = None,
+    chunk: int | None = None,
+) -> None:
+    """Merge one tensor into ``out`` (any shape/dtype; written in place). ``base`` and
+    ``taus`` are flat (numel,) tensors on out's device in the storage dtype; arithmetic runs
+    in ``work_dtype`` (default: out's dtype) chunk by chunk."""
+    n = base.numel()
+    work = work_dtype or out.dtype
+    chunk = chunk or default_chunk(base.device)
+    if any(v is not None for v in tp.l1):
+        dare_l1_scales(taus, tp, chunk)
+    if not out.is_contiguous():  # rare: merge into a contiguous copy, then write it back
+        tmp = torch.empty(out.shape, dtype=out.dtype, device=out.device)
+        merge_tensor(tmp, base, taus, tp, work_dtype=work, chunk=chunk)
+        out.copy_(tmp)
+        return
+    flat = out.view(-1)
+    direct = out.dtype == work
+    scratch = None if direct else torch.empty(min(chunk, n), dtype=work, device=base.device)
+    for s in range(0, n, chunk):
+        e = min(n, s + chunk)
+        tch = [tau[s:e] for tau in taus]
+        if scratch is None:
+            merge_chunk(flat[s:e], base[s:e], tch, tp, s)
+        else:
+            buf = scratch[: e - s]
+            merge_chunk(buf, base[s:e], tch, tp, s)
+            flat[s:e].copy_(buf)
+
+
+# ----------------------------------------------------------------------------- standalone use
+
+
+def merge_tensors(
+    method: str,
+    base: torch.Tensor,
+    taus: Sequence[torch.Tensor],
+    values: dict[str, Sequence[float]],
+    options: dict[str, Any] | None = None,
+    *,
+    name: str = "",
+    seed: int = 0,
+    work_dtype: torch.dtype | None = None,
+    chunk: int | None = None,
+) -> torch.Tensor:
+    """Merge one tensor from its base and task vectors (no precomputation; thresholds by an
+    exact k-th value per call). ``values``: per parameter, one value per expert; missing
+    parameters take the method's defaults. ``seed``: the trial seed (DARE)."""
+    info = method_info(method)
+    opts = resolve_options(method, options)
+    K = len(taus)
+    vals = {p: list(values.get(p, [d if d is not None else 0.0] * K)) for p, d in info.params.items()}
+    flats = [t.reshape(-1) for t in taus]
+    abs_cache: dict[int, torch.Tensor] = {}
+
+    def kth(t: int, k: int) -> float:
+        if t not in abs_cache:
+            abs_cache[t] = flats[t].abs()
+        return exact_kth_largest(abs_cache[t], k)
+
+    l1 = [float(f.abs().sum(dtype=torch.float64)) for f in flats] if opts.get("rescale") == "l1" else None
+    tp = plan_tensor(method, opts, vals, base.numel(), name=name, seed=seed, kth=kth, l1=l1)
+    work = work_dtype or (torch.float32 if base.device.type == "cpu" else base.dtype)
+    out = torch.empty(base.shape, dtype=work, device=base.device)
+    merge_tensor(out, base.reshape(-1), flats, tp, work_dtype=work, chunk=chunk)
+    return out

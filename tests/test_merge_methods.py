@@ -1,0 +1,349 @@
+"""Merge methods against slow, obviously-correct numpy references (per tensor).
+
+The reference (``reference_merge``) is written from the formulas in the module docstring of
+``search.merge.methods`` with plain numpy: selections by explicit sorting and rank indices,
+the DARE hash with numpy uint64 arithmetic (wraps mod 2**64), sums in float64. Other test
+files import it to check whole models.
+"""
+
+from __future__ import annotations
+
+import zlib
+
+import numpy as np
+import pytest
+import torch
+
+from search.errors import ConfigError
+from search.merge.methods import (
+    SortedMagnitudes,
+    breadcrumbs_ranks,
+    dare_hash,
+    dare_key,
+    merge_tensors,
+    plan_tensor,
+    resolve_options,
+)
+from search.seeding import derive_seed
+
+torch.set_num_threads(1)
+
+METHODS = ["linear", "task_arithmetic", "ties", "dare_ties", "dare_linear", "breadcrumbs"]
+DEFAULTS = {"weight": 1.0, "density": 0.5, "gamma": 0.01}
+OPTION_DEFAULTS = {
+    "linear": {"normalize": True},
+    "task_arithmetic": {"lambda": 1.0},
+    "ties": {"lambda": 1.0, "normalize": True},
+    "dare_ties": {"lambda": 1.0, "normalize": True, "rescale": "inverse"},
+    "dare_linear": {"lambda": 1.0, "rescale": "inverse"},
+    "breadcrumbs": {"lambda": 1.0},
+}
+
+
+# ----------------------------------------------------------------------------- the reference
+
+
+def ref_hash32(key: int, n: int) -> np.ndarray:
+    """splitmix64 finaliser of (i + 1) * golden + key, top 32 bits, for i in 0..n-1."""
+    with np.errstate(over="ignore"):
+        z = (np.arange(1, n + 1, dtype=np.uint64) * np.uint64(0x9E3779B97F4A7C15)) + np.uint64(key)
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        z = z ^ (z >> np.uint64(31))
+    return z >> np.uint64(32)
+
+
+def ref_topk_keep(tau: np.ndarray, density: float) -> np.ndarray:
+    """Keep entries with |tau| >= the k-th largest |tau|, k = int(density * n)."""
+    n = tau.size
+    k = int(density * n)
+    a = np.abs(tau.reshape(-1))
+    if k <= 0:
+        return np.zeros(n, dtype=bool)
+    if k >= n:
+        return np.ones(n, dtype=bool)
+    thr = np.sort(a)[::-1][k - 1]
+    return a >= thr
+
+
+def ref_band_keep(tau: np.ndarray, density: float, gamma: float) -> np.ndarray:
+    """mergekit's magnitude_outliers by rank: drop the n_top largest, keep the next n_keep."""
+    n = tau.size
+    n_keep = int(density * n)
+    n_top = int(gamma * n)
+    if n_top + n_keep > n:
+        n_top = n - n_keep
+    order = np.argsort(-np.abs(tau.reshape(-1)), kind="stable")  # descending magnitude
+    keep = np.zeros(n, dtype=bool)
+    keep[order[n_top : n_top + n_keep]] = True
+    return keep
+
+
+def ref_dare(tau: np.ndarray, density: float, key: int, rescale: str) -> np.ndarray:
+    t = tau.reshape(-1).astype(np.float64)
+    if density <= 0:
+        return np.zeros_like(t)
+    if density >= 1:
+        return t
+    keep = ref_hash32(key, t.size) < np.uint64(int(density * 2**32))
+    kept = np.where(keep, t, 0.0)
+    if rescale == "inverse":
+        return kept / density
+    before, after = np.abs(t).sum(), np.abs(kept).sum()
+    return kept * (before / after) if before > 0 and after > 0 else kept
+
+
+def ref_elect(deltas: list[np.ndarray], weights: list[float], normalize: bool) -> np.ndarray:
+    """TIES sign election and disjoint mean on weighted deltas D_t = w_t * kept_t."""
+    D = [w * d for w, d in zip(weights, deltas, strict=True)]
+    S = np.sum(D, axis=0)
+    E = np.where(S >= 0, 1.0, -1.0)
+    num = np.zeros_like(S)
+    den = np.zeros_like(S)
+    for w, d in zip(weights, D, strict=True):
+        agree = np.sign(d) == E
+        num += np.where(agree, d, 0.0)
+        den += np.where(agree, w, 0.0)
+    if normalize:
+        den[den == 0] = 1.0
+        return num / den
+    return num
+
+
+def reference_merge(method, base, taus, vals, options=None, *, name="", seed=0) -> np.ndarray:
+    """theta for one tensor. base/taus: float32 arrays (taus as the engine stores them);
+    vals: per parameter, one value per expert; seed: the trial seed."""
+    opts = {**OPTION_DEFAULTS[method], **(options or {})}
+    K = len(taus)
+    v = {p: list(vals.get(p, [DEFAULTS[p]] * K)) for p in DEFAULTS}
+    w = [float(x) for x in v["weight"]]
+    b = base.reshape(-1).astype(np.float64)
+    T = [t.reshape(-1) for t in taus]  # float32, for exact selections
+    lam = float(opts.get("lambda", 1.0))
+    if method == "linear":
+        s = sum(wi * t.astype(np.float64) for wi, t in zip(w, T, strict=True))
+        if opts["normalize"]:
+            W = sum(w)
+            return b if abs(W) < 1e-12 else b + s / W
+        return b + s
+    if method == "task_arithmetic":
+        return b + lam * sum(wi * t.astype(np.float64) for wi, t in zip(w, T, strict=True))
+    if method == "ties":
+        kept = [np.where(ref_topk_keep(t, v["density"][i]), t.astype(np.float64), 0.0) for i, t in enumerate(T)]
+        return b + lam * ref_elect(kept, w, opts["normalize"])
+    if method in ("dare_ties", "dare_linear"):
+        kept = [ref_dare(t, v["density"][i], derive_seed("dare", seed, name, i), opts["rescale"]) for i, t in enumerate(T)]
+        if method == "dare_linear":
+            return b + lam * sum(wi * k for wi, k in zip(w, kept, strict=True))
+        return b + lam * ref_elect(kept, w, opts["normalize"])
+    if method == "breadcrumbs":
+        kept = [np.where(ref_band_keep(t, v["density"][i], v["gamma"][i]), t.astype(np.float64), 0.0) for i, t in enumerate(T)]
+        return b + lam * sum(wi * k for wi, k in zip(w, kept, strict=True))
+    raise ValueError(method)
+
+
+def assert_close_ref(got: torch.Tensor, ref: np.ndarray, what: str = "") -> None:
+    """float32 engine vs float64 reference: only rounding may differ. A selection mistake
+    moves an entry by a whole |tau| (>= 1e-4 here), far above this tolerance."""
+    g = got.detach().float().reshape(-1).numpy().astype(np.float64)
+    err = np.abs(g - ref.reshape(-1))
+    tol = 2e-6 + 2e-6 * np.abs(ref.reshape(-1))
+    if not np.all(err <= tol):
+        i = int(np.argmax(err - tol))
+        raise AssertionError(f"{what}: entry {i} got {g[i]!r}, reference {ref.reshape(-1)[i]!r} (err {err[i]:.3g})")
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def rand_case(rng, shape=(7, 13), K=3, scale=0.05):
+    base = rng.standard_normal(shape).astype(np.float32)
+    experts = [(base + scale * rng.standard_normal(shape)).astype(np.float32) for _ in range(K)]
+    taus = [(e - base).astype(np.float32) for e in experts]  # float32 subtraction, as stored
+    return base, taus
+
+
+def rand_vals(rng, method, K, density=None):
+    # elect methods: mixed-sign weights can make the divisor ~0 (ill-conditioned); the
+    # negative-weight semantics are checked exactly in test_ties_normalisation_is_mergekit_style
+    v = {"weight": list(rng.uniform(0.0 if method in ("ties", "dare_ties") else -0.5, 1.5, K))}
+    if method in ("ties", "dare_ties", "dare_linear", "breadcrumbs"):
+        v["density"] = list(rng.uniform(0.05, 0.95, K)) if density is None else [density] * K
+    if method == "breadcrumbs":
+        v["gamma"] = list(rng.uniform(0.0, 0.2, K))
+    return v
+
+
+def engine(method, base, taus, vals, options=None, *, seed=0, name="t", chunk=None):
+    return merge_tensors(
+        method, torch.from_numpy(base), [torch.from_numpy(t) for t in taus], vals, options, name=name, seed=seed, chunk=chunk
+    )
+
+
+# ----------------------------------------------------------------------------- tests
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("shape", [(7, 13), (64,), (3, 5, 11), (1,)])
+def test_methods_equal_reference_on_random_tensors(method, shape):
+    rng = np.random.default_rng(zlib.crc32(f"{method}{shape}".encode()))
+    for K in (1, 2, 3, 5):
+        base, taus = rand_case(rng, shape, K)
+        vals = rand_vals(rng, method, K)
+        seed = int(rng.integers(0, 2**62))
+        got = engine(method, base, taus, vals, seed=seed, name="layer.w")
+        ref = reference_merge(method, base, taus, vals, seed=seed, name="layer.w")
+        assert_close_ref(got, ref, f"{method} K={K} {shape}")
+
+
+@pytest.mark.parametrize("method", ["ties", "dare_ties", "dare_linear", "breadcrumbs"])
+@pytest.mark.parametrize("density", [0.0, 1e-4, 0.01, 0.5, 0.999, 1.0])
+def test_density_edges_equal_reference(method, density):
+    rng = np.random.default_rng(7)
+    base, taus = rand_case(rng, (9, 17), 3)
+    vals = rand_vals(rng, method, 3, density=density)
+    got = engine(method, base, taus, vals, seed=11)
+    assert_close_ref(got, reference_merge(method, base, taus, vals, seed=11, name="t"), f"{method} d={density}")
+
+
+@pytest.mark.parametrize("method,options", [
+    ("linear", {"normalize": False}),
+    ("task_arithmetic", {"lambda": 0.7}),
+    ("ties", {"normalize": False, "lambda": 1.3}),
+    ("dare_ties", {"rescale": "l1"}),
+    ("dare_ties", {"rescale": "l1", "normalize": False, "lambda": 0.5}),
+    ("dare_linear", {"rescale": "l1", "lambda": 2.0}),
+    ("breadcrumbs", {"lambda": 0.4}),
+])
+def test_options_equal_reference(method, options):
+    rng = np.random.default_rng(3)
+    base, taus = rand_case(rng, (11, 19), 3)
+    vals = rand_vals(rng, method, 3)
+    got = engine(method, base, taus, vals, options, seed=5)
+    assert_close_ref(got, reference_merge(method, base, taus, vals, options, seed=5, name="t"), f"{method} {options}")
+
+
+def test_ties_normalisation_is_mergekit_style():
+    """Divide by the sum of the *agreeing* weights, per entry; sign elected on weighted deltas."""
+    base = np.zeros(4, dtype=np.float32)
+    taus = [
+        np.array([1.0, 1.0, -1.0, 2.0], dtype=np.float32),
+        np.array([3.0, -1.0, -1.0, -1.0], dtype=np.float32),
+        np.array([-2.0, 0.0, 1.0, 0.0], dtype=np.float32),
+    ]
+    vals = {"weight": [1.0, 2.0, 4.0], "density": [1.0, 1.0, 1.0]}
+    got = engine("ties", base, taus, vals).numpy()
+    # entry 0: D = (1, 6, -8), S = -1 -> E = -1: only expert 2 agrees: -8 / 4 = -2
+    # entry 1: D = (1, -2, 0), S = -1 -> E = -1: expert 1: -2 / 2 = -1
+    # entry 2: D = (-1, -2, 4), S = 1 -> E = +1: expert 2: 4 / 4 = 1
+    # entry 3: D = (2, -2, 0), S = 0 -> E = +1 (ties go to +): expert 0: 2 / 1 = 2
+    np.testing.assert_array_equal(got, np.array([-2.0, -1.0, 1.0, 2.0], dtype=np.float32))
+    # without normalize: the plain disjoint sum
+    got = engine("ties", base, taus, vals, {"normalize": False}).numpy()
+    np.testing.assert_array_equal(got, np.array([-8.0, -2.0, 4.0, 2.0], dtype=np.float32))
+    # a negative weight flips the delta's sign before the election
+    vals2 = {"weight": [-1.0, 0.0, 0.0], "density": [1.0, 1.0, 1.0]}
+    got = engine("ties", base, taus, vals2).numpy()
+    # D = -tau_0 = (-1, -1, 1, -2); all agree with themselves; divisor = w = -1 -> tau_0 back
+    np.testing.assert_array_equal(got, taus[0])
+
+
+def test_ties_trim_keeps_top_k_exactly():
+    tau = np.array([0.5, -3.0, 2.0, -0.1, 1.0, 0.0, -2.5, 0.25], dtype=np.float32)
+    base = np.zeros_like(tau)
+    # density 3/8 -> k = 3: keep -3.0, -2.5, 2.0
+    got = engine("ties", base, [tau], {"weight": [1.0], "density": [3 / 8]}).numpy()
+    np.testing.assert_array_equal(got, np.array([0, -3.0, 2.0, 0, 0, 0, -2.5, 0], dtype=np.float32))
+    # k = int(0.1 * 8) = 0: nothing kept
+    got = engine("ties", base, [tau], {"weight": [1.0], "density": [0.1]}).numpy()
+    np.testing.assert_array_equal(got, np.zeros_like(tau))
+
+
+def test_breadcrumbs_band_and_mergekit_rank_rule():
+    assert breadcrumbs_ranks(0.5, 0.1, 100) == (10, 50)
+    assert breadcrumbs_ranks(0.95, 0.1, 100) == (5, 95)  # n_top cut down to reach the density
+    assert breadcrumbs_ranks(1.0, 0.1, 100) == (0, 100)
+    tau = np.array([5.0, -4.0, 3.0, -2.0, 1.0, 0.5, -0.25, 0.125, 0.0625, 0.03125], dtype=np.float32)
+    got = engine("breadcrumbs", np.zeros_like(tau), [tau], {"weight": [1.0], "density": [0.3], "gamma": [0.2]}).numpy()
+    # n = 10, n_top = 2 (drop 5, -4), n_keep = 3 (keep 3, -2, 1)
+    np.testing.assert_array_equal(got, np.array([0, 0, 3.0, -2.0, 1.0, 0, 0, 0, 0, 0], dtype=np.float32))
+
+
+def test_linear_zero_weight_sum_gives_base():
+    rng = np.random.default_rng(0)
+    base, taus = rand_case(rng, (5, 5), 2)
+    got = engine("linear", base, taus, {"weight": [0.0, 0.0]})
+    np.testing.assert_array_equal(got.numpy(), base)
+    tp = plan_tensor("linear", {"normalize": True}, {"weight": [0.0, 0.0]}, 25)
+    assert tp.coeffs == [0.0, 0.0]
+
+
+def test_dare_hash_matches_definition_and_is_chunk_invariant():
+    for key in (0, 1, 2**62 + 12345, derive_seed("x")):
+        got = dare_hash(key, 0, 1000).numpy().astype(np.uint64)
+        np.testing.assert_array_equal(got, ref_hash32(key, 1000))
+        # any window gives the same bits as the full range
+        np.testing.assert_array_equal(dare_hash(key, 377, 100).numpy().astype(np.uint64), ref_hash32(key, 1000)[377:477])
+    # known value, pinned so a platform with different int64 wrapping would fail loudly
+    assert int(dare_hash(12345, 0, 1)[0]) == int(ref_hash32(12345, 1)[0])
+    # roughly uniform: the keep rate tracks the density
+    h = dare_hash(99, 0, 200_000)
+    for d in (0.1, 0.5, 0.9):
+        rate = float((h < int(d * 2**32)).float().mean())
+        assert abs(rate - d) < 0.01
+
+
+@pytest.mark.parametrize("method", ["dare_ties", "dare_linear", "ties", "breadcrumbs"])
+def test_chunking_changes_nothing(method):
+    rng = np.random.default_rng(1)
+    base, taus = rand_case(rng, (37, 29), 3)
+    vals = rand_vals(rng, method, 3)
+    for opts in ({}, {"rescale": "l1"} if method.startswith("dare") else {}):
+        a = engine(method, base, taus, vals, opts, seed=3, chunk=1 << 20)
+        b = engine(method, base, taus, vals, opts, seed=3, chunk=64)
+        assert torch.equal(a, b)
+
+
+def test_dare_masks_depend_on_trial_and_tensor_not_order():
+    rng = np.random.default_rng(2)
+    base, taus = rand_case(rng, (20, 20), 2)
+    vals = {"weight": [1.0, 1.0], "density": [0.5, 0.5]}
+    a = engine("dare_linear", base, taus, vals, seed=1, name="x")
+    assert torch.equal(a, engine("dare_linear", base, taus, vals, seed=1, name="x"))
+    assert not torch.equal(a, engine("dare_linear", base, taus, vals, seed=2, name="x"))
+    assert not torch.equal(a, engine("dare_linear", base, taus, vals, seed=1, name="y"))
+    assert dare_key(1, "x", 0) != dare_key(1, "x", 1)
+
+
+def test_sorted_magnitudes_lookup_is_exact():
+    rng = np.random.default_rng(4)
+    tau = torch.from_numpy(rng.standard_normal(1000).astype(np.float32))
+    desc = np.sort(np.abs(tau.numpy()))[::-1]
+    full = SortedMagnitudes(tau)
+    part = SortedMagnitudes(tau, 100, 700)
+    for k in (1, 2, 100, 433, 700, 1000):
+        assert full.kth_largest(k) == float(desc[k - 1])
+        if 100 <= k <= 700:
+            assert part.kth_largest(k) == float(desc[k - 1])
+    assert part.nbytes == 601 * 4
+    with pytest.raises(IndexError):
+        part.kth_largest(701)
+    bf = SortedMagnitudes(tau.to(torch.bfloat16), 1, 1000)
+    assert bf.kth_largest(10) == float(torch.sort(tau.to(torch.bfloat16).abs(), descending=True).values[9])
+
+
+def test_options_validation():
+    assert resolve_options("ties") == {"lambda": 1.0, "normalize": True}
+    assert resolve_options("dare_linear", {"rescale": "l1", "weight": 0.3})["rescale"] == "l1"
+    with pytest.raises(ConfigError, match="merge.params.rescale"):
+        resolve_options("dare_ties", {"rescale": "l2"})
+
+
+def test_bf16_work_dtype_stays_within_rounding():
+    rng = np.random.default_rng(5)
+    base, taus = rand_case(rng, (16, 16), 3)
+    vals = rand_vals(rng, "ties", 3)
+    ref = reference_merge("ties", base, taus, vals)
+    got = merge_tensors("ties", torch.from_numpy(base), [torch.from_numpy(t) for t in taus], vals, work_dtype=torch.bfloat16)
+    assert got.dtype == torch.bfloat16
+    np.testing.assert_allclose(got.float().numpy().reshape(-1), ref, rtol=2**-7, atol=2**-7)
