@@ -1,0 +1,526 @@
+"""Reading a run back: ``search status``, ``search front`` and the :func:`load_run` API.
+
+:func:`load_run` returns a :class:`RunData` (pandas-free) that the dashboard and the exporter
+reuse: the study, its trials, objective names and directions, the Pareto front (trial numbers)
+and the run's hypervolume.
+
+Pareto front
+    Computed on the *search* split values of COMPLETE trials whose values are all finite,
+    with each objective's own direction (:func:`search.pareto.pareto_mask`). Held-out values
+    are shown next to the front but never decide membership.
+
+Hypervolume reference point (per objective, in this order of precedence)
+    1. an explicit ``ref_point`` (argument of :func:`load_run` / :func:`reference_point`),
+    2. ``ref_point`` given for the objective in the run's config (``objectives[i].ref_point``),
+    3. maximised objectives: ``0`` (scores in [0, 1] such as accuracies); if a value below 0
+       was observed, the worst observed value minus 10% of its magnitude;
+    4. minimised objectives: the worst (largest) observed value plus 10% of its magnitude,
+       i.e. ``worst * 1.1`` for positive values (``worst + 0.1 * span``, or ``+ 1``, if the
+       worst value is 0).
+    "Observed" means over the COMPLETE trials of the run (all runs when the dashboard
+    compares several), so the reference - and with it the hypervolume of a run that uses
+    rules 3-4 with negative / minimised values - may move while a search is running. Pin it
+    with ``ref_point`` when numbers must be comparable across time or runs. Points that do
+    not strictly improve on the reference in every objective contribute nothing.
+
+Hypervolume history
+    :func:`hypervolume_history` gives the hypervolume after each finished evaluation, in the
+    order trials finished (``finished_at``); failed trials count as evaluations (they use
+    budget) but add nothing.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from .store import COMPLETE, FAIL, RUNNING, Store, Study, Trial, default_store_for, open_run
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+__all__ = [
+    "RunData",
+    "load_run",
+    "run_data",
+    "reference_point",
+    "front_numbers",
+    "hypervolume_history",
+    "front_json",
+    "print_status",
+    "print_front",
+]
+
+
+# ----------------------------------------------------------------------------- data
+
+
+def _finite(values: Sequence[float] | None) -> bool:
+    return values is not None and all(v is not None and math.isfinite(v) for v in values)
+
+
+def config_dict(study: Study) -> dict[str, Any]:
+    """The run's config as a plain dict (``{}`` if the stored YAML cannot be parsed)."""
+    import yaml
+
+    try:
+        data = yaml.safe_load(study.config_yaml or "") or {}
+    except yaml.YAMLError:
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def config_budget(config: dict[str, Any]) -> int | None:
+    strat = config.get("strategy")
+    b = strat.get("budget") if isinstance(strat, dict) else None
+    return int(b) if isinstance(b, (int, float)) and not isinstance(b, bool) else None
+
+
+def config_ref_point(config: dict[str, Any], n_obj: int) -> list[float | None]:
+    """Per-objective ``ref_point`` from the config's ``objectives[i].ref_point`` (None if absent)."""
+    out: list[float | None] = [None] * n_obj
+    objs = config.get("objectives")
+    if isinstance(objs, list):
+        for i, o in enumerate(objs[:n_obj]):
+            r = o.get("ref_point") if isinstance(o, dict) else None
+            if isinstance(r, (int, float)) and not isinstance(r, bool):
+                out[i] = float(r)
+    return out
+
+
+def reference_point(
+    values: np.ndarray | Sequence[Sequence[float]],
+    directions: Sequence[str],
+    given: Sequence[float | None] | None = None,
+) -> list[float]:
+    """Hypervolume reference point for ``values`` (n, k); see the module docstring for the rule.
+
+    ``given`` may fix some objectives (None entries fall back to the rule).
+    """
+    v = np.asarray(values, dtype=np.float64).reshape(-1, len(directions))
+    v = v[np.all(np.isfinite(v), axis=1)]
+    ref: list[float] = []
+    for j, d in enumerate(directions):
+        if given is not None and j < len(given) and given[j] is not None:
+            ref.append(float(given[j]))  # type: ignore[arg-type]
+            continue
+        col = v[:, j]
+        if d == "maximize":
+            worst = float(col.min()) if col.size else 0.0
+            ref.append(0.0 if worst >= 0 else worst - 0.1 * abs(worst))
+        else:
+            if not col.size:
+                ref.append(1.0)
+                continue
+            worst = float(col.max())
+            if worst != 0:
+                ref.append(worst + 0.1 * abs(worst))
+            else:
+                span = float(col.max() - col.min())
+                ref.append(worst + (0.1 * span if span > 0 else 1.0))
+    return ref
+
+
+def _beats_ref(values: np.ndarray, directions: Sequence[str], ref: Sequence[float]) -> np.ndarray:
+    """Rows that strictly improve on ``ref`` in every objective (the others add no volume)."""
+    if values.size == 0:
+        return np.zeros(len(values), dtype=bool)
+    sign = np.array([1.0 if d == "minimize" else -1.0 for d in directions])
+    return np.all(values * sign < np.asarray(ref) * sign, axis=1)
+
+
+def _hv(values: np.ndarray, directions: Sequence[str], ref: Sequence[float]) -> float:
+    from .pareto import hypervolume
+
+    if len(values) == 0:
+        return 0.0
+    keep = _beats_ref(values, directions, ref)
+    if not keep.any():
+        return 0.0
+    return float(hypervolume(values[keep], list(directions), np.asarray(ref, dtype=np.float64)))
+
+
+def front_numbers(trials: Sequence[Trial], directions: Sequence[str]) -> list[int]:
+    """Numbers of the COMPLETE trials (finite search values) on the Pareto front, ascending."""
+    from .pareto import pareto_mask
+
+    done = [t for t in trials if t.state == COMPLETE and _finite(t.values) and len(t.values or []) == len(directions)]
+    if not done:
+        return []
+    vals = np.asarray([t.values for t in done], dtype=np.float64)
+    mask = np.asarray(pareto_mask(vals, list(directions)), dtype=bool)
+    return sorted(t.number for t, m in zip(done, mask, strict=True) if m)
+
+
+def hypervolume_history(
+    trials: Sequence[Trial], directions: Sequence[str], ref: Sequence[float]
+) -> list[tuple[int, float]]:
+    """``[(n_evaluations, hypervolume), ...]``: one entry per finished trial (COMPLETE or FAIL),
+    in finish order; the hypervolume is recomputed only when the front changes."""
+    from .pareto import pareto_mask
+
+    done = sorted(
+        (t for t in trials if t.state in (COMPLETE, FAIL)),
+        key=lambda t: (t.finished_at if t.finished_at is not None else math.inf, t.number),
+    )
+    k = len(directions)
+    front = np.zeros((0, k))
+    hv = 0.0
+    out: list[tuple[int, float]] = []
+    for n, t in enumerate(done, start=1):
+        if t.state == COMPLETE and _finite(t.values) and len(t.values or []) == k:
+            x = np.asarray(t.values, dtype=np.float64)[None, :]
+            cand = np.vstack([front, x])
+            mask = np.asarray(pareto_mask(cand, list(directions)), dtype=bool)
+            if mask[-1]:  # the new point is on the front: it changes the hypervolume
+                front = cand[mask]
+                hv = _hv(front, directions, ref)
+        out.append((n, hv))
+    return out
+
+
+@dataclass
+class RunData:
+    """One run, read back from the store (no pandas)."""
+
+    name: str
+    study: Study
+    trials: list[Trial]
+    objectives: list[str]
+    directions: list[str]
+    front: list[int]  # trial numbers on the Pareto front (search split), ascending
+    hypervolume: float | None  # None while no trial is complete
+    ref_point: list[float]
+    budget: int | None  # strategy.budget from the run's config, when known
+    config: dict[str, Any] = field(default_factory=dict)
+    store_url: str | None = None
+
+    @property
+    def by_number(self) -> dict[int, Trial]:
+        return {t.number: t for t in self.trials}
+
+    def trial(self, number: int) -> Trial | None:
+        return self.by_number.get(number)
+
+    def counts(self) -> dict[str, int]:
+        c = {RUNNING: 0, COMPLETE: 0, FAIL: 0}
+        for t in self.trials:
+            c[t.state] = c.get(t.state, 0) + 1
+        return c
+
+    @property
+    def front_trials(self) -> list[Trial]:
+        by = self.by_number
+        return [by[n] for n in self.front]
+
+    def best(self) -> list[tuple[str, str, Trial | None]]:
+        """Per objective: (name, direction, best COMPLETE trial or None)."""
+        done = [t for t in self.trials if t.state == COMPLETE and _finite(t.values)]
+        out = []
+        for j, (name, d) in enumerate(zip(self.objectives, self.directions, strict=True)):
+            if not done:
+                out.append((name, d, None))
+                continue
+            key = (lambda t, j=j: t.values[j]) if d == "minimize" else (lambda t, j=j: -t.values[j])
+            out.append((name, d, min(done, key=lambda t: (key(t), t.number))))
+        return out
+
+    def hypervolume_history(self, ref: Sequence[float] | None = None) -> list[tuple[int, float]]:
+        return hypervolume_history(self.trials, self.directions, self.ref_point if ref is None else ref)
+
+    def workers(self) -> list[dict[str, Any]]:
+        """Per worker: trials, complete, failed, running, mean timings, first/last activity."""
+        acc: dict[str, dict[str, Any]] = {}
+        for t in self.trials:
+            w = t.worker or "?"
+            a = acc.setdefault(
+                w, {"worker": w, "trials": 0, COMPLETE: 0, FAIL: 0, RUNNING: 0, "_m": [], "_e": [], "first": None, "last": None}
+            )
+            a["trials"] += 1
+            a[t.state] = a.get(t.state, 0) + 1
+            if t.materialize_s is not None:
+                a["_m"].append(t.materialize_s)
+            if t.evaluate_s is not None:
+                a["_e"].append(t.evaluate_s)
+            for ts in (t.started_at, t.finished_at):
+                if ts is not None:
+                    a["first"] = ts if a["first"] is None else min(a["first"], ts)
+                    a["last"] = ts if a["last"] is None else max(a["last"], ts)
+        out = []
+        for a in sorted(acc.values(), key=lambda a: a["worker"]):
+            m, e = a.pop("_m"), a.pop("_e")
+            a["materialize_s"] = float(np.mean(m)) if m else None
+            a["evaluate_s"] = float(np.mean(e)) if e else None
+            out.append(a)
+        return out
+
+    def elapsed(self, now: float | None = None) -> float | None:
+        """Seconds from the first trial's start to the last finish (to now while trials run)."""
+        starts = [t.started_at for t in self.trials if t.started_at is not None]
+        if not starts:
+            return None
+        ends = [t.finished_at for t in self.trials if t.finished_at is not None]
+        running = any(t.state == RUNNING for t in self.trials)
+        end = (now if now is not None else time.time()) if running or not ends else max(ends)
+        return max(0.0, end - min(starts))
+
+
+def run_data(
+    study: Study,
+    trials: Sequence[Trial],
+    *,
+    store_url: str | None = None,
+    ref_point: Sequence[float | None] | None = None,
+) -> RunData:
+    """Build a :class:`RunData` from an already-read study and trials (the dashboard's path)."""
+    directions = list(study.directions)
+    cfg = config_dict(study)
+    given = list(ref_point) if ref_point is not None else config_ref_point(cfg, len(directions))
+    done = [t.values for t in trials if t.state == COMPLETE and _finite(t.values) and len(t.values or []) == len(directions)]
+    vals = np.asarray(done, dtype=np.float64).reshape(-1, len(directions))
+    ref = reference_point(vals, directions, given)
+    front = front_numbers(trials, directions)
+    hv = None
+    if done:
+        by = {t.number: t for t in trials}
+        hv = _hv(np.asarray([by[n].values for n in front], dtype=np.float64).reshape(-1, len(directions)), directions, ref)
+    return RunData(
+        name=study.name,
+        study=study,
+        trials=list(trials),
+        objectives=list(study.objective_names),
+        directions=directions,
+        front=front,
+        hypervolume=hv,
+        ref_point=ref,
+        budget=config_budget(cfg),
+        config=cfg,
+        store_url=store_url,
+    )
+
+
+def load_run(
+    run: str,
+    store: str | Store | None = None,
+    *,
+    ref_point: Sequence[float | None] | None = None,
+    with_metrics: bool = False,
+) -> RunData:
+    """Read run ``run`` (a run name, or a store path holding one run) into a :class:`RunData`.
+
+    ``store`` is a store path / SQLAlchemy URL (default ``runs/<run>.db``) or an open
+    :class:`~search.store.Store`. The store is opened read-only. ``ref_point`` pins the
+    hypervolume reference (see the module docstring for the default).
+    """
+    if isinstance(store, Store):
+        st, study, url, close = store, store.study(run), str(store.engine.url), False
+    else:
+        st, study = open_run(run, store, readonly=True)
+        url, close = store or default_store_for(run), True
+    try:
+        trials = st.trials(study.id, with_metrics=with_metrics)
+    finally:
+        if close:
+            st.close()
+    return run_data(study, trials, store_url=url, ref_point=ref_point)
+
+
+# ----------------------------------------------------------------------------- JSON
+
+
+def _vals_dict(names: Sequence[str], values: Sequence[float | None] | None) -> dict[str, float | None] | None:
+    if values is None:
+        return None
+    return {n: (None if v is None or not math.isfinite(v) else float(v)) for n, v in zip(names, values, strict=False)}
+
+
+def front_json(data: RunData, with_params: bool = True) -> dict[str, Any]:
+    """The machine-readable front (what ``search front RUN --json`` prints)::
+
+        {
+          "run": "quickstart",
+          "objectives": [{"name": "add", "direction": "maximize"}, ...],
+          "ref_point": [0.0, 0.0],          # hypervolume reference, objective order
+          "hypervolume": 0.4321,            # null while nothing is complete
+          "counts": {"COMPLETE": 30, "FAIL": 2, "RUNNING": 0},
+          "budget": 48,                     # null if the config does not say
+          "front": [                        # sorted best-first by the first objective
+            {"number": 12,
+             "values": {"add": 0.9, "reverse": 0.3},          # search split
+             "heldout": {"add": 0.85, "reverse": null} | null, # null: not evaluated
+             "strategy": "nsga2", "generation": 2, "parents": [3, 7], "worker": "local-0",
+             "params": {"layers.00/add/weight": 0.7, ...}},   # omitted with_params=False
+            ...
+          ]
+        }
+    """
+    members = data.front_trials
+    if members:
+        d0 = data.directions[0]
+        members = sorted(members, key=lambda t: (t.values[0] if d0 == "minimize" else -t.values[0], t.number))
+    front = []
+    for t in members:
+        item: dict[str, Any] = {
+            "number": t.number,
+            "values": _vals_dict(data.objectives, t.values),
+            "heldout": _vals_dict(data.objectives, t.heldout),
+            "strategy": t.strategy,
+            "generation": t.generation,
+            "parents": list(t.parents),
+            "worker": t.worker,
+        }
+        if with_params:
+            item["params"] = dict(t.params)
+        front.append(item)
+    return {
+        "run": data.name,
+        "objectives": [{"name": n, "direction": d} for n, d in zip(data.objectives, data.directions, strict=True)],
+        "ref_point": list(data.ref_point),
+        "hypervolume": data.hypervolume,
+        "counts": data.counts(),
+        "budget": data.budget,
+        "front": front,
+    }
+
+
+# ----------------------------------------------------------------------------- terminal output
+
+
+def _console() -> Console:
+    from rich.console import Console
+
+    return Console()
+
+
+def _fmt(v: float | None, digits: int = 4) -> str:
+    if v is None or (isinstance(v, float) and not math.isfinite(v)):
+        return "-"
+    return f"{v:.{digits}g}" if abs(v) >= 1e4 or (v != 0 and abs(v) < 1e-3) else f"{v:.{digits}f}"
+
+
+def _dur(s: float | None) -> str:
+    if s is None:
+        return "-"
+    s = int(round(s))
+    h, rem = divmod(s, 3600)
+    m, sec = divmod(rem, 60)
+    return f"{h}h{m:02d}m{sec:02d}s" if h else (f"{m}m{sec:02d}s" if m else f"{sec}s")
+
+
+def _clock(ts: float | None) -> str:
+    """HH:MM:SS for today, else the date too."""
+    if not ts:
+        return "-"
+    lt = time.localtime(ts)
+    today = time.localtime()[:3] == lt[:3]
+    return time.strftime("%H:%M:%S" if today else "%Y-%m-%d %H:%M", lt)
+
+
+def _arrow(direction: str) -> str:
+    return "max" if direction == "maximize" else "min"
+
+
+def print_status(run: str, store: str | None = None, console: Console | None = None) -> int:
+    """``search status RUN``: counts by state, budget progress, best value per objective,
+    front size, hypervolume (reference point in the module docstring), elapsed time and the
+    workers seen. Returns the exit code (0)."""
+    from rich.table import Table
+
+    con = console or _console()
+    data = load_run(run, store)
+    c = data.counts()
+    finished = c.get(COMPLETE, 0) + c.get(FAIL, 0)
+    con.print(f"[bold]run {data.name}[/bold]  status {data.study.status}  store {data.store_url}", highlight=False)
+    con.print(f"trials: {c.get(COMPLETE, 0)} complete, {c.get(FAIL, 0)} failed, {c.get(RUNNING, 0)} running", markup=False)
+    if data.budget:
+        pct = 100.0 * finished / data.budget
+        bar_w = 20
+        filled = min(bar_w, int(round(bar_w * finished / data.budget)))
+        con.print(f"budget {finished}/{data.budget} ({pct:.0f}%) [{'#' * filled}{'.' * (bar_w - filled)}]", markup=False)
+    starts = [t.started_at for t in data.trials if t.started_at]
+    ends = [t.finished_at for t in data.trials if t.finished_at]
+    con.print(
+        f"elapsed: {_dur(data.elapsed())} (first trial {_clock(min(starts) if starts else None)}, "
+        f"last finished {_clock(max(ends) if ends else None)})",
+        markup=False,
+    )
+
+    best = Table(title="best per objective", title_justify="left")
+    for col in ("objective", "dir", "best", "trial", "held-out", "strategy"):
+        best.add_column(col, justify="right" if col in ("best", "trial", "held-out") else "left")
+    for j, (name, d, t) in enumerate(data.best()):
+        if t is None:
+            best.add_row(name, _arrow(d), "-", "-", "-", "-")
+        else:
+            ho = t.heldout[j] if t.heldout and j < len(t.heldout) else None
+            best.add_row(name, _arrow(d), _fmt(t.values[j]), str(t.number), _fmt(ho), t.strategy)
+    con.print(best)
+
+    ref = ", ".join(f"{n}={r:.6g}" for n, r in zip(data.objectives, data.ref_point, strict=True))
+    hv = "-" if data.hypervolume is None else _fmt(data.hypervolume, 6)
+    con.print(f"front: {len(data.front)} trials   hypervolume {hv}  (reference point {ref})", markup=False)
+
+    workers = data.workers()
+    if workers:
+        wt = Table(title=f"workers seen: {len(workers)}", title_justify="left")
+        for col in ("worker", "trials", "done", "failed", "running", "mat. s", "eval s", "last seen"):
+            wt.add_column(col, justify="left" if col in ("worker", "last seen") else "right")
+        for w in workers:
+            wt.add_row(
+                w["worker"], str(w["trials"]), str(w[COMPLETE]), str(w[FAIL]), str(w[RUNNING]),
+                _fmt(w["materialize_s"], 3), _fmt(w["evaluate_s"], 3), _clock(w["last"]),
+            )
+        con.print(wt)
+    else:
+        con.print("workers seen: none yet")
+    return 0
+
+
+def print_front(run: str, store: str | None = None, as_json: bool = False, console: Console | None = None) -> int:
+    """``search front RUN [--json]``: the Pareto front (trial number, search values, held-out
+    values, strategy, generation) and the run's hypervolume. ``--json`` prints
+    :func:`front_json` (schema in its docstring) to stdout. Returns the exit code (0)."""
+    data = load_run(run, store)
+    if as_json:
+        import json
+        import sys
+
+        sys.stdout.write(json.dumps(front_json(data), indent=2, allow_nan=False) + "\n")
+        sys.stdout.flush()
+        return 0
+
+    from rich.table import Table
+
+    con = console or _console()
+    doc = front_json(data, with_params=False)
+    hv = "-" if data.hypervolume is None else _fmt(data.hypervolume, 6)
+    ref = ", ".join(f"{n}={r:.6g}" for n, r in zip(data.objectives, data.ref_point, strict=True))
+    table = Table(
+        title=f"Pareto front of {data.name}: {len(doc['front'])} of {doc['counts'].get(COMPLETE, 0)} complete trials",
+        caption=f"hypervolume {hv} (reference point {ref})",
+        title_justify="left",
+        caption_justify="left",
+    )
+    table.add_column("trial", justify="right")
+    for n, d in zip(data.objectives, data.directions, strict=True):
+        table.add_column(f"{n} ({_arrow(d)})", justify="right")
+    for n in data.objectives:
+        table.add_column(f"{n} held-out", justify="right")
+    table.add_column("strategy")
+    table.add_column("gen", justify="right")
+    for item in doc["front"]:
+        ho = item["heldout"] or {}
+        table.add_row(
+            str(item["number"]),
+            *[_fmt(item["values"][n]) for n in data.objectives],
+            *[_fmt(ho.get(n)) for n in data.objectives],
+            item["strategy"],
+            str(item["generation"]),
+        )
+    con.print(table)
+    return 0
