@@ -13,7 +13,14 @@ from rich.console import Console
 
 from search.cli import main
 from search.errors import StoreError
-from search.report import front_json, hypervolume_history, load_run, print_front, print_status, reference_point
+from search.report import (
+    front_json,
+    hypervolume_history,
+    load_run,
+    print_front,
+    print_status,
+    reference_point,
+)
 from search.store import COMPLETE, FAIL, Store
 
 GROUPS = ["embed", "layers.00", "layers.01", "head"]
