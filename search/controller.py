@@ -1,0 +1,463 @@
+"""The controller: an asynchronous steady-state loop and the only writer of the store.
+
+``launch(config)`` validates the config, opens (or creates) the run in the store, takes the
+run's single-controller lock and loops: whenever a worker is free it asks the strategy for
+candidates (strategies ask ahead at generation boundaries, so no worker idles), records
+each as a RUNNING trial together with the strategy state (one transaction), and submits it;
+finished trials are recorded with their values, metrics and per-example scores, told to
+the strategy, and the new strategy state is saved in the same transaction. So a resumed
+run (``search resume`` or ``launch`` on an existing run) restores the exact strategy state,
+retries the trials that were running, and continues numbering.
+
+Identical candidates are not evaluated twice: a duplicate gets the earlier result and
+costs no budget. A trial whose worker died is retried (``workers.max_retries``); a trial
+that raises, returns NaN/inf, or exceeds ``workers.trial_timeout`` is recorded as FAIL with
+its error and the run goes on. When the budget is spent, the members of the Pareto front
+are re-evaluated on the objectives' held-out settings and stored beside the search values.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import pickle
+import signal
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .config import SearchConfig, parse_config, validate_file
+from .errors import StoreError
+from .store import COMPLETE, FAIL, RUNNING, Store, default_store_for
+from .workers import TrialTask, WorkerResult, make_pool
+
+log = logging.getLogger("search.controller")
+
+_IDENTITY_EXCLUDE = {"strategy": {"budget", "max_time"}, "workers": True, "store": True}
+
+
+def config_identity(cfg: SearchConfig) -> str:
+    """Hash of what defines a run's search problem (budget, workers and store may change)."""
+    d = cfg.model_dump(mode="json", exclude=_IDENTITY_EXCLUDE)  # type: ignore[arg-type]
+    return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()
+
+
+def _jsonable(o: Any) -> Any:
+    if isinstance(o, dict):
+        return {str(k): _jsonable(v) for k, v in o.items()}
+    if isinstance(o, (list, tuple)):
+        return [_jsonable(v) for v in o]
+    if isinstance(o, np.ndarray):
+        return [_jsonable(v) for v in o.tolist()]
+    if isinstance(o, (np.integer,)):
+        return int(o)
+    if isinstance(o, (np.floating,)):
+        return float(o)
+    return o
+
+
+def front_stats(values: np.ndarray, directions: Sequence[str]) -> tuple[np.ndarray, float | None]:
+    """Pareto mask and hypervolume (None if unavailable) of complete trials' values."""
+    if len(values) == 0:
+        return np.zeros(0, dtype=bool), None
+    try:
+        from .pareto import hypervolume, pareto_mask
+    except ImportError:  # pragma: no cover - pareto lands with the strategies
+        return np.ones(len(values), dtype=bool), None
+    mask = pareto_mask(values, directions)
+    try:
+        hv = float(hypervolume(values, directions))
+    except Exception:
+        hv = None
+    return mask, hv
+
+
+class Controller:
+    def __init__(self, cfg: SearchConfig, store_url: str | None = None, config_path: str | None = None):
+        self.cfg = cfg
+        self.store_url = store_url or cfg.store_url
+        if "://" not in self.store_url and not Path(self.store_url).is_absolute():
+            self.store_url = str(Path.cwd() / self.store_url)
+        self.config_path = config_path
+        self._stop = False
+
+    # ------------------------------------------------------------------ setup
+    def _open_study(self, store: Store, space_info: dict[str, Any], fresh: bool) -> Any:
+        cfg = self.cfg
+        ident = config_identity(cfg)
+        study = store.find_study(cfg.name)
+        if study is None:
+            log.info("new run %r in %s", cfg.name, self.store_url)
+            return store.create_study(cfg.name, cfg.to_yaml(), ident, [(o.name, o.direction) for o in cfg.objectives], space_info)
+        if fresh:
+            raise StoreError(f"run {cfg.name!r} already exists in {self.store_url}; pick another name or drop --fresh to continue it")
+        if study.config_sha != ident:
+            old = parse_config(__import__("yaml").safe_load(study.config_yaml))
+            changed = _diff_keys(old.model_dump(mode="json", exclude=_IDENTITY_EXCLUDE), cfg.model_dump(mode="json", exclude=_IDENTITY_EXCLUDE))  # type: ignore[arg-type]
+            raise StoreError(
+                f"run {cfg.name!r} in {self.store_url} was started with a different config (changed: {', '.join(changed) or '?'}); "
+                "give this config another name, or use another store"
+            )
+        log.info("continuing run %r (%s)", cfg.name, store.counts(study.id))
+        return study
+
+    def _problem(self, space: Any) -> Any:
+        from .strategies import Objective, Problem
+
+        k = len(space.experts)
+        seeds: list[tuple[str, np.ndarray]] = []
+        if "weight" in space.searched:
+            for i, e in enumerate(space.experts):
+                seeds.append((f"expert:{e}", space.point([1.0 if j == i else 0.0 for j in range(k)])))
+            seeds.append(("base", space.point([0.0] * k)))
+            seeds.append(("uniform", space.point([1.0 / k] * k)))
+        return Problem(
+            lower=space.lower,
+            upper=space.upper,
+            objectives=tuple(Objective(o.name, o.direction, o.weight) for o in self.cfg.objectives),
+            budget=self.cfg.strategy.budget,
+            names=space.names,
+            coord_group=space.coord_group,
+            seeds=tuple(seeds),
+            n_experts=k,
+        )
+
+    # ------------------------------------------------------------------ main loop
+    def run(self, fresh: bool = False) -> int:
+        from .models import param_names
+        from .space import CoefficientSpace
+        from .strategies import STRATEGIES, Candidate, TrialResult
+
+        cfg = self.cfg
+        t_start = time.time()
+        names = param_names(cfg)
+        space = CoefficientSpace.build(names, [e.name for e in cfg.models.experts], cfg.merge)
+        log.info("search space: %s", space.describe())
+        space_info = {
+            "names": list(space.names),
+            "groups": list(space.groups),
+            "experts": list(space.experts),
+            "searched": list(space.searched),
+            "lower": space.lower.tolist(),
+            "upper": space.upper.tolist(),
+            "base_dir": str(cfg.base_dir),
+        }
+        store = Store.open(self.store_url)
+        study = self._open_study(store, space_info, fresh)
+        owner = store.acquire(study.id)
+        if study.config_yaml != cfg.to_yaml():
+            store.update_config(study.id, cfg.to_yaml())
+        hb_stop = threading.Event()
+        hb = threading.Thread(target=_heartbeat, args=(self.store_url, study.id, owner, hb_stop), daemon=True)
+        hb.start()
+
+        problem = self._problem(space)
+        strategy = STRATEGIES.get(cfg.strategy.name)(problem, cfg.strategy.options, seed=cfg.seed)
+        saved = store.latest_strategy_state(study.id)
+        seq = 0
+        if saved is not None:
+            seq = saved[0]
+            strategy.load_state_dict(pickle.loads(saved[2]))
+            log.info("restored %s state #%d", cfg.strategy.name, seq)
+
+        # what the store already holds
+        old = store.trials(study.id)
+        number = (max(t.number for t in old) + 1) if old else 0
+        seen: dict[bytes, int] = {}
+        results_by_number: dict[int, TrialResult] = {}
+        for t in old:
+            cand = Candidate.from_dict(t.candidate)
+            seen[_key(cand.x)] = t.number
+        n_done = sum(1 for t in old if t.state in (COMPLETE, FAIL))
+        n_fail = sum(1 for t in old if t.state == FAIL)
+        stale = [t for t in old if t.state == RUNNING]
+        for t in old:
+            if t.state != RUNNING:
+                cand = Candidate.from_dict(t.candidate)
+                results_by_number[t.number] = TrialResult(cand, np.asarray(t.values) if t.values else None, None, t.error)
+
+        pending: dict[int, tuple[int, Any, TrialTask]] = {}  # number -> (trial_id, candidate, task)
+        waiting_dups: dict[int, list[Any]] = {}  # number -> duplicate candidates waiting for its result
+        budget = cfg.strategy.budget
+        pool = None
+        interrupted = False
+        old_handler = signal.getsignal(signal.SIGTERM)
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, _raise_interrupt)
+        progress = _Progress(budget, n_done, n_fail)
+        dup_streak = 0
+
+        def save_state() -> tuple[int, int, bytes]:
+            nonlocal seq
+            seq += 1
+            return (seq, n_done, pickle.dumps(strategy.state_dict()))
+
+        try:
+            log.info("starting %d %s worker(s)", cfg.workers.count, cfg.workers.backend)
+            pool = make_pool(cfg, cfg.to_yaml(), str(cfg.base_dir))
+            for t in stale:  # trials that were running when a controller died: run them again
+                store.restart_trial(t.id)
+                task = TrialTask(t.number, t.candidate["x"], attempt=t.attempts + 1)
+                pending[t.number] = (t.id, Candidate.from_dict(t.candidate), task)
+            if stale:
+                log.info("retrying %d trial(s) left running by an earlier controller", len(stale))
+            queue_: list[TrialTask] = [p[2] for p in pending.values()]
+            progress.start()
+            while True:
+                time_up = cfg.strategy.max_time is not None and time.time() - t_start > cfg.strategy.max_time
+                free = pool.free_slots()
+                # submit queued retries first
+                while queue_ and free > 0:
+                    pool.submit(queue_.pop(0))
+                    free -= 1
+                want = min(free, budget - n_done - len(pending)) if not time_up else 0
+                if want > 0:
+                    cands = strategy.ask(want)
+                    for cand in cands:
+                        cand.x = np.clip(np.asarray(cand.x, dtype=np.float64), space.lower, space.upper)
+                        k = _key(cand.x)
+                        if k in seen:  # identical candidate: reuse the earlier result, costs no budget
+                            dup_streak += 1
+                            orig = seen[k]
+                            if orig in results_by_number:
+                                r = results_by_number[orig]
+                                strategy.tell([TrialResult(cand, r.values, r.per_sample, r.error)])
+                            else:
+                                waiting_dups.setdefault(orig, []).append(cand)
+                            continue
+                        dup_streak = 0
+                        cdict = _jsonable(cand.to_dict())
+                        tid = store.add_trial(
+                            study.id, number, cdict, space.to_dict(cand.x), cfg.strategy.name, strategy_state=save_state()
+                        )
+                        task = TrialTask(number, cand.x.tolist())
+                        pending[number] = (tid, cand, task)
+                        seen[k] = number
+                        pool.submit(task)
+                        number += 1
+                    if dup_streak > 200:
+                        log.warning("the strategy proposed 200 duplicates in a row; stopping early")
+                        budget = n_done + len(pending)
+                if not pending and (n_done >= budget or time_up or want <= 0):
+                    break
+                for task, res in pool.poll(timeout=0.2):
+                    if task.split != "search":
+                        continue
+                    tid, cand, _ = pending[task.number]
+                    if res.died and task.attempt <= cfg.workers.max_retries:
+                        log.warning("retrying trial %d (attempt %d): %s", task.number, task.attempt + 1, res.error)
+                        store.restart_trial(tid)
+                        retry = TrialTask(task.number, task.x, attempt=task.attempt + 1)
+                        pending[task.number] = (tid, cand, retry)
+                        queue_.append(retry)
+                        continue
+                    del pending[task.number]
+                    n_done += 1
+                    ok = res.ok
+                    if not ok:
+                        n_fail += 1
+                        log.warning("trial %d failed: %s", task.number, res.error)
+                    per = np.concatenate([v.ravel() for v in res.per_sample.values()]) if res.per_sample else None
+                    tr = TrialResult(cand, np.asarray(res.values) if ok else None, per, res.error)
+                    results_by_number[task.number] = tr
+                    batch = [tr] + [TrialResult(d, tr.values, tr.per_sample, tr.error) for d in waiting_dups.pop(task.number, [])]
+                    strategy.tell(batch)
+                    store.finish_trial(
+                        tid,
+                        COMPLETE if ok else FAIL,
+                        values=res.values if ok else None,
+                        evaluations_=res.evaluations,
+                        per_sample_=res.per_sample if ok else None,
+                        error=res.error,
+                        worker=res.worker,
+                        materialize_s=res.materialize_s,
+                        evaluate_s=res.evaluate_s,
+                        strategy_state=save_state(),
+                        study_id=study.id,
+                    )
+                    progress.update(
+                        n_done, n_fail, lambda: np.array([r.values for r in results_by_number.values() if r.values is not None]), cfg
+                    )
+            progress.stop()
+            self._heldout(store, study, pool)
+            store.set_status(study.id, "finished")
+        except KeyboardInterrupt:
+            interrupted = True
+            progress.stop()
+            log.warning("interrupted: %d trial(s) left running will be retried; continue with: search resume %s", len(pending), cfg.name)
+            store.set_status(study.id, "interrupted")
+        finally:
+            if pool is not None:
+                pool.close()
+            hb_stop.set()
+            store.release(study.id, owner)
+            if threading.current_thread() is threading.main_thread():
+                signal.signal(signal.SIGTERM, old_handler)
+        counts = store.counts(study.id)
+        store.close()
+        log.info(
+            "run %r: %d complete, %d failed, %.0fs; store %s",
+            cfg.name,
+            counts.get(COMPLETE, 0),
+            counts.get(FAIL, 0),
+            time.time() - t_start,
+            self.store_url,
+        )
+        if not interrupted:
+            print(f"\nnext: search front {cfg.name} --store {self.store_url}   |   search dashboard {cfg.name} --store {self.store_url}")
+        return 130 if interrupted else 0
+
+    # ------------------------------------------------------------------ held-out validation
+    def _heldout(self, store: Store, study: Any, pool: Any) -> None:
+        cfg = self.cfg
+        if not any(o.heldout is not None for o in cfg.objectives):
+            return
+        done = store.trials(study.id, states=[COMPLETE])
+        if not done:
+            return
+        vals = np.array([t.values for t in done])
+        mask, _ = front_stats(vals, [o.direction for o in cfg.objectives])
+        todo = [t for t, m in zip(done, mask, strict=True) if m and not t.heldout]
+        if not todo:
+            return
+        log.info("re-evaluating %d front member(s) on the held-out settings", len(todo))
+        queue_ = [TrialTask(t.number, t.candidate["x"], split="heldout") for t in todo]
+        ids = {t.number: t.id for t in todo}
+        running = 0
+        while queue_ or running:
+            while queue_ and pool.free_slots() > 0:
+                pool.submit(queue_.pop(0))
+                running += 1
+            for task, res in pool.poll(timeout=0.2):
+                running -= 1
+                if res.died:
+                    task.attempt += 1
+                    if task.attempt <= cfg.workers.max_retries + 1:
+                        queue_.append(task)
+                    continue
+                if res.ok:
+                    store.add_heldout(
+                        ids[task.number],
+                        [None if (v is None or (isinstance(v, float) and math.isnan(v))) else v for v in res.values or []],
+                        res.evaluations,
+                    )
+                else:
+                    log.warning("held-out evaluation of trial %d failed: %s", task.number, res.error)
+
+
+def _diff_keys(a: Any, b: Any, prefix: str = "") -> list[str]:
+    if isinstance(a, dict) and isinstance(b, dict):
+        out = []
+        for k in sorted(set(a) | set(b)):
+            out += _diff_keys(a.get(k), b.get(k), f"{prefix}.{k}" if prefix else str(k))
+        return out
+    return [] if a == b else [prefix]
+
+
+def _key(x: np.ndarray) -> bytes:
+    return np.round(np.asarray(x, dtype=np.float64), 10).tobytes()
+
+
+def _raise_interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
+def _heartbeat(url: str, study_id: int, owner: str, stop: threading.Event) -> None:
+    st = Store.open(url)
+    try:
+        while not stop.wait(10.0):
+            try:
+                st.heartbeat(study_id, owner)
+            except Exception as e:  # never let the heartbeat kill the run
+                log.debug("heartbeat failed: %s", e)
+    finally:
+        st.close()
+
+
+class _Progress:
+    """A rich progress bar: evaluations, failures, front size, hypervolume."""
+
+    def __init__(self, budget: int, done: int, failed: int):
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        self._p = Progress(
+            TextColumn("[bold]search"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            TextColumn("{task.fields[info]}"),
+            transient=False,
+        )
+        self._task = self._p.add_task("search", total=budget, completed=done, info=f"failed {failed}")
+        self._last_log = 0.0
+        self._last_front = 0.0
+
+    def start(self) -> None:
+        self._p.start()
+
+    def stop(self) -> None:
+        self._p.stop()
+
+    def update(self, done: int, failed: int, get_values: Any, cfg: SearchConfig) -> None:
+        now = time.time()
+        if now - self._last_front < 0.5 and done < cfg.strategy.budget:  # the front costs O(n^2): throttle
+            self._p.update(self._task, completed=done)
+            return
+        self._last_front = now
+        info = f"failed {failed}"
+        values = get_values()
+        if len(values):
+            mask, hv = front_stats(values, [o.direction for o in cfg.objectives])
+            info += f" | front {int(mask.sum())}"
+            if hv is not None:
+                info += f" | HV {hv:.4g}"
+        self._p.update(self._task, completed=done, info=info)
+        if now - self._last_log > 30:
+            self._last_log = now
+            log.info("%d/%d trials, %s", done, cfg.strategy.budget, info)
+
+
+# ----------------------------------------------------------------------------- entry points
+
+
+def _with_overrides(cfg: SearchConfig, address: str | None = None, budget: int | None = None, store: str | None = None) -> SearchConfig:
+    base = cfg.base_dir
+    upd: dict[str, Any] = {}
+    if address:
+        upd["workers"] = cfg.workers.model_copy(update={"backend": "ray", "address": address})
+    if budget is not None:
+        from .errors import ConfigError, ConfigIssue
+
+        if budget <= 0:
+            raise ConfigError(ConfigIssue("--budget", "must be a positive number of trials"))
+        upd["strategy"] = cfg.strategy.model_copy(update={"budget": budget})
+    if store:
+        upd["store"] = store
+    return cfg.model_copy(update=upd).with_base_dir(base) if upd else cfg
+
+
+def launch(config: str | SearchConfig, address: str | None = None, budget: int | None = None, store: str | None = None, fresh: bool = False) -> int:
+    """``search launch``: validate, then run (or continue) the search. Returns an exit code."""
+    cfg = validate_file(config) if not isinstance(config, SearchConfig) else config
+    cfg = _with_overrides(cfg, address, budget, store)
+    return Controller(cfg).run(fresh=fresh)
+
+
+def resume(run: str, store: str | None = None, address: str | None = None, budget: int | None = None) -> int:
+    """``search resume``: continue a run from its store with the config it was started with."""
+    import yaml
+
+    from .store import open_run
+
+    st, study = open_run(run, store, readonly=True)
+    st.close()
+    cfg = parse_config(yaml.safe_load(study.config_yaml), f"{run} (stored config)").with_base_dir(study.space.get("base_dir"))
+    url = store or default_store_for(run)
+    cfg = _with_overrides(cfg, address, budget, url)
+    return Controller(cfg, url).run()

@@ -1,0 +1,420 @@
+"""Workers evaluate trials; pools run them in-process, in local processes, or as Ray actors.
+
+A :class:`TrialWorker` is built once per worker: it loads the base model (the one model
+instance whose weights every trial overwrites in place), the tokenizer, the Materializer
+(base + task vectors resident) and one evaluator per objective. ``run(task)`` materializes
+the trial's coefficients and evaluates; it never raises for a bad trial: failures come back
+as results with ``error`` set.
+
+Pools share one small interface used by the controller:
+
+* ``free_slots()``: workers ready for a task;
+* ``submit(task)``: start a task on a free worker;
+* ``poll(timeout)``: finished ``(task, result)`` pairs; a task whose worker died comes back
+  with ``result.died = True`` (the controller retries it, bounded); a task past
+  ``workers.trial_timeout`` comes back failed and its worker is replaced;
+* ``close()``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import queue
+import socket
+import time
+import traceback
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+log = logging.getLogger("search.workers")
+
+
+@dataclass
+class TrialTask:
+    number: int
+    x: list[float]
+    split: str = "search"  # "search" or "heldout"
+    attempt: int = 1
+
+
+@dataclass
+class WorkerResult:
+    number: int
+    split: str
+    values: list[float] | None = None
+    evaluations: list[dict[str, Any]] = field(default_factory=list)
+    per_sample: dict[str, np.ndarray] = field(default_factory=dict)
+    error: str | None = None
+    worker: str = ""
+    materialize_s: float | None = None
+    evaluate_s: float | None = None
+    died: bool = False
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None and self.values is not None
+
+
+def pick_device(device: str, gpus: float) -> str:
+    if device != "auto":
+        return device
+    try:
+        import torch
+
+        if gpus > 0 and torch.cuda.is_available():
+            return "cuda"
+    except ImportError:  # pragma: no cover
+        pass
+    return "cpu"
+
+
+class TrialWorker:
+    """Everything a worker builds once: model, tokenizer, materializer, evaluators."""
+
+    def __init__(self, config_yaml: str, base_dir: str | None, worker_id: str):
+        import torch
+        import yaml
+
+        from evaluators import build_evaluator, context_for
+
+        from .config import parse_config
+        from .merge.materializer import build_materializer
+        from .models import load_model, load_tokenizer
+        from .space import CoefficientSpace
+
+        t0 = time.perf_counter()
+        self.cfg = parse_config(yaml.safe_load(config_yaml)).with_base_dir(base_dir)
+        cfg = self.cfg
+        torch.set_num_threads(cfg.workers.threads)
+        self.device = pick_device(cfg.workers.device, cfg.workers.gpus_per_worker)
+        self.worker_id = worker_id
+        self.model = load_model(cfg.models.base, cfg, device=self.device)
+        self.tokenizer = load_tokenizer(cfg)
+        names = [n for n, _ in self.model.named_parameters()]
+        self.space = CoefficientSpace.build(names, [e.name for e in cfg.models.experts], cfg.merge)
+        self.materializer = build_materializer(cfg, self.model, self.space, self.device)
+        self._build_evaluator = build_evaluator
+        self._context_for = context_for
+        self.evaluators = [
+            build_evaluator(o.evaluator, o.settings, context_for(cfg, "search", self.device)) for o in cfg.objectives
+        ]
+        self._heldout: list[Any] | None = None
+        log.info("worker %s ready on %s in %.1fs (%s)", worker_id, self.device, time.perf_counter() - t0, self.space.describe())
+
+    def _heldout_evaluators(self) -> list[Any]:
+        if self._heldout is None:
+            self._heldout = [
+                self._build_evaluator(o.evaluator, {**o.settings, **o.heldout}, self._context_for(self.cfg, "heldout", self.device))
+                if o.heldout is not None
+                else None
+                for o in self.cfg.objectives
+            ]
+        return self._heldout
+
+    def run(self, task: TrialTask) -> WorkerResult:
+        import torch
+
+        from .seeding import trial_seed
+
+        res = WorkerResult(number=task.number, split=task.split, worker=self.worker_id)
+        try:
+            t0 = time.perf_counter()
+            with torch.no_grad():
+                self.materializer.apply(np.asarray(task.x, dtype=np.float64), task.number)
+            res.materialize_s = time.perf_counter() - t0
+            evs = self.evaluators if task.split == "search" else self._heldout_evaluators()
+            seed = trial_seed(self.cfg.seed, task.number)
+            values: list[float] = []
+            t1 = time.perf_counter()
+            for o, ev in zip(self.cfg.objectives, evs, strict=True):
+                if ev is None:  # no held-out settings for this objective
+                    values.append(math.nan)
+                    continue
+                with torch.no_grad():
+                    out = ev.evaluate(self.model, self.tokenizer, seed=seed)
+                if ev.metric not in out.metrics:
+                    raise ValueError(
+                        f"objective {o.name!r}: evaluator {o.evaluator!r} produced no metric {ev.metric!r} "
+                        f"(it produced: {', '.join(sorted(out.metrics))})"
+                    )
+                v = float(out.metrics[ev.metric])
+                for k, mv in out.metrics.items():
+                    res.evaluations.append(
+                        {
+                            "objective_idx": len(values),
+                            "split": task.split,
+                            "evaluator": o.evaluator,
+                            "metric": k,
+                            "value": float(mv) if isinstance(mv, (int, float)) and math.isfinite(mv) else None,
+                        }
+                    )
+                if not math.isfinite(v):
+                    raise ValueError(f"objective {o.name!r}: evaluator {o.evaluator!r} returned {v} for {ev.metric!r}")
+                values.append(v)
+                for key, arr in (out.per_sample or {}).items():
+                    res.per_sample[f"{o.name}/{key}"] = np.asarray(arr, dtype=np.float32)
+            res.evaluate_s = time.perf_counter() - t1
+            res.values = values
+        except Exception as e:  # a failed trial is data, not a crash
+            log.debug("trial %s failed:\n%s", task.number, traceback.format_exc())
+            res.error = f"{type(e).__name__}: {e}"
+            res.values = None
+        return res
+
+
+# ----------------------------------------------------------------------------- pools
+
+
+class InlinePool:
+    """One worker in this process: zero setup; a trial runs inside ``poll``."""
+
+    def __init__(self, config_yaml: str, base_dir: str | None):
+        self.worker = TrialWorker(config_yaml, base_dir, f"local-0@{socket.gethostname()}")
+        self._queue: list[TrialTask] = []
+        self.n_workers = 1
+
+    def free_slots(self) -> int:
+        return 0 if self._queue else 1
+
+    def submit(self, task: TrialTask) -> None:
+        self._queue.append(task)
+
+    def poll(self, timeout: float = 0.0) -> list[tuple[TrialTask, WorkerResult]]:
+        if not self._queue:
+            return []
+        task = self._queue.pop(0)
+        return [(task, self.worker.run(task))]
+
+    def running(self) -> int:
+        return len(self._queue)
+
+    def close(self) -> None:
+        pass
+
+
+def _process_main(config_yaml: str, base_dir: str | None, worker_id: str, tasks: Any, results: Any) -> None:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    try:
+        w = TrialWorker(config_yaml, base_dir, worker_id)
+    except Exception as e:
+        results.put(("init_error", worker_id, f"{type(e).__name__}: {e}"))
+        return
+    results.put(("ready", worker_id, None))
+    while True:
+        task = tasks.get()
+        if task is None:
+            return
+        results.put(("result", worker_id, (task, w.run(task))))
+
+
+class ProcessPool:
+    """Local worker processes (spawned); used for count > 1 or a trial timeout on the local backend."""
+
+    def __init__(self, config_yaml: str, base_dir: str | None, count: int, trial_timeout: float | None):
+        import multiprocessing as mp
+
+        self._ctx = mp.get_context("spawn")
+        self._args = (config_yaml, base_dir)
+        self._timeout = trial_timeout
+        self._results = self._ctx.Queue()
+        self._workers: dict[str, dict[str, Any]] = {}
+        self.n_workers = count
+        for i in range(count):
+            self._start(f"local-{i}@{socket.gethostname()}")
+
+    def _start(self, wid: str) -> None:
+        tq = self._ctx.Queue()
+        p = self._ctx.Process(target=_process_main, args=(*self._args, wid, tq, self._results), daemon=True)
+        p.start()
+        self._workers[wid] = {"proc": p, "tasks": tq, "ready": False, "task": None, "since": 0.0}
+
+    def free_slots(self) -> int:
+        return sum(1 for w in self._workers.values() if w["ready"] and w["task"] is None)
+
+    def running(self) -> int:
+        return sum(1 for w in self._workers.values() if w["task"] is not None)
+
+    def submit(self, task: TrialTask) -> None:
+        wid = next(k for k, w in self._workers.items() if w["ready"] and w["task"] is None)
+        w = self._workers[wid]
+        w["task"], w["since"] = task, time.monotonic()
+        w["tasks"].put(task)
+
+    def _replace(self, wid: str) -> None:
+        w = self._workers.pop(wid)
+        if w["proc"].is_alive():
+            w["proc"].kill()
+        w["proc"].join(timeout=5)
+        self._start(wid)
+
+    def poll(self, timeout: float = 0.0) -> list[tuple[TrialTask, WorkerResult]]:
+        out: list[tuple[TrialTask, WorkerResult]] = []
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                kind, wid, payload = self._results.get(timeout=max(0.0, min(0.05, deadline - time.monotonic())))
+                w = self._workers.get(wid)
+                if kind == "ready" and w:
+                    w["ready"] = True
+                elif kind == "init_error":
+                    from .errors import MergeSearchError
+
+                    raise MergeSearchError(f"worker {wid} could not start: {payload}")
+                elif kind == "result" and w:
+                    w["task"] = None
+                    out.append(payload)
+            except queue.Empty:
+                pass
+            now = time.monotonic()
+            for wid, w in list(self._workers.items()):
+                t = w["task"]
+                if t is None:
+                    continue
+                if not w["proc"].is_alive():
+                    out.append((t, WorkerResult(t.number, t.split, error=f"worker {wid} died", worker=wid, died=True)))
+                    self._replace(wid)
+                elif self._timeout and now - w["since"] > self._timeout:
+                    out.append((t, WorkerResult(t.number, t.split, error=f"timed out after {self._timeout:g}s", worker=wid)))
+                    log.warning("trial %d timed out on %s; replacing the worker", t.number, wid)
+                    self._replace(wid)
+            if out or time.monotonic() >= deadline:
+                return out
+
+    def close(self) -> None:
+        for w in self._workers.values():
+            try:
+                w["tasks"].put(None)
+            except Exception:
+                pass
+        for w in self._workers.values():
+            w["proc"].join(timeout=2)
+            if w["proc"].is_alive():
+                w["proc"].kill()
+        self._workers.clear()
+
+
+class RayPool:
+    """One Ray actor per worker (``num_gpus`` per actor from the config)."""
+
+    def __init__(self, config_yaml: str, base_dir: str | None, workers_cfg: Any):
+        import ray
+
+        from .ray_actor import make_actor_class
+
+        self._ray = ray
+        self.cfg = workers_cfg
+        if not ray.is_initialized():
+            os.environ.setdefault("RAY_DISABLE_USAGE_STATS", "1")
+            if workers_cfg.address:
+                log.info("joining Ray cluster at %s", workers_cfg.address)
+                ray.init(address=workers_cfg.address)
+            else:
+                log.info("starting a local Ray (no workers.address given)")
+                ray.init(include_dashboard=False)
+            self._owns_ray = True
+        else:
+            self._owns_ray = False
+        self._cls = make_actor_class()
+        self._args = (config_yaml, base_dir)
+        self.n_workers = workers_cfg.count
+        self._workers: dict[str, dict[str, Any]] = {}
+        for i in range(workers_cfg.count):
+            self._start(f"ray-{i}")
+
+    def _start(self, wid: str) -> None:
+        opts: dict[str, Any] = dict(num_cpus=self.cfg.cpus_per_worker, num_gpus=self.cfg.gpus_per_worker, max_restarts=0)
+        if self.cfg.resources:
+            opts["resources"] = dict(self.cfg.resources)
+        if self.cfg.runtime_env:
+            opts["runtime_env"] = dict(self.cfg.runtime_env)
+        actor = self._cls.options(**opts).remote(*self._args, wid)
+        self._workers[wid] = {"actor": actor, "ready_ref": actor.ready.remote(), "name": wid, "task": None, "ref": None, "since": 0.0}
+
+    def free_slots(self) -> int:
+        self._check_ready()
+        return sum(1 for w in self._workers.values() if w["ready_ref"] is None and w["task"] is None)
+
+    def running(self) -> int:
+        return sum(1 for w in self._workers.values() if w["task"] is not None)
+
+    def _check_ready(self) -> None:
+        pending = [w["ready_ref"] for w in self._workers.values() if w["ready_ref"] is not None]
+        if not pending:
+            return
+        done, _ = self._ray.wait(pending, num_returns=len(pending), timeout=0)
+        for w in self._workers.values():
+            if w["ready_ref"] is not None and w["ready_ref"] in done:
+                try:
+                    w["name"] = self._ray.get(w["ready_ref"], timeout=10)
+                except Exception as e:
+                    from .errors import MergeSearchError
+
+                    raise MergeSearchError(f"Ray worker {w['name']} could not start: {e}") from None
+                w["ready_ref"] = None
+
+    def submit(self, task: TrialTask) -> None:
+        wid = next(k for k, w in self._workers.items() if w["ready_ref"] is None and w["task"] is None)
+        w = self._workers[wid]
+        w["task"], w["since"], w["ref"] = task, time.monotonic(), w["actor"].run.remote(task)
+
+    def _replace(self, wid: str) -> None:
+        w = self._workers.pop(wid)
+        try:
+            self._ray.kill(w["actor"], no_restart=True)
+        except Exception:
+            pass
+        self._start(wid)
+
+    def poll(self, timeout: float = 0.0) -> list[tuple[TrialTask, WorkerResult]]:
+        refs = {w["ref"]: wid for wid, w in self._workers.items() if w["ref"] is not None}
+        out: list[tuple[TrialTask, WorkerResult]] = []
+        if refs:
+            done, _ = self._ray.wait(list(refs), num_returns=1, timeout=timeout)
+            if done:  # collect everything else that is ready too
+                done, _ = self._ray.wait(list(refs), num_returns=len(refs), timeout=0)
+            for ref in done:
+                wid = refs[ref]
+                w = self._workers[wid]
+                task = w["task"]
+                try:
+                    res = self._ray.get(ref, timeout=60)
+                    w["task"], w["ref"] = None, None
+                    out.append((task, res))
+                except Exception as e:  # actor died (RayActorError, ActorDiedError, ...)
+                    log.warning("worker %s died during trial %d: %s", w["name"], task.number, type(e).__name__)
+                    out.append((task, WorkerResult(task.number, task.split, error=f"worker {w['name']} died", worker=w["name"], died=True)))
+                    self._replace(wid)
+        elif timeout:
+            time.sleep(min(timeout, 0.05))
+        if self.cfg.trial_timeout:
+            now = time.monotonic()
+            for wid, w in list(self._workers.items()):
+                if w["task"] is not None and now - w["since"] > self.cfg.trial_timeout:
+                    t = w["task"]
+                    out.append((t, WorkerResult(t.number, t.split, error=f"timed out after {self.cfg.trial_timeout:g}s", worker=w["name"])))
+                    log.warning("trial %d timed out on %s; replacing the worker", t.number, w["name"])
+                    self._replace(wid)
+        return out
+
+    def close(self) -> None:
+        for w in self._workers.values():
+            try:
+                self._ray.kill(w["actor"], no_restart=True)
+            except Exception:
+                pass
+        self._workers.clear()
+        if self._owns_ray:
+            self._ray.shutdown()
+
+
+def make_pool(cfg: Any, config_yaml: str, base_dir: str | None) -> InlinePool | ProcessPool | RayPool:
+    w = cfg.workers
+    if w.backend == "ray":
+        return RayPool(config_yaml, base_dir, w)
+    if w.count == 1 and not w.trial_timeout:
+        return InlinePool(config_yaml, base_dir)
+    return ProcessPool(config_yaml, base_dir, w.count, w.trial_timeout)
