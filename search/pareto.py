@@ -1,0 +1,155 @@
+"""Pareto fronts and quality indicators for objectives with explicit directions.
+
+Every function takes raw objective values, shape ``(n_points, n_objectives)``, in the
+objectives' own units, plus one direction per objective (``"maximize"`` or ``"minimize"``).
+Nothing is normalised: maximised objectives are negated internally so that "smaller is
+better" everywhere, which is what pymoo expects.
+
+Rows holding a NaN/inf value (failed trials) are never on a front and never contribute to
+an indicator.
+
+Reference point convention (:func:`hypervolume`): ``ref_point`` is given in raw objective
+units, in the same directions as the values: the worst value still worth counting for each
+objective. For accuracies in [0, 1] that are maximised the natural choice is ``0`` for every
+objective; for a minimised loss, a value a little above the worst loss you care about. A point
+adds volume only if it is strictly better than the reference point in every objective. The
+same reference point must be used for every front that is compared.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+__all__ = [
+    "to_minimization",
+    "pareto_mask",
+    "non_dominated_ranks",
+    "hypervolume",
+    "igd_plus",
+]
+
+
+def _signs(directions: Sequence[str], n_obj: int) -> np.ndarray:
+    if len(directions) != n_obj:
+        raise ValueError(f"{len(directions)} directions given for {n_obj} objectives")
+    out = []
+    for d in directions:
+        if d == "maximize":
+            out.append(-1.0)
+        elif d == "minimize":
+            out.append(1.0)
+        else:
+            raise ValueError(f"direction {d!r} is not 'maximize' or 'minimize'")
+    return np.asarray(out)
+
+
+def _as_matrix(values: np.ndarray | Sequence[Sequence[float]], directions: Sequence[str]) -> np.ndarray:
+    v = np.asarray(values, dtype=np.float64)
+    if v.ndim == 1:
+        v = v.reshape(-1, len(directions)) if v.size else np.zeros((0, len(directions)))
+    if v.ndim != 2:
+        raise ValueError(f"values must be a matrix (n_points, n_objectives), got shape {v.shape}")
+    return v
+
+
+def to_minimization(values: np.ndarray, directions: Sequence[str]) -> np.ndarray:
+    """Values signed so that smaller is better for every objective (maximised ones negated)."""
+    v = _as_matrix(values, directions)
+    return v * _signs(directions, v.shape[1])
+
+
+def _dominated_by_any(F: np.ndarray, G: np.ndarray, chunk: int = 2048) -> np.ndarray:
+    """For each row of F (minimisation), whether some row of G dominates it."""
+    out = np.zeros(len(F), dtype=bool)
+    if len(G) == 0:
+        return out
+    for s in range(0, len(F), chunk):
+        f = F[s : s + chunk, None, :]
+        le = np.all(G[None, :, :] <= f, axis=2)
+        lt = np.any(G[None, :, :] < f, axis=2)
+        out[s : s + chunk] = np.any(le & lt, axis=1)
+    return out
+
+
+def pareto_mask(values: np.ndarray, directions: Sequence[str]) -> np.ndarray:
+    """Boolean mask of the non-dominated rows of ``values``.
+
+    A row is on the front if it is finite and no other finite row is at least as good in
+    every objective and strictly better in one. Duplicated front points are all kept.
+    """
+    F = to_minimization(values, directions)
+    finite = np.all(np.isfinite(F), axis=1)
+    mask = np.zeros(len(F), dtype=bool)
+    idx = np.flatnonzero(finite)
+    if len(idx) == 0:
+        return mask
+    G = F[idx]
+    mask[idx] = ~_dominated_by_any(G, G)
+    return mask
+
+
+def non_dominated_ranks(values: np.ndarray, directions: Sequence[str]) -> np.ndarray:
+    """Front index of every row (0 = Pareto front, 1 = the front once 0 is removed, ...).
+
+    Non-finite rows get rank -1.
+    """
+    F = to_minimization(values, directions)
+    ranks = np.full(len(F), -1, dtype=np.int64)
+    remaining = np.flatnonzero(np.all(np.isfinite(F), axis=1))
+    r = 0
+    while len(remaining):
+        G = F[remaining]
+        front = ~_dominated_by_any(G, G)
+        ranks[remaining[front]] = r
+        remaining = remaining[~front]
+        r += 1
+    return ranks
+
+
+def hypervolume(values: np.ndarray, directions: Sequence[str], ref_point: Sequence[float] | float) -> float:
+    """Hypervolume dominated by ``values`` and bounded by ``ref_point`` (see the module notes).
+
+    ``ref_point``: one value per objective in raw units (a scalar is used for every objective).
+    Computed with pymoo's ``HV`` on the minimisation-signed values.
+    """
+    F = to_minimization(values, directions)
+    n_obj = F.shape[1] if F.ndim == 2 and F.shape[1] else len(directions)
+    ref = np.broadcast_to(np.asarray(ref_point, dtype=np.float64), (n_obj,)) * _signs(directions, n_obj)
+    if len(F) == 0:
+        return 0.0
+    F = F[np.all(np.isfinite(F), axis=1)]
+    F = F[np.all(F < ref, axis=1)]
+    if len(F) == 0:
+        return 0.0
+    if n_obj == 1:
+        return float(ref[0] - F[:, 0].min())
+    if n_obj == 2:  # exact sweep (dominated points add nothing); no pymoo needed for the common case
+        F = F[np.lexsort((F[:, 1], F[:, 0]))]
+        hv, prev_y = 0.0, ref[1]
+        for x, y in F:
+            if y < prev_y:
+                hv += (ref[0] - x) * (prev_y - y)
+                prev_y = y
+        return float(hv)
+    from pymoo.indicators.hv import HV
+
+    F = F[pareto_mask(F, ["minimize"] * n_obj)]
+    return float(HV(ref_point=ref)(F))
+
+
+def igd_plus(values: np.ndarray, directions: Sequence[str], reference_front: np.ndarray) -> float:
+    """IGD+ of ``values`` to a reference front (both in raw units; smaller is better).
+
+    Uses pymoo's ``IGDPlus`` on minimisation-signed values; ``inf`` when no row is finite.
+    """
+    F = to_minimization(values, directions)
+    F = F[np.all(np.isfinite(F), axis=1)]
+    R = to_minimization(reference_front, directions)
+    R = R[np.all(np.isfinite(R), axis=1)]
+    if len(F) == 0 or len(R) == 0:
+        return float("inf")
+    from pymoo.indicators.igd_plus import IGDPlus
+
+    return float(IGDPlus(R)(F))
