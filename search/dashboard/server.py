@@ -1,0 +1,629 @@
+"""The dashboard server: a JSON API over read-only stores, and one page.
+
+``search dashboard RUN [RUN...] [--store URL] [--host 127.0.0.1] [--port 8765]``
+
+Every store is opened READ-ONLY; the server binds to 127.0.0.1 unless told otherwise and
+logs its URL at start (with a warning for non-loopback addresses: anyone who can reach the
+port can read the runs and start exports that write files on this machine).
+
+JSON API (``{run}`` is a run key from ``GET /api/runs``: the run's name, made unique with a
+``~2`` suffix if two stores hold runs of the same name)::
+
+    GET  /api/runs                        {"epoch", "runs": [summary, ...]}
+    GET  /api/runs/{run}                  summary: objectives, space, counts, budget, status,
+                                          front (numbers), hypervolume, ref_point, best, workers
+    GET  /api/runs/{run}/trials?after_id=N&since=S
+                                          {"epoch", "cursor": {"after_id", "since"}, "trials",
+                                           "summary"}; trials with id > N (new ones) or changed
+                                          since cursor S (state, worker, timings, held-out
+                                          values); both absent: all trials. Poll with the
+                                          returned cursor; if "epoch" changes (server
+                                          restarted) start again without a cursor.
+    GET  /api/runs/{run}/trials/{number}  one trial in full: params, coefficient maps
+                                          (experts x groups per searched param), metrics, error
+    GET  /api/hypervolume                 hypervolume against evaluations per run, runs with
+                                          the same objectives sharing one reference point
+    POST /api/runs/{run}/trials/{number}/export   {"out_dir": "...", "force": false}
+                                          -> 202 {"job": ...}; runs search.export.export_trial
+                                          in a background thread; 501 if export is unavailable
+    GET  /api/exports[/{job}]             export jobs and their status
+
+Trials in the API: ``{"id", "number", "state", "strategy", "generation", "parents", "values",
+"heldout", "worker", "attempts", "started_at", "finished_at", "materialize_s",
+"evaluate_s", "error"}`` with values/held-out in objective order (non-finite -> null).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import logging
+import math
+import socket
+import sys
+import threading
+import time
+import traceback
+import uuid
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from fastapi import FastAPI, HTTPException, Request
+from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.staticfiles import StaticFiles
+
+from ..errors import MergeSearchError, StoreError
+from ..report import (
+    RunData,
+    config_dict,
+    config_ref_point,
+    hypervolume_history,
+    reference_point,
+    run_data,
+)
+from ..store import COMPLETE, RUNNING, Store, Study, Trial, default_store_for, store_url
+from ..store import trial_values as _tv
+from ..store import trials as _tt
+
+log = logging.getLogger("search.dashboard")
+STATIC = Path(__file__).with_name("static")
+ERROR_PREVIEW = 600  # characters of a trial's error in trial lists (full text in the detail)
+LOOPBACK_NAMES = {"localhost", "127.0.0.1", "::1"}
+
+
+# ----------------------------------------------------------------------------- JSON helpers
+
+
+def _num(v: Any) -> float | None:
+    if v is None:
+        return None
+    f = float(v)
+    return f if math.isfinite(f) else None
+
+
+def _nums(vs: Sequence[Any] | None) -> list[float | None] | None:
+    return None if vs is None else [_num(v) for v in vs]
+
+
+def trial_json(t: Trial, full: bool = False) -> dict[str, Any]:
+    err = t.error
+    if err and not full and len(err) > ERROR_PREVIEW:
+        err = err[:ERROR_PREVIEW] + "..."
+    return {
+        "id": t.id,
+        "number": t.number,
+        "state": t.state,
+        "strategy": t.strategy,
+        "generation": t.generation,
+        "parents": list(t.parents),
+        "values": _nums(t.values),
+        "heldout": _nums(t.heldout),
+        "worker": t.worker,
+        "attempts": t.attempts,
+        "started_at": t.started_at,
+        "finished_at": t.finished_at,
+        "materialize_s": _num(t.materialize_s),
+        "evaluate_s": _num(t.evaluate_s),
+        "error": err,
+    }
+
+
+def coefficient_maps(space: dict[str, Any], params: dict[str, float]) -> dict[str, Any]:
+    """Per searched param: an experts x groups matrix of the trial's coefficients.
+
+    Coordinates are named ``<group>/<expert>/<param>``; group and expert order come from the
+    study's space (else from the order of appearance). Bounds come from the space's
+    ``lower``/``upper`` (else the observed range). Params not named that way go to ``other``.
+    """
+    names = list(space.get("names") or params.keys())
+    lower = list(space.get("lower") or [])
+    upper = list(space.get("upper") or [])
+    bounds_of = {n: (lower[i], upper[i]) for i, n in enumerate(names) if i < len(lower) and i < len(upper)}
+    groups: list[str] = list(space.get("groups") or [])
+    experts: list[str] = list(space.get("experts") or [])
+    searched: list[str] = list(space.get("searched") or [])
+    cells: dict[tuple[str, str, str], float] = {}
+    other: dict[str, float] = {}
+    for n in list(names) + [k for k in params if k not in set(names)]:
+        if n not in params:
+            continue
+        parts = n.split("/")
+        if len(parts) != 3:
+            other[n] = params[n]
+            continue
+        g, e, p = parts
+        for lst, item in ((groups, g), (experts, e), (searched, p)):
+            if item not in lst:
+                lst.append(item)
+        cells[(g, e, p)] = params[n]
+    maps = []
+    for p in searched:
+        mat = [[_num(cells.get((g, e, p))) for g in groups] for e in experts]
+        los = [bounds_of[f"{g}/{e}/{p}"][0] for g in groups for e in experts if f"{g}/{e}/{p}" in bounds_of]
+        his = [bounds_of[f"{g}/{e}/{p}"][1] for g in groups for e in experts if f"{g}/{e}/{p}" in bounds_of]
+        seen = [v for row in mat for v in row if v is not None]
+        lo = min(los) if los else (min(seen) if seen else 0.0)
+        hi = max(his) if his else (max(seen) if seen else 1.0)
+        if not seen:
+            continue
+        maps.append({"param": p, "groups": groups, "experts": experts, "matrix": mat, "lower": lo, "upper": hi})
+    return {"maps": maps, "other": other}
+
+
+# ----------------------------------------------------------------------------- per-run cache
+
+
+class RunCache:
+    """The trials of one run, kept up to date incrementally from the (read-only) store.
+
+    Each refresh reads new rows (``id > max id seen``), re-reads trials that were RUNNING
+    when their state, worker or timing changed, and picks up held-out values added later.
+    Every change bumps a counter; ``changed_since(after_id, since)`` answers polls.
+    """
+
+    def __init__(self, key: str, store: Store, study: Study, url: str, min_interval: float = 0.4):
+        self.key = key
+        self.store = store
+        self.study = study
+        self.url = url
+        self.min_interval = min_interval
+        self.lock = threading.RLock()
+        self._trials: dict[int, Trial] = {}
+        self._seq: dict[int, int] = {}
+        self.counter = 0
+        self._max_id: int | None = None
+        self._last = -math.inf
+        self._data: tuple[tuple[int, str], RunData] | None = None
+
+    @property
+    def name(self) -> str:
+        return self.study.name
+
+    def _put(self, t: Trial) -> None:
+        if self._trials.get(t.id) != t:
+            self._trials[t.id] = t
+            self.counter += 1
+            self._seq[t.id] = self.counter
+        if self._max_id is None or t.id > self._max_id:
+            self._max_id = t.id
+
+    def refresh(self, force: bool = False) -> None:
+        with self.lock:
+            now = time.monotonic()
+            if not force and now - self._last < self.min_interval:
+                return
+            self._last = now
+            s = self.store.find_study(self.study.name)
+            if s is not None:
+                self.study = s
+            for t in self.store.trials(self.study.id, after_id=self._max_id):
+                self._put(t)
+            self._refresh_running()
+            self._refresh_heldout()
+
+    def _refresh_running(self) -> None:
+        running = [i for i, t in self._trials.items() if t.state == RUNNING]
+        if not running:
+            return
+        cols = (_tt.c.id, _tt.c.state, _tt.c.attempts, _tt.c.worker, _tt.c.started_at, _tt.c.finished_at)
+        changed = []
+        with self.store.engine.connect() as c:
+            for chunk in (running[i : i + 500] for i in range(0, len(running), 500)):
+                for r in c.execute(sa.select(*cols).where(_tt.c.id.in_(chunk))):
+                    t = self._trials[r.id]
+                    if (r.state, r.attempts, r.worker, r.started_at, r.finished_at) != (
+                        t.state, t.attempts, t.worker, t.started_at, t.finished_at,
+                    ):
+                        changed.append(r.id)
+        if changed:
+            want = set(changed)
+            for t in self.store.trials(self.study.id, after_id=min(want) - 1):
+                if t.id in want or (self._max_id is not None and t.id > self._max_id):
+                    self._put(t)
+
+    def _refresh_heldout(self) -> None:
+        q = (
+            sa.select(_tv.c.trial_id, _tv.c.objective_idx, _tv.c.value)
+            .join(_tt, _tt.c.id == _tv.c.trial_id)
+            .where(_tt.c.study_id == self.study.id, _tv.c.split == "heldout")
+        )
+        found: dict[int, dict[int, float]] = {}
+        with self.store.engine.connect() as c:
+            for r in c.execute(q):
+                found.setdefault(r.trial_id, {})[r.objective_idx] = r.value
+        for tid, t in list(self._trials.items()):
+            have = {i: v for i, v in enumerate(t.heldout or []) if v is not None}
+            new = found.get(tid, {})
+            if have != new:
+                n = max([len(self.study.objectives)] + [i + 1 for i in new])
+                self._put(dataclasses.replace(t, heldout=[new.get(i) for i in range(n)] if new else None))
+
+    def trials(self) -> list[Trial]:
+        with self.lock:
+            return sorted(self._trials.values(), key=lambda t: t.number)
+
+    def changed_since(self, after_id: int | None, since: int | None) -> tuple[list[Trial], dict[str, int | None]]:
+        with self.lock:
+            if after_id is None and since is None:
+                out = list(self._trials.values())
+            else:
+                out = [
+                    t
+                    for t in self._trials.values()
+                    if (after_id is not None and t.id > after_id) or (since is not None and self._seq[t.id] > since)
+                ]
+            cursor = {"after_id": self._max_id, "since": self.counter}
+        return sorted(out, key=lambda t: t.number), cursor
+
+    def data(self) -> RunData:
+        with self.lock:
+            sig = (self.counter, self.study.status)
+            if self._data is None or self._data[0] != sig:
+                self._data = (sig, run_data(self.study, self.trials(), store_url=self.url))
+            return self._data[1]
+
+    def summary(self) -> dict[str, Any]:
+        d = self.data()
+        space = self.study.space or {}
+        best = []
+        for j, (name, direction, t) in enumerate(d.best()):
+            best.append(
+                {
+                    "objective": name,
+                    "direction": direction,
+                    "number": None if t is None else t.number,
+                    "value": None if t is None else _num(t.values[j]),
+                    "heldout": None if t is None or not t.heldout or j >= len(t.heldout) else _num(t.heldout[j]),
+                }
+            )
+        workers = d.workers()
+        for w in workers:
+            for k in ("materialize_s", "evaluate_s"):
+                w[k] = _num(w[k])
+        return {
+            "key": self.key,
+            "name": self.name,
+            "store": self.url,
+            "status": self.study.status,
+            "created_at": self.study.created_at,
+            "objectives": [{"name": n, "direction": dd} for n, dd in zip(d.objectives, d.directions, strict=True)],
+            "space": {k: space.get(k, []) for k in ("groups", "experts", "searched")},
+            "budget": d.budget,
+            "counts": d.counts(),
+            "front": d.front,
+            "hypervolume": _num(d.hypervolume),
+            "ref_point": _nums(d.ref_point),
+            "best": best,
+            "workers": workers,
+            "elapsed": d.elapsed(),
+            "counter": self.counter,
+            "now": time.time(),
+        }
+
+
+# ----------------------------------------------------------------------------- exports
+
+
+class ExportJobs:
+    """Exports started from the page; each runs ``search.export.export_trial`` in a thread."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.jobs: dict[str, dict[str, Any]] = {}
+
+    @staticmethod
+    def function() -> Any:
+        """``search.export.export_trial``, or raise LookupError saying why it is unavailable."""
+        try:
+            from .. import export as ex
+        except ModuleNotFoundError as e:
+            if e.name in ("search.export", __package__.rsplit(".", 1)[0] + ".export"):
+                raise LookupError("export is not available in this installation (search.export is missing)") from None
+            raise LookupError(f"export cannot be loaded: {e}") from None
+        fn = getattr(ex, "export_trial", None)
+        if fn is None:
+            raise LookupError("export is not available in this installation (search.export has no export_trial)")
+        return fn
+
+    def start(self, fn: Any, run: RunCache, number: int, out_dir: Path, force: bool) -> dict[str, Any]:
+        with self.lock:
+            for j in self.jobs.values():
+                if j["status"] == "running" and j["out_dir"] == str(out_dir):
+                    raise FileExistsError(f"an export into {out_dir} is already running (job {j['job']})")
+            job = {
+                "job": uuid.uuid4().hex[:12],
+                "run": run.key,
+                "trial": number,
+                "out_dir": str(out_dir),
+                "force": force,
+                "status": "running",
+                "error": None,
+                "result": None,
+                "started_at": time.time(),
+                "finished_at": None,
+            }
+            self.jobs[job["job"]] = job
+
+        def work() -> None:
+            try:
+                res = fn(run.name, run.url, number, str(out_dir), force=force)
+                job["result"] = None if res is None else str(res)
+                job["status"] = "done"
+                log.info("exported trial %s of %s to %s", number, run.name, out_dir)
+            except MergeSearchError as e:
+                job["error"], job["status"] = str(e), "error"
+            except Exception as e:  # noqa: BLE001 - reported to the page, logged here
+                job["error"], job["status"] = f"{type(e).__name__}: {e}", "error"
+                log.error("export of trial %s failed:\n%s", number, traceback.format_exc())
+            finally:
+                job["finished_at"] = time.time()
+
+        threading.Thread(target=work, name=f"export-{job['job']}", daemon=True).start()
+        return dict(job)
+
+
+# ----------------------------------------------------------------------------- app
+
+
+def open_runs(runs: Sequence[str], store: str | None = None) -> list[RunCache]:
+    """Open each RUN (a run name or a store path) read-only; one Store per database."""
+    if not runs:
+        raise StoreError("name at least one run: search dashboard RUN [RUN...]")
+    stores: dict[str, Store] = {}
+    caches: list[RunCache] = []
+    keys: set[str] = set()
+    for run in runs:
+        path = store or default_store_for(run)
+        url = store_url(path)
+        if url not in stores:
+            stores[url] = Store.open(path, readonly=True, create=False)
+        st = stores[url]
+        names = st.study_names()
+        if run in names:
+            study = st.study(run)
+        elif store is None and path == run and len(names) == 1:
+            study = st.study(names[0])
+        elif store is None and path == run:
+            raise StoreError(f"{run} holds runs {names}; name them: search dashboard NAME... --store {run}")
+        else:
+            study = st.study(run)  # raises with a did-you-mean
+        key, i = study.name, 2
+        while key in keys:
+            key, i = f"{study.name}~{i}", i + 1
+        keys.add(key)
+        caches.append(RunCache(key, st, study, path))
+    return caches
+
+
+def _host_ok(host_header: str | None, allowed: set[str]) -> bool:
+    if not host_header:
+        return False
+    h = host_header.strip()
+    if h.startswith("["):
+        h = h[1 : h.find("]")] if "]" in h else h
+    else:
+        h = h.rsplit(":", 1)[0] if h.count(":") == 1 else h
+    return h.lower() in allowed
+
+
+def create_app(runs: Sequence[str], store: str | None = None, *, allowed_hosts: set[str] | None = None) -> FastAPI:
+    """The FastAPI app serving ``runs`` (names or store paths; ``store`` overrides the path).
+
+    ``allowed_hosts``: accepted ``Host`` header names (``serve`` passes the loopback names
+    when bound to loopback, against DNS rebinding); None accepts any.
+    """
+    caches = open_runs(runs, store)
+    by_key = {c.key: c for c in caches}
+    jobs = ExportJobs()
+    epoch = uuid.uuid4().hex[:8]
+    hv_cache: dict[str, Any] = {}
+    hv_lock = threading.Lock()
+
+    app = FastAPI(title="mergesearch dashboard", docs_url="/api/docs", redoc_url=None, openapi_url="/api/openapi.json")
+    app.state.runs = caches
+    app.state.jobs = jobs
+
+    if allowed_hosts is not None:
+        allowed = {h.lower() for h in allowed_hosts}
+
+        @app.middleware("http")
+        async def _check_host(request: Request, call_next: Any) -> Any:
+            if not _host_ok(request.headers.get("host"), allowed):
+                return JSONResponse({"detail": "unexpected Host header"}, status_code=400)
+            return await call_next(request)
+
+    def run_or_404(run: str) -> RunCache:
+        c = by_key.get(run)
+        if c is None:
+            raise HTTPException(404, f"no run {run!r} on this dashboard; runs: {', '.join(by_key)}")
+        return c
+
+    @app.get("/", response_class=HTMLResponse)
+    def index() -> HTMLResponse:
+        return HTMLResponse((STATIC / "index.html").read_text(encoding="utf-8"), headers={"Cache-Control": "no-cache"})
+
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+
+    @app.get("/api/runs")
+    def api_runs() -> dict[str, Any]:
+        out = []
+        for c in caches:
+            c.refresh()
+            out.append(c.summary())
+        return {"epoch": epoch, "runs": out}
+
+    @app.get("/api/runs/{run}")
+    def api_run(run: str) -> dict[str, Any]:
+        c = run_or_404(run)
+        c.refresh()
+        return c.summary()
+
+    @app.get("/api/runs/{run}/trials")
+    def api_trials(run: str, after_id: int | None = None, since: int | None = None) -> dict[str, Any]:
+        c = run_or_404(run)
+        c.refresh()
+        ts, cursor = c.changed_since(after_id, since)
+        return {"epoch": epoch, "run": c.key, "cursor": cursor, "trials": [trial_json(t) for t in ts], "summary": c.summary()}
+
+    @app.get("/api/runs/{run}/trials/{number}")
+    def api_trial(run: str, number: int) -> dict[str, Any]:
+        c = run_or_404(run)
+        c.refresh()
+        t = c.store.trial(c.study.id, number)
+        if t is None:
+            raise HTTPException(404, f"run {c.key!r} has no trial {number}")
+        d = c.data()
+        out = trial_json(t, full=True)
+        out.update(
+            run=c.key,
+            params={k: _num(v) for k, v in t.params.items()},
+            coefficients=coefficient_maps(c.study.space or {}, t.params),
+            metrics=[dict(m, value=_num(m.get("value"))) for m in t.metrics],
+            on_front=number in set(d.front),
+            objectives=[{"name": n, "direction": dd} for n, dd in zip(d.objectives, d.directions, strict=True)],
+            candidate_meta=(t.candidate or {}).get("meta", {}),
+        )
+        return out
+
+    @app.get("/api/hypervolume")
+    def api_hypervolume() -> dict[str, Any]:
+        for c in caches:
+            c.refresh()
+        sig = tuple(c.counter for c in caches)
+        with hv_lock:
+            if hv_cache.get("sig") == sig:
+                return hv_cache["doc"]
+            groups: dict[tuple[tuple[str, str], ...], list[RunCache]] = {}
+            for c in caches:
+                groups.setdefault(tuple(c.study.objectives), []).append(c)
+            doc_groups = []
+            for objs, members in groups.items():
+                directions = [d for _, d in objs]
+                vals = [
+                    t.values
+                    for c in members
+                    for t in c.trials()
+                    if t.state == COMPLETE and t.values and len(t.values) == len(objs) and all(math.isfinite(v) for v in t.values)
+                ]
+                given: list[float | None] = [None] * len(objs)
+                for c in members:  # a config-pinned reference wins (first run that pins it)
+                    for j, r in enumerate(config_ref_point(config_dict(c.study), len(objs))):
+                        if given[j] is None and r is not None:
+                            given[j] = r
+                ref = reference_point(vals, directions, given) if vals else reference_point([], directions, given)
+                doc_groups.append(
+                    {
+                        "objectives": [{"name": n, "direction": d} for n, d in objs],
+                        "ref_point": _nums(ref),
+                        "runs": {c.key: [[n, _num(h)] for n, h in hypervolume_history(c.trials(), directions, ref)] for c in members},
+                    }
+                )
+            doc = {"groups": doc_groups}
+            hv_cache.update(sig=sig, doc=doc)
+            return doc
+
+    @app.post("/api/runs/{run}/trials/{number}/export", status_code=202)
+    async def api_export(run: str, number: int, request: Request) -> Any:
+        ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if ctype != "application/json":
+            raise HTTPException(415, "send the export request as application/json: {\"out_dir\": \"...\", \"force\": false}")
+        try:
+            body = await request.json()
+        except ValueError:
+            raise HTTPException(400, "the request body is not valid JSON") from None
+        if not isinstance(body, dict) or not isinstance(body.get("out_dir"), str) or not body["out_dir"].strip():
+            raise HTTPException(400, "name the folder to export into: {\"out_dir\": \"merged/trial-12\"}")
+        force = body.get("force", False)
+        if not isinstance(force, bool):
+            raise HTTPException(400, "force must be true or false")
+        c = run_or_404(run)
+        c.refresh()
+        if not any(t.number == number for t in c.trials()):
+            raise HTTPException(404, f"run {c.key!r} has no trial {number}")
+        try:
+            fn = ExportJobs.function()
+        except LookupError as e:
+            raise HTTPException(501, str(e)) from None
+        out_dir = Path(body["out_dir"].strip()).expanduser().resolve()
+        try:
+            job = jobs.start(fn, c, number, out_dir, force)
+        except FileExistsError as e:
+            raise HTTPException(409, str(e)) from None
+        return job
+
+    @app.get("/api/exports")
+    def api_exports() -> dict[str, Any]:
+        with jobs.lock:
+            return {"jobs": [dict(j) for j in jobs.jobs.values()]}
+
+    @app.get("/api/exports/{job}")
+    def api_export_job(job: str) -> dict[str, Any]:
+        with jobs.lock:
+            j = jobs.jobs.get(job)
+            if j is None:
+                raise HTTPException(404, f"no export job {job!r}")
+            return dict(j)
+
+    return app
+
+
+# ----------------------------------------------------------------------------- serve
+
+
+def is_loopback(host: str) -> bool:
+    if host.lower() in LOOPBACK_NAMES:
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def serve(runs: Sequence[str], host: str = "127.0.0.1", port: int = 8765, store: str | None = None) -> int:
+    """Serve the dashboard until interrupted; returns the exit code (0, or 2 on a user error).
+
+    ``port=0`` picks a free port; the URL actually served is logged either way.
+    """
+    import uvicorn
+
+    loop = is_loopback(host)
+    try:
+        app = create_app(runs, store, allowed_hosts=(LOOPBACK_NAMES | {host.lower()}) if loop else None)
+    except MergeSearchError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    bind_host = host.strip("[]")
+    try:
+        infos = socket.getaddrinfo(bind_host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+        family, _, _, _, addr = infos[0]
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(addr)
+        sock.listen(128)  # connections queue from now on, so the logged URL works at once
+    except OSError as e:
+        print(f"error: cannot listen on {host}:{port}: {e.strerror or e}; pick another --port", file=sys.stderr)
+        return 2
+    try:
+        actual = sock.getsockname()[1]
+        shown = f"[{bind_host}]" if ":" in bind_host else bind_host
+        url = f"http://{shown}:{actual}/"
+        names = ", ".join(c.key for c in app.state.runs)
+        log.info("dashboard for %s at %s (stores opened read-only; Ctrl-C stops)", names, url)
+        if not loop:
+            log.warning(
+                "listening on %s, which is not a loopback address: anyone who can reach port %d can read these runs "
+                "and start exports that write files on this machine (%s); use --host 127.0.0.1 to keep it local",
+                host, actual, socket.gethostname(),
+            )
+        server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off"))
+        server.run(sockets=[sock])
+    except KeyboardInterrupt:  # Ctrl-C is how a dashboard stops (uvicorn re-raises it after shutting down)
+        pass
+    finally:
+        sock.close()
+        for c in app.state.runs:
+            c.store.close()
+    log.info("dashboard stopped")
+    return 0

@@ -1,0 +1,679 @@
+"""The dashboard: JSON API in-process, and the page in a real headless Chromium (CDP).
+
+The store the page shows comes from a real small search: a real strategy (nsga2 / random
+from search.strategies) asked and told over a cheap analytic two-expert problem, with every
+trial written through the Store API the way the controller writes it (RUNNING row first,
+then the outcome; failures with their error; held-out values for front members at the end).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import math
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from search.report import load_run
+from search.store import COMPLETE, FAIL, Store
+
+REPO = Path(__file__).resolve().parents[1]
+ARTIFACTS = REPO / "test-artifacts"
+GROUPS = ["embed", "layers.00", "layers.01", "layers.02", "layers.03", "head"]
+EXPERTS = ["math", "code"]
+
+
+# ----------------------------------------------------------------------------- a real small search
+
+
+def _space() -> dict[str, Any]:
+    names = [f"{g}/{e}/weight" for g in GROUPS for e in EXPERTS]
+    return {"names": names, "groups": GROUPS, "experts": EXPERTS, "searched": ["weight"],
+            "lower": [0.0] * len(names), "upper": [1.0] * len(names)}
+
+
+OBJECTIVES_2 = [("math", "maximize"), ("code", "maximize")]
+OBJECTIVES_3 = OBJECTIVES_2 + [("mass", "minimize")]
+
+
+def analytic(x: np.ndarray, n_obj: int) -> list[float]:
+    """Two experts per layer group: 'math' is best at (math=1, code=0) everywhere, 'code' the
+    reverse; 'mass' (third objective, minimised) is the mean coefficient."""
+    cube = np.asarray(x).reshape(len(GROUPS), len(EXPERTS))
+    m, c = cube[:, 0], cube[:, 1]
+    vals = [math.exp(-np.mean((m - 1) ** 2) - 0.6 * np.mean(c**2)), math.exp(-np.mean((c - 1) ** 2) - 0.6 * np.mean(m**2))]
+    if n_obj == 3:
+        vals.append(float(cube.mean()))
+    return vals
+
+
+def run_search(
+    path: Path, name: str, strategy: str = "nsga2", budget: int = 32, workers: int = 2, delay: float = 0.0,
+    n_obj: int = 2, options: dict | None = None, seed: int = 0, stop: threading.Event | None = None,
+) -> None:
+    """Drive ``strategy`` over :func:`analytic` and write every trial like the controller does."""
+    import yaml
+
+    from search.strategies import STRATEGIES, Objective, Problem, TrialResult
+
+    objectives = OBJECTIVES_3 if n_obj == 3 else OBJECTIVES_2
+    sp = _space()
+    cfg = {"name": name, "seed": seed, "objectives": [{"name": n, "evaluator": "python", "direction": d} for n, d in objectives],
+           "strategy": {"name": strategy, "budget": budget, "options": options or {}}, "workers": {"count": workers}}
+    st = Store.open(str(path))
+    study = st.create_study(name, yaml.safe_dump(cfg), f"sha-{name}", objectives, sp)
+    st.set_status(study.id, "running")
+    problem = Problem(
+        lower=np.asarray(sp["lower"]), upper=np.asarray(sp["upper"]),
+        objectives=tuple(Objective(n, d) for n, d in objectives), budget=budget, names=tuple(sp["names"]),
+        coord_group=np.repeat(np.arange(len(GROUPS)), len(EXPERTS)), n_experts=len(EXPERTS),
+    )
+    strat = STRATEGIES.get(strategy)(problem, options or {}, seed=seed)
+    running: list[tuple[int, int, Any]] = []  # (trial id, number, candidate)
+    number, done = 0, 0
+    while done < budget and not (stop and stop.is_set()):
+        free = min(workers - len(running), budget - number)
+        if free > 0:
+            for cand in strat.ask(free):
+                tid = st.add_trial(study.id, number, cand.to_dict(), dict(zip(sp["names"], map(float, cand.x), strict=True)), strategy)
+                running.append((tid, number, cand))
+                number += 1
+        if not running:
+            break
+        time.sleep(delay)
+        tid, num, cand = running.pop(0)
+        worker = f"local-{num % workers}"
+        if num % 11 == 7:  # a deterministic evaluator failure now and then
+            err = f"Traceback (most recent call last):\n  File \"evaluators/python.py\", line 42\nRuntimeError: simulated evaluator crash in trial {num}"
+            st.finish_trial(tid, FAIL, error=err, worker=worker, materialize_s=0.01, evaluate_s=0.02)
+            strat.tell([TrialResult(cand, None, error=err)])
+        else:
+            vals = analytic(cand.x, n_obj)
+            evs = [{"objective_idx": i, "split": "search", "evaluator": "python", "metric": n, "value": v}
+                   for i, ((n, _), v) in enumerate(zip(objectives, vals, strict=True))]
+            st.finish_trial(tid, COMPLETE, values=vals, evaluations_=evs, worker=worker, materialize_s=0.01, evaluate_s=0.02)
+            strat.tell([TrialResult(cand, np.asarray(vals))])
+        done += 1
+    for tid, _, _ in running:  # stopped early: leave nothing RUNNING
+        st.finish_trial(tid, FAIL, error="stopped")
+    data = load_run(name, st)
+    for t in data.front_trials:  # held-out values for the front, as the controller does at the end
+        st.add_heldout(t.id, [v * 0.97 for v in t.values[:2]] + ([t.values[2]] if n_obj == 3 else []))
+    st.set_status(study.id, "finished")
+    st.close()
+
+
+@pytest.fixture(scope="module")
+def small_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("dash") / "runs" / "small.db"
+    run_search(path, "nsga", "nsga2", budget=40, options={"pop_size": 8})
+    run_search(path, "rand", "random", budget=30, seed=1)
+    run_search(path, "three", "nsga2", budget=24, n_obj=3, options={"pop_size": 8})
+    return path
+
+
+# ----------------------------------------------------------------------------- API (in-process)
+
+
+@pytest.fixture
+def client(small_store: Path) -> Iterator[Any]:
+    from fastapi.testclient import TestClient
+
+    from search.dashboard.server import create_app
+
+    app = create_app(["nsga", "rand"], store=str(small_store))
+    with TestClient(app) as c:
+        yield c
+    for rc in app.state.runs:
+        rc.store.close()
+
+
+# ----------------------------------------------------------------------------- headless Chromium over CDP
+
+CHROME_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                "--no-first-run", "--disable-sync", "--hide-scrollbars", "--mute-audio"]
+
+
+def find_chromium() -> str:
+    """Chromium for the browser tests ($CHROMIUM, else chromium on PATH); fails loudly if absent."""
+    for cand in (os.environ.get("CHROMIUM"), shutil.which("chromium"), shutil.which("chromium-browser"), "/usr/bin/chromium"):
+        if cand and Path(cand).exists():
+            return cand
+    pytest.fail("the dashboard browser tests need Chromium: install it (Debian: apt-get install chromium) or set "
+                "$CHROMIUM to its path", pytrace=False)
+
+
+class Browser:
+    """A headless Chromium driven over the Chrome DevTools Protocol (websocket-client)."""
+
+    def __init__(self, profile: Path, width: int = 1440, height: int = 1000):
+        try:
+            import websocket
+        except ImportError:
+            pytest.fail("the browser tests need websocket-client: pip install -e '.[test]'", pytrace=False)
+        profile.mkdir(parents=True, exist_ok=True)
+        self.proc = subprocess.Popen(
+            [find_chromium(), *CHROME_FLAGS, f"--user-data-dir={profile}", "--remote-debugging-port=0",
+             f"--window-size={width},{height}", "about:blank"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+        )
+        port_file = profile / "DevToolsActivePort"
+        deadline = time.time() + 30
+        while not (port_file.exists() and port_file.read_text().strip()):
+            if self.proc.poll() is not None or time.time() > deadline:
+                self.close()
+                pytest.fail(f"Chromium did not start (exit code {self.proc.poll()})", pytrace=False)
+            time.sleep(0.1)
+        port = int(port_file.read_text().split()[0])
+        targets = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{port}/json/list", timeout=10).read())
+        page = next(t for t in targets if t["type"] == "page")
+        self.ws = websocket.create_connection(page["webSocketDebuggerUrl"], timeout=60, suppress_origin=True)
+        self._id = 0
+        self.errors: list[str] = []
+        self.call("Runtime.enable")
+        self.call("Page.enable")
+        self.call("Emulation.setDeviceMetricsOverride", width=width, height=height, deviceScaleFactor=1, mobile=False)
+
+    def call(self, method: str, **params: Any) -> dict[str, Any]:
+        self._id += 1
+        my = self._id
+        self.ws.send(json.dumps({"id": my, "method": method, "params": params}))
+        while True:
+            msg = json.loads(self.ws.recv())
+            if msg.get("method") == "Runtime.exceptionThrown":
+                d = msg["params"]["exceptionDetails"]
+                self.errors.append(d.get("exception", {}).get("description") or d.get("text", "?"))
+            elif msg.get("method") == "Runtime.consoleAPICalled" and msg["params"].get("type") == "error":
+                self.errors.append(" ".join(str(a.get("value", a.get("description"))) for a in msg["params"]["args"]))
+            if msg.get("id") == my:
+                if "error" in msg:
+                    raise RuntimeError(f"{method}: {msg['error']}")
+                return msg.get("result", {})
+
+    def eval(self, expr: str) -> Any:
+        r = self.call("Runtime.evaluate", expression=expr, returnByValue=True, awaitPromise=True)
+        if "exceptionDetails" in r:
+            raise RuntimeError(f"{expr!r} raised {r['exceptionDetails'].get('exception', {}).get('description')}")
+        return r["result"].get("value")
+
+    def goto(self, url: str) -> None:
+        self.call("Page.navigate", url=url)
+
+    def wait_for(self, expr: str, timeout: float = 30.0, what: str | None = None) -> Any:
+        deadline = time.time() + timeout
+        while True:
+            try:
+                v = self.eval(expr)
+            except RuntimeError:  # e.g. the page is still navigating
+                v = None
+            if v:
+                return v
+            if time.time() > deadline:
+                raise AssertionError(f"timed out after {timeout}s waiting for {what or expr}; page errors: {self.errors}")
+            time.sleep(0.2)
+
+    def click(self, x: float, y: float) -> None:
+        self.call("Input.dispatchMouseEvent", type="mouseMoved", x=x, y=y)
+        self.call("Input.dispatchMouseEvent", type="mousePressed", x=x, y=y, button="left", clickCount=1)
+        self.call("Input.dispatchMouseEvent", type="mouseReleased", x=x, y=y, button="left", clickCount=1)
+
+    def center_of(self, selector: str) -> tuple[float, float]:
+        r = self.eval(f"(() => {{ const e = document.querySelector({json.dumps(selector)}); e.scrollIntoView({{block: 'center'}});"
+                      " const b = e.getBoundingClientRect(); return [b.x + b.width / 2, b.y + b.height / 2]; })()")
+        return float(r[0]), float(r[1])
+
+    def screenshot(self, path: Path, full_page: bool = True) -> Path:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        params: dict[str, Any] = {"format": "png"}
+        if full_page:
+            w, h = self.eval("[document.documentElement.scrollWidth, document.documentElement.scrollHeight]")
+            params.update(captureBeyondViewport=True, clip={"x": 0, "y": 0, "width": w, "height": h, "scale": 1})
+        path.write_bytes(base64.b64decode(self.call("Page.captureScreenshot", **params)["data"]))
+        return path
+
+    def close(self) -> None:
+        try:
+            self.ws.close()
+        except Exception:  # noqa: BLE001
+            pass
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(10)
+
+
+class Dashboard:
+    """``search dashboard ... --port 0`` in a subprocess; ``url`` from its start-up log line."""
+
+    def __init__(self, args: list[str], cwd: Path = REPO):
+        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        self.proc = subprocess.Popen([sys.executable, "-m", "search", "dashboard", *args, "--port", "0"], cwd=cwd, env=env,
+                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+        self.lines: list[str] = []
+        self.url: str | None = None
+        got = threading.Event()
+
+        def read() -> None:
+            assert self.proc.stdout is not None
+            for line in self.proc.stdout:
+                self.lines.append(line.rstrip())
+                m = re.search(r"at (http://\S+/) \(stores opened read-only", line)
+                if m:
+                    self.url = m.group(1)
+                    got.set()
+            got.set()
+
+        threading.Thread(target=read, daemon=True).start()
+        got.wait(60)
+        if self.url is None:
+            self.close()
+            raise AssertionError("dashboard did not start:\n" + "\n".join(self.lines))
+
+    def close(self) -> int | None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGINT)
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(10)
+        return self.proc.returncode
+
+
+def _poll(client: Any, run: str, cursor: dict | None = None) -> dict:
+    q = "" if cursor is None else f"?after_id={cursor['after_id']}&since={cursor['since']}"
+    r = client.get(f"/api/runs/{run}/trials{q}")
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def test_runs_summary_matches_load_run(client: Any, small_store: Path) -> None:
+    doc = client.get("/api/runs").json()
+    assert [r["key"] for r in doc["runs"]] == ["nsga", "rand"]
+    for r in doc["runs"]:
+        data = load_run(r["key"], str(small_store))
+        assert r["objectives"] == [{"name": "math", "direction": "maximize"}, {"name": "code", "direction": "maximize"}]
+        assert r["counts"] == data.counts() and r["front"] == data.front
+        assert r["hypervolume"] == pytest.approx(data.hypervolume) and r["ref_point"] == [0.0, 0.0]
+        assert r["space"] == {"groups": GROUPS, "experts": EXPERTS, "searched": ["weight"]}
+        assert r["status"] == "finished" and r["budget"] in (40, 30)
+        assert {w["worker"] for w in r["workers"]} == {"local-0", "local-1"}
+    assert client.get("/api/runs/nsga").json()["front"] == load_run("nsga", str(small_store)).front
+    r = client.get("/api/runs/nope")
+    assert r.status_code == 404 and "runs: nsga, rand" in r.json()["detail"]
+
+
+def test_trials_list_has_failures_with_errors(client: Any, small_store: Path) -> None:
+    doc = _poll(client, "nsga")
+    data = load_run("nsga", str(small_store))
+    assert [t["number"] for t in doc["trials"]] == [t.number for t in data.trials]
+    failed = [t for t in doc["trials"] if t["state"] == FAIL]
+    assert failed and all("simulated evaluator crash" in t["error"] for t in failed) and all(t["values"] is None for t in failed)
+    front = [t for t in doc["trials"] if t["number"] in data.front]
+    assert all(t["heldout"] is not None for t in front)
+    assert _poll(client, "nsga", doc["cursor"])["trials"] == []  # nothing changed since
+
+
+def test_polling_returns_new_finished_and_heldout_trials_only(tmp_path: Path) -> None:
+    from fastapi.testclient import TestClient
+
+    from search.dashboard.server import create_app
+
+    path = tmp_path / "live.db"
+    w = Store.open(str(path))
+    study = w.create_study("live", "name: live\n", "sha", OBJECTIVES_2, _space())
+    names = _space()["names"]
+    ids = [w.add_trial(study.id, n, {"id": n}, dict.fromkeys(names, 0.5), "random", worker=None) for n in range(2)]
+    w.finish_trial(ids[0], COMPLETE, values=[0.5, 0.5], worker="local-0")
+    app = create_app(["live"], store=str(path))
+    app.state.runs[0].min_interval = 0.0
+    try:
+        with TestClient(app) as c:
+            doc = _poll(c, "live")
+            assert [(t["number"], t["state"]) for t in doc["trials"]] == [(0, COMPLETE), (1, "RUNNING")]
+            cur = doc["cursor"]
+            # a new trial, and the RUNNING one finishes (it failed)
+            ids.append(w.add_trial(study.id, 2, {"id": 2}, dict.fromkeys(names, 0.1), "random"))
+            w.finish_trial(ids[1], FAIL, error="RuntimeError: out of memory", worker="local-1")
+            doc = _poll(c, "live", cur)
+            got = {t["number"]: t for t in doc["trials"]}
+            assert set(got) == {1, 2}
+            assert got[1]["state"] == FAIL and got[1]["error"] == "RuntimeError: out of memory" and got[1]["worker"] == "local-1"
+            assert got[2]["state"] == "RUNNING"
+            # after_id alone: only rows newer than the id
+            assert [t["number"] for t in c.get(f"/api/runs/live/trials?after_id={ids[1]}").json()["trials"]] == [2]
+            # held-out values arrive later for trial 0; a restarted trial changes attempts
+            cur = doc["cursor"]
+            w.add_heldout(ids[0], [0.4, None])
+            w.restart_trial(ids[2], worker="local-0")
+            doc = _poll(c, "live", cur)
+            got = {t["number"]: t for t in doc["trials"]}
+            assert set(got) == {0, 2}
+            assert got[0]["heldout"] == [0.4, None] and got[2]["attempts"] == 2
+            assert _poll(c, "live", doc["cursor"])["trials"] == []
+            assert doc["summary"]["counts"] == {"RUNNING": 1, "COMPLETE": 1, "FAIL": 1}
+    finally:
+        w.close()
+        for rc in app.state.runs:
+            rc.store.close()
+
+
+def test_trial_detail_has_coefficient_maps_and_metrics(client: Any, small_store: Path) -> None:
+    data = load_run("nsga", str(small_store), with_metrics=True)
+    t = data.front_trials[0]
+    d = client.get(f"/api/runs/nsga/trials/{t.number}").json()
+    assert d["number"] == t.number and d["on_front"] is True and d["values"] == pytest.approx(t.values)
+    (m,) = d["coefficients"]["maps"]
+    assert m["param"] == "weight" and m["groups"] == GROUPS and m["experts"] == EXPERTS
+    assert (m["lower"], m["upper"]) == (0.0, 1.0)
+    for i, e in enumerate(EXPERTS):
+        for j, g in enumerate(GROUPS):
+            assert m["matrix"][i][j] == pytest.approx(t.params[f"{g}/{e}/weight"])
+    assert sorted(x["metric"] for x in d["metrics"]) == ["code", "math"]
+    assert len(d["params"]) == len(GROUPS) * len(EXPERTS)
+    assert client.get("/api/runs/nsga/trials/9999").status_code == 404
+
+
+def test_hypervolume_curves_share_a_reference_point(client: Any, small_store: Path) -> None:
+    doc = client.get("/api/hypervolume").json()
+    (g,) = doc["groups"]
+    assert g["ref_point"] == [0.0, 0.0] and set(g["runs"]) == {"nsga", "rand"}
+    for run, curve in g["runs"].items():
+        data = load_run(run, str(small_store))
+        assert [n for n, _ in curve] == list(range(1, sum(1 for t in data.trials if t.state in (COMPLETE, FAIL)) + 1))
+        assert curve[-1][1] == pytest.approx(data.hypervolume)
+        assert all(b[1] >= a[1] for a, b in zip(curve, curve[1:], strict=False))
+
+
+def test_runs_with_other_objectives_get_their_own_reference(small_store: Path) -> None:
+    from fastapi.testclient import TestClient
+
+    from search.dashboard.server import create_app
+
+    app = create_app(["nsga", "three"], store=str(small_store))
+    with TestClient(app) as c:
+        groups = c.get("/api/hypervolume").json()["groups"]
+    assert [list(g["runs"]) for g in groups] == [["nsga"], ["three"]]
+    three = load_run("three", str(small_store))
+    assert groups[1]["ref_point"] == pytest.approx(three.ref_point) and groups[1]["ref_point"][2] > 0  # worst mass * 1.1
+
+
+def test_export_route(client: Any, small_store: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import search.export as export
+
+    url = "/api/runs/nsga/trials/1/export"
+    assert client.post(url, content='{"out_dir": "x"}', headers={"Content-Type": "text/plain"}).status_code == 415
+    assert client.post(url, json={"force": True}).status_code == 400
+    assert client.post(url, json={"out_dir": "x", "force": "yes"}).status_code == 400
+    assert client.post("/api/runs/nsga/trials/9999/export", json={"out_dir": "x"}).status_code == 404
+
+    calls = []
+
+    def fake(run_name: str, store: Any, number: int, out_dir: str, force: bool = False) -> Path:
+        calls.append((run_name, store, number, out_dir, force))
+        Path(out_dir).mkdir(parents=True)
+        (Path(out_dir) / "model.safetensors").write_bytes(b"")
+        return Path(out_dir)
+
+    monkeypatch.setattr(export, "export_trial", fake)
+    out = tmp_path / "merged" / "t1"
+    r = client.post(url, json={"out_dir": str(out), "force": False})
+    assert r.status_code == 202, r.text
+    job = _wait_job(client, r.json()["job"])
+    assert job["status"] == "done" and job["result"] == str(out) and (out / "model.safetensors").exists()
+    assert calls == [("nsga", str(small_store), 1, str(out), False)]
+
+    monkeypatch.delattr(export, "export_trial")
+    r = client.post(url, json={"out_dir": str(tmp_path / "other")})
+    assert r.status_code == 501 and "export is not available" in r.json()["detail"]
+
+
+def test_export_route_runs_the_real_export(client: Any, tmp_path: Path) -> None:
+    """The analytic run has no models, so the real export refuses it; the job reports why."""
+    r = client.post("/api/runs/nsga/trials/1/export", json={"out_dir": str(tmp_path / "real")})
+    assert r.status_code == 202, r.text
+    job = _wait_job(client, r.json()["job"])
+    assert job["status"] == "error" and job["error"]
+    assert client.get("/api/exports").json()["jobs"][-1]["job"] == job["job"]
+
+
+def _wait_job(client: Any, job: str, timeout: float = 120) -> dict:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        j = client.get(f"/api/exports/{job}").json()
+        if j["status"] != "running":
+            return j
+        time.sleep(0.1)
+    raise AssertionError(f"export job {job} still running after {timeout}s")
+
+
+def test_page_and_assets_are_served_locally(client: Any) -> None:
+    r = client.get("/")
+    assert r.status_code == 200 and '<svg id="scatter"' in r.text
+    for asset in ("app.js", "style.css"):
+        a = client.get(f"/static/{asset}")
+        assert a.status_code == 200 and len(a.text) > 1000
+    static = Path(__file__).resolve().parents[1] / "search" / "dashboard" / "static"
+    for f in static.iterdir():
+        text = f.read_text()
+        assert not re.search(r"""(src|href)=["']?(https?:)?//""", text), f"{f.name} loads something from elsewhere"
+        assert "@import" not in text and "cdn" not in text.lower()
+
+
+def test_store_is_opened_read_only(small_store: Path) -> None:
+    from search.dashboard.server import create_app
+    from search.errors import StoreError
+
+    app = create_app(["nsga"], store=str(small_store))
+    st = app.state.runs[0].store
+    try:
+        assert st.readonly
+        with pytest.raises(StoreError, match="read-only"):
+            st.set_status(1, "x")
+    finally:
+        st.close()
+
+
+def test_host_header_is_checked_when_bound_to_loopback(small_store: Path) -> None:
+    from fastapi.testclient import TestClient
+
+    from search.dashboard.server import create_app
+
+    app = create_app(["nsga"], store=str(small_store), allowed_hosts={"127.0.0.1", "localhost"})
+    with TestClient(app) as c:
+        assert c.get("/api/runs").status_code == 400  # Host: testserver (as after a DNS rebinding)
+        assert c.get("/api/runs", headers={"Host": "127.0.0.1:8765"}).status_code == 200
+        assert c.get("/api/runs", headers={"Host": "localhost"}).status_code == 200
+    app.state.runs[0].store.close()
+
+
+def test_serve_reports_user_errors(small_store: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import socket
+
+    from search.dashboard.server import serve
+
+    assert serve(["nsgaa"], store=str(small_store), port=0) == 2
+    assert "did you mean 'nsga'" in capsys.readouterr().err
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        assert serve(["nsga"], store=str(small_store), port=s.getsockname()[1]) == 2
+    assert "cannot listen on 127.0.0.1" in capsys.readouterr().err
+
+
+def test_cli_start_line_and_non_loopback_warning(small_store: Path) -> None:
+    d = Dashboard(["nsga", "--store", str(small_store), "--host", "0.0.0.0"])
+    try:
+        assert d.url.startswith("http://0.0.0.0:")
+        with urllib.request.urlopen(d.url.replace("0.0.0.0", "127.0.0.1") + "api/runs", timeout=10) as r:
+            assert json.loads(r.read())["runs"][0]["key"] == "nsga"
+        deadline = time.time() + 10
+        while not any("not a loopback address" in x for x in d.lines) and time.time() < deadline:
+            time.sleep(0.1)
+        assert any("WARNING" in x and "not a loopback address" in x for x in d.lines), d.lines
+    finally:
+        assert d.close() == 0
+
+
+# ----------------------------------------------------------------------------- the page in a real browser
+
+POINTS = "document.querySelectorAll('#scatter circle.pt').length"
+READY = "document.body && document.body.dataset.ready === '1'"
+
+
+@pytest.fixture
+def browser(tmp_path: Path) -> Iterator[Browser]:
+    b = Browser(tmp_path / "chrome-profile")
+    try:
+        yield b
+    finally:
+        b.close()
+
+
+def test_browser_shows_the_front_and_a_trials_heatmap(small_store: Path, browser: Browser) -> None:
+    data = load_run("nsga", str(small_store))
+    complete = sorted(t.number for t in data.trials if t.state == COMPLETE)
+    d = Dashboard(["nsga", "--store", str(small_store)])
+    try:
+        browser.goto(d.url)
+        browser.wait_for(READY, what="the page's first load")
+        # one point per completed trial, front members marked
+        assert browser.eval(POINTS) == len(complete)
+        assert sorted(browser.eval("[...document.querySelectorAll('#scatter circle.pt')].map(c => +c.dataset.n)")) == complete
+        assert sorted(browser.eval("[...document.querySelectorAll('#scatter circle.pt.front')].map(c => +c.dataset.n)")) == data.front
+        # hover: the tooltip names the trial and its values
+        n = data.front[0]
+        x, y = browser.center_of(f"#scatter circle.pt[data-n='{n}']")
+        browser.call("Input.dispatchMouseEvent", type="mouseMoved", x=x, y=y)
+        tip = browser.wait_for("!document.getElementById('tip').hidden && document.getElementById('tip').innerText", what="tooltip")
+        assert f"Trial #{n}" in tip and "math" in tip and "held-out" in tip
+        # click: heatmap of experts x groups
+        browser.click(x, y)
+        browser.wait_for("document.querySelectorAll('#detail svg.heatmap rect.cell').length > 0", what="the heatmap")
+        assert browser.eval("document.querySelectorAll('#detail svg.heatmap rect.cell').length") == len(GROUPS) * len(EXPERTS)
+        assert browser.eval("document.getElementById('detail-title').innerText") == f"Trial #{n}"
+        t = data.trial(n)
+        cell = browser.eval("+document.querySelector('#detail svg.heatmap rect.cell').dataset.v")
+        assert cell == pytest.approx(t.params[f"{GROUPS[0]}/{EXPERTS[0]}/weight"])
+        # the table lists every trial, failed ones with their error; hypervolume and worker timeline drawn
+        assert browser.eval("document.querySelectorAll('#trials tbody tr').length") == len(data.trials)
+        assert "simulated evaluator crash" in browser.eval("document.querySelector('#trials tbody tr.FAIL').innerText")
+        assert browser.eval("document.querySelectorAll('#hv path[data-run]').length") == 1
+        assert browser.eval("document.querySelectorAll('#workers rect.bar').length") == len(data.trials)
+        browser.screenshot(ARTIFACTS / "dashboard.png")
+        # dominated points off: only the front stays
+        browser.eval("document.getElementById('chk-dom').click()")
+        assert browser.eval(POINTS) == len(data.front)
+        # sort the table by the first objective, best first
+        browser.eval("document.querySelector('#trials th[data-col=\"obj:math\"]').click()")
+        first = browser.eval("+document.querySelector('#trials tbody tr').dataset.n")
+        assert first == max((t for t in data.trials if t.state == COMPLETE), key=lambda t: t.values[0]).number
+        assert browser.errors == []
+    finally:
+        assert d.close() == 0
+
+
+def test_browser_three_objectives_rotatable_view(small_store: Path, browser: Browser) -> None:
+    data = load_run("three", str(small_store))
+    d = Dashboard(["three", "--store", str(small_store)])
+    try:
+        browser.goto(d.url)
+        browser.wait_for(READY)
+        browser.eval("document.querySelector('#mode-seg button[data-mode=\"3d\"]').click()")
+        n = sum(1 for t in data.trials if t.state == COMPLETE)
+        assert browser.wait_for("document.getElementById('scatter3d').dataset.points") == str(n)
+        assert browser.eval("document.getElementById('scatter').hasAttribute('hidden')")
+        # drag to rotate, then click the projected position of a point to select it
+        x, y = browser.center_of("#scatter3d")
+        browser.call("Input.dispatchMouseEvent", type="mousePressed", x=x, y=y, button="left", clickCount=1)
+        browser.call("Input.dispatchMouseEvent", type="mouseMoved", x=x + 60, y=y + 20, button="left")
+        browser.call("Input.dispatchMouseEvent", type="mouseReleased", x=x + 60, y=y + 20, button="left", clickCount=1)
+        px, py, num = browser.eval("(() => { const c = document.getElementById('scatter3d'), b = c.getBoundingClientRect();"
+                                   " const q = c.__scr[c.__scr.length - 1]; return [b.x + q.x, b.y + q.y, q.p.t.number]; })()")
+        browser.click(px, py)
+        browser.wait_for(f"document.getElementById('detail-title').innerText === 'Trial #{num}'")
+        browser.wait_for("document.querySelectorAll('#detail svg.heatmap rect.cell').length > 0")
+        browser.screenshot(ARTIFACTS / "dashboard-3d.png")
+        assert browser.errors == []
+    finally:
+        assert d.close() == 0
+
+
+def test_browser_live_points_appear_while_a_search_runs(tmp_path: Path, browser: Browser) -> None:
+    path = tmp_path / "runs" / "live.db"
+    stop = threading.Event()
+    err: list[BaseException] = []
+
+    def work() -> None:
+        try:
+            run_search(path, "live", "nsga2", budget=36, delay=0.2, options={"pop_size": 6}, stop=stop)
+        except BaseException as e:  # noqa: BLE001
+            err.append(e)
+
+    th = threading.Thread(target=work, daemon=True)
+    th.start()
+    _wait_until(lambda: path.exists() and _has_trials(path, "live"), 30, "the search to write its first trial")
+    d = Dashboard(["live", "--store", str(path)])
+    try:
+        browser.goto(d.url + "?poll=300")
+        browser.wait_for(READY)
+        first = browser.eval(POINTS)
+        seen_running = False
+        deadline = time.time() + 60
+        while th.is_alive() and time.time() < deadline:
+            seen_running |= bool(browser.eval("document.querySelectorAll('#trials tbody tr.RUNNING').length"))
+            time.sleep(0.2)
+        assert not th.is_alive() and not err, err
+        data = load_run("live", str(path))
+        n_complete = sum(1 for t in data.trials if t.state == COMPLETE)
+        assert n_complete > first + 5  # the search went on while the page was open
+        # every trial that was RUNNING when the page saw it is now shown finished, without a reload
+        browser.wait_for(f"{POINTS} === {n_complete}", 20, f"{n_complete} points")
+        browser.wait_for("document.querySelectorAll('#trials tbody tr.RUNNING').length === 0", 20)
+        assert seen_running
+        # held-out values (written at the end) reach the table; the header says the run is idle now
+        browser.wait_for("document.querySelectorAll('#trials .ho').length > 0", 20, "held-out values")
+        browser.wait_for("document.getElementById('live').classList.contains('idle')", 20)
+        assert browser.eval("document.querySelectorAll('#trials tbody tr').length") == len(data.trials)
+        browser.screenshot(ARTIFACTS / "dashboard-live.png")
+        assert browser.errors == []
+    finally:
+        stop.set()
+        th.join(30)
+        assert d.close() == 0
+
+
+def _has_trials(path: Path, run: str) -> bool:
+    try:
+        st = Store.open(str(path), readonly=True)
+    except Exception:  # noqa: BLE001 - not created yet
+        return False
+    try:
+        s = st.find_study(run)
+        return s is not None and bool(st.counts(s.id))
+    finally:
+        st.close()
+
+
+def _wait_until(cond: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.time() + timeout
+    while not cond():
+        if time.time() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.1)
