@@ -51,6 +51,7 @@ __all__ = [
     "reference_point",
     "front_numbers",
     "hypervolume_history",
+    "HypervolumeTracker",
     "front_json",
     "print_status",
     "print_front",
@@ -157,31 +158,58 @@ def front_numbers(trials: Sequence[Trial], directions: Sequence[str]) -> list[in
     return sorted(t.number for t, m in zip(done, mask, strict=True) if m)
 
 
+def _finish_order(trials: Sequence[Trial]) -> list[Trial]:
+    return sorted(
+        (t for t in trials if t.state in (COMPLETE, FAIL)),
+        key=lambda t: (t.finished_at if t.finished_at is not None else math.inf, t.number),
+    )
+
+
+class HypervolumeTracker:
+    """:func:`hypervolume_history` kept up to date incrementally for a growing run.
+
+    ``update(trials)`` only processes trials that finished after the last call (when the
+    earlier finish order is unchanged; otherwise it starts over), so a live dashboard does
+    not recompute the whole history at every poll.
+    """
+
+    def __init__(self, directions: Sequence[str], ref: Sequence[float]):
+        self.directions = list(directions)
+        self.ref = [float(r) for r in ref]
+        self._reset()
+
+    def _reset(self) -> None:
+        self._ids: list[int] = []
+        self._front = np.zeros((0, len(self.directions)))
+        self._hv = 0.0
+        self.history: list[tuple[int, float]] = []
+
+    def update(self, trials: Sequence[Trial]) -> list[tuple[int, float]]:
+        from .pareto import pareto_mask
+
+        done = _finish_order(trials)
+        ids = [t.id for t in done]
+        if ids[: len(self._ids)] != self._ids:
+            self._reset()
+        k = len(self.directions)
+        for t in done[len(self._ids) :]:
+            if t.state == COMPLETE and _finite(t.values) and len(t.values or []) == k:
+                cand = np.vstack([self._front, np.asarray(t.values, dtype=np.float64)[None, :]])
+                mask = np.asarray(pareto_mask(cand, self.directions), dtype=bool)
+                if mask[-1]:  # the new point is on the front: it changes the hypervolume
+                    self._front = cand[mask]
+                    self._hv = _hv(self._front, self.directions, self.ref)
+            self._ids.append(t.id)
+            self.history.append((len(self._ids), self._hv))
+        return self.history
+
+
 def hypervolume_history(
     trials: Sequence[Trial], directions: Sequence[str], ref: Sequence[float]
 ) -> list[tuple[int, float]]:
     """``[(n_evaluations, hypervolume), ...]``: one entry per finished trial (COMPLETE or FAIL),
     in finish order; the hypervolume is recomputed only when the front changes."""
-    from .pareto import pareto_mask
-
-    done = sorted(
-        (t for t in trials if t.state in (COMPLETE, FAIL)),
-        key=lambda t: (t.finished_at if t.finished_at is not None else math.inf, t.number),
-    )
-    k = len(directions)
-    front = np.zeros((0, k))
-    hv = 0.0
-    out: list[tuple[int, float]] = []
-    for n, t in enumerate(done, start=1):
-        if t.state == COMPLETE and _finite(t.values) and len(t.values or []) == k:
-            x = np.asarray(t.values, dtype=np.float64)[None, :]
-            cand = np.vstack([front, x])
-            mask = np.asarray(pareto_mask(cand, list(directions)), dtype=bool)
-            if mask[-1]:  # the new point is on the front: it changes the hypervolume
-                front = cand[mask]
-                hv = _hv(front, directions, ref)
-        out.append((n, hv))
-    return out
+    return list(HypervolumeTracker(directions, ref).update(trials))
 
 
 @dataclass

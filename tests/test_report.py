@@ -192,3 +192,16 @@ def test_empty_run(tmp_path: Path) -> None:
     assert print_status("e", str(tmp_path / "e.db"), console=Console(file=buf, width=200)) == 0
     assert "workers seen: none yet" in buf.getvalue()
     assert front_json(data)["front"] == []
+
+
+def test_hypervolume_tracker_is_incremental_and_matches_the_full_history(store_path: Path) -> None:
+    from search.report import HypervolumeTracker
+
+    data = load_run("r", str(store_path))
+    full = data.hypervolume_history()
+    order = sorted((t for t in data.trials if t.state != "RUNNING"), key=lambda t: t.finished_at)
+    tr = HypervolumeTracker(data.directions, data.ref_point)
+    for k in range(len(order) + 1):
+        assert tr.update(order[:k]) == full[:k]
+    # a different finish order (e.g. another run's trials) starts over instead of extending
+    assert tr.update(order[1:]) == hypervolume_history(order[1:], data.directions, data.ref_point)

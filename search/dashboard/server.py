@@ -56,10 +56,10 @@ from fastapi.staticfiles import StaticFiles
 
 from ..errors import MergeSearchError, StoreError
 from ..report import (
+    HypervolumeTracker,
     RunData,
     config_dict,
     config_ref_point,
-    hypervolume_history,
     reference_point,
     run_data,
 )
@@ -419,6 +419,7 @@ def create_app(runs: Sequence[str], store: str | None = None, *, allowed_hosts: 
     jobs = ExportJobs()
     epoch = uuid.uuid4().hex[:8]
     hv_cache: dict[str, Any] = {}
+    hv_trackers: dict[str, HypervolumeTracker] = {}  # run key -> tracker (for its group's current reference)
     hv_lock = threading.Lock()
 
     app = FastAPI(title="mergesearch dashboard", docs_url="/api/docs", redoc_url=None, openapi_url="/api/openapi.json")
@@ -487,6 +488,12 @@ def create_app(runs: Sequence[str], store: str | None = None, *, allowed_hosts: 
         )
         return out
 
+    def track(c: RunCache, directions: list[str], ref: list[float]) -> list[tuple[int, float]]:
+        tr = hv_trackers.get(c.key)
+        if tr is None or tr.ref != [float(r) for r in ref] or tr.directions != directions:
+            tr = hv_trackers[c.key] = HypervolumeTracker(directions, ref)
+        return tr.update(c.trials())
+
     @app.get("/api/hypervolume")
     def api_hypervolume() -> dict[str, Any]:
         for c in caches:
@@ -517,7 +524,7 @@ def create_app(runs: Sequence[str], store: str | None = None, *, allowed_hosts: 
                     {
                         "objectives": [{"name": n, "direction": d} for n, d in objs],
                         "ref_point": _nums(ref),
-                        "runs": {c.key: [[n, _num(h)] for n, h in hypervolume_history(c.trials(), directions, ref)] for c in members},
+                        "runs": {c.key: [[n, _num(h)] for n, h in track(c, directions, ref)] for c in members},
                     }
                 )
             doc = {"groups": doc_groups}

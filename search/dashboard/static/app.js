@@ -481,7 +481,7 @@ function renderWorkers() {
   const ts = allTrials().filter((t) => t.started_at);
   if (!ts.length) { box.append(el("p", { class: "muted", text: "No trials started yet." })); $("workers-note").textContent = ""; return; }
   const multi = S.runs.length > 1;
-  const rowKey = (t) => (multi ? `${t.run} · ` : "") + (t.worker || "?");
+  const rowKey = (t) => (multi ? `${t.run} · ` : "") + (t.worker || "unassigned");
   const rows = [...new Set(ts.map(rowKey))].sort();
   const nowS = Date.now() / 1000;
   const t0 = Math.min(...ts.map((t) => t.started_at));
@@ -708,7 +708,12 @@ function renderDetail() {
     }
     box.append(el("h3", { text: "Metrics" }), t);
   }
-  // export
+  // export (complete trials only: a failed or running trial has no merge worth writing)
+  if (d.state !== "COMPLETE") {
+    box.append(el("div", { class: "export" }, el("h3", { text: "Export this merge" }),
+      el("p", { class: "muted small", text: `Only complete trials can be exported; this one is ${d.state.toLowerCase()}.` })));
+    return;
+  }
   const input = el("input", { type: "text", id: "export-dir", value: `merged/${d.run}-trial-${d.number}`, spellcheck: "false" });
   const force = el("input", { type: "checkbox", id: "export-force" });
   const msg = el("div", { class: "msg", id: "export-msg" });
