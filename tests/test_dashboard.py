@@ -438,6 +438,18 @@ def test_export_route(client: Any, small_store: Path, tmp_path: Path, monkeypatc
     job = _wait_job(client, r.json()["job"])
     assert job["status"] == "done" and job["result"] == str(out) and (out / "model.safetensors").exists()
     assert calls == [("nsga", str(small_store), 1, str(out), False)]
+    assert client.post(url, json={"out_dir": str(out)}).status_code == 202  # the export itself decides about existing folders
+
+    from fastapi.testclient import TestClient
+
+    from search.dashboard.server import create_app
+
+    fenced = create_app(["nsga"], store=str(small_store), export_root=tmp_path / "merged")
+    with TestClient(fenced) as c:
+        assert c.post(url, json={"out_dir": str(tmp_path / "elsewhere")}).status_code == 403
+        r = c.post(url, json={"out_dir": str(tmp_path / "merged" / "t1b")})
+        assert r.status_code == 202 and _wait_job(c, r.json()["job"])["status"] == "done"
+    fenced.state.runs[0].store.close()
 
     monkeypatch.delattr(export, "export_trial")
     r = client.post(url, json={"out_dir": str(tmp_path / "other")})

@@ -408,12 +408,21 @@ def _host_ok(host_header: str | None, allowed: set[str]) -> bool:
     return h.lower() in allowed
 
 
-def create_app(runs: Sequence[str], store: str | None = None, *, allowed_hosts: set[str] | None = None) -> FastAPI:
+def create_app(
+    runs: Sequence[str],
+    store: str | None = None,
+    *,
+    allowed_hosts: set[str] | None = None,
+    export_root: str | Path | None = None,
+) -> FastAPI:
     """The FastAPI app serving ``runs`` (names or store paths; ``store`` overrides the path).
 
     ``allowed_hosts``: accepted ``Host`` header names (``serve`` passes the loopback names
     when bound to loopback, against DNS rebinding); None accepts any.
+    ``export_root``: if given, exports may only write inside this folder (``serve`` sets it to
+    the working directory when the dashboard listens on a non-loopback address).
     """
+    root = Path(export_root).expanduser().resolve() if export_root is not None else None
     caches = open_runs(runs, store)
     by_key = {c.key: c for c in caches}
     jobs = ExportJobs()
@@ -554,6 +563,8 @@ def create_app(runs: Sequence[str], store: str | None = None, *, allowed_hosts: 
         except LookupError as e:
             raise HTTPException(501, str(e)) from None
         out_dir = Path(body["out_dir"].strip()).expanduser().resolve()
+        if root is not None and not out_dir.is_relative_to(root):
+            raise HTTPException(403, f"this dashboard only exports into folders under {root}")
         try:
             job = jobs.start(fn, c, number, out_dir, force)
         except FileExistsError as e:
@@ -597,7 +608,12 @@ def serve(runs: Sequence[str], host: str = "127.0.0.1", port: int = 8765, store:
 
     loop = is_loopback(host)
     try:
-        app = create_app(runs, store, allowed_hosts=(LOOPBACK_NAMES | {host.lower()}) if loop else None)
+        app = create_app(
+            runs,
+            store,
+            allowed_hosts=(LOOPBACK_NAMES | {host.lower()}) if loop else None,
+            export_root=None if loop else Path.cwd(),
+        )
     except MergeSearchError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -621,8 +637,8 @@ def serve(runs: Sequence[str], host: str = "127.0.0.1", port: int = 8765, store:
         if not loop:
             log.warning(
                 "listening on %s, which is not a loopback address: anyone who can reach port %d can read these runs "
-                "and start exports that write files on this machine (%s); use --host 127.0.0.1 to keep it local",
-                host, actual, socket.gethostname(),
+                "and start exports that write files on this machine (%s, under %s); use --host 127.0.0.1 to keep it local",
+                host, actual, socket.gethostname(), Path.cwd(),
             )
         server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off"))
         server.run(sockets=[sock])

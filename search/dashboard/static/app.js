@@ -788,6 +788,7 @@ async function start() {
     $("live").className = "live off"; $("live").querySelector(".txt").textContent = "cannot reach the dashboard server";
     return setTimeout(start, 3000);
   }
+  document.title = `${S.runs.map((r) => r.key).join(", ")} · mergesearch`;
   setupControls(); setup3d();
   renderHeader();
   let rt = null;
