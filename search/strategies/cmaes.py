@@ -183,6 +183,8 @@ class CMAESStrategy(Strategy):
         v = np.asarray(r.values, dtype=np.float64).reshape(-1)
         if v.shape != (self.problem.n_obj,):
             return None
+        if self.options.weights is None:
+            return float(self.problem.scalarize(v))  # sum of Objective.weight * signed value
         return float(np.sum(self._w * self._signs * v))
 
     def _candidate(self, u: np.ndarray, kind: str) -> Candidate:
