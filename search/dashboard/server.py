@@ -374,26 +374,31 @@ def open_runs(runs: Sequence[str], store: str | None = None) -> list[RunCache]:
     stores: dict[str, Store] = {}
     caches: list[RunCache] = []
     keys: set[str] = set()
-    for run in runs:
-        path = store or default_store_for(run)
-        url = store_url(path)
-        if url not in stores:
-            stores[url] = Store.open(path, readonly=True, create=False)
-        st = stores[url]
-        names = st.study_names()
-        if run in names:
-            study = st.study(run)
-        elif store is None and path == run and len(names) == 1:
-            study = st.study(names[0])
-        elif store is None and path == run:
-            raise StoreError(f"{run} holds runs {names}; name them: search dashboard NAME... --store {run}")
-        else:
-            study = st.study(run)  # raises with a did-you-mean
-        key, i = study.name, 2
-        while key in keys:
-            key, i = f"{study.name}~{i}", i + 1
-        keys.add(key)
-        caches.append(RunCache(key, st, study, path))
+    try:
+        for run in runs:
+            path = store or default_store_for(run)
+            url = store_url(path)
+            if url not in stores:
+                stores[url] = Store.open(path, readonly=True, create=False)
+            st = stores[url]
+            names = st.study_names()
+            if run in names:
+                study = st.study(run)
+            elif store is None and path == run and len(names) == 1:
+                study = st.study(names[0])
+            elif store is None and path == run:
+                raise StoreError(f"{run} holds runs {names}; name them: search dashboard NAME... --store {run}")
+            else:
+                study = st.study(run)  # raises with a did-you-mean
+            key, i = study.name, 2
+            while key in keys:
+                key, i = f"{study.name}~{i}", i + 1
+            keys.add(key)
+            caches.append(RunCache(key, st, study, path))
+    except BaseException:
+        for st in stores.values():
+            st.close()
+        raise
     return caches
 
 
