@@ -1,0 +1,288 @@
+"""A mergekit recipe (``mergekit_config.yml``) that reproduces one trial's merge.
+
+Shape of the recipe (mergekit >= 0.1, ``mergekit-yaml recipe.yml OUT``):
+
+* one output slice per layer range of the coefficient space (``layers.04-07`` ->
+  ``layer_range: [4, 8]``; ``global`` -> one slice over all layers);
+* each slice lists the base model (for task-vector methods) and every expert with its
+  per-expert parameters (``weight``, ``density``, ``gamma``) as plain numbers where the
+  whole slice shares one value, else as per-tensor ``filter`` lists;
+* the ``embed`` / ``head`` groups are written explicitly as ``filter`` entries naming
+  their tensors in the first / last slice. mergekit merges embeddings and the final
+  norm / lm_head with the parameters of the first / last slice (and ``t = 0`` for gradient
+  lists), so without these entries they would silently take a layer's values;
+* ``merge.split`` groups (``self_attn``, ``mlp``, rest) become ``filter`` entries too:
+  mergekit's filters match a substring of the tensor name and the first match wins, the
+  same rule the coefficient space uses;
+* the global options (``lambda``, ``normalize``, ``rescale``) go under ``parameters``.
+
+:func:`build_recipe` checks its own output: it resolves every tensor's parameters the
+way mergekit does and compares them with the trial's coefficients; any disagreement (and
+every other reason the recipe cannot be exact, e.g. DARE's random masks) is returned as a
+note for the model card.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from .config import SearchConfig
+from .merge.info import method_info
+from .space import CoefficientSpace
+
+# methods that combine task vectors against a base (mergekit's generalized task arithmetic)
+_TASK_VECTOR_METHODS = {"task_arithmetic", "ties", "dare_ties", "dare_linear", "breadcrumbs"}
+
+
+@dataclass
+class Recipe:
+    """A mergekit config (None where the method has no mergekit equivalent) and why it may differ."""
+
+    config: dict[str, Any] | None
+    exact: bool
+    notes: list[str] = field(default_factory=list)
+
+    def to_yaml(self) -> str:
+        import yaml
+
+        if self.config is None:
+            return ""
+        return yaml.safe_dump(self.config, sort_keys=False, default_flow_style=None, width=100)
+
+
+def _num(v: float) -> float | int:
+    """A YAML-friendly number that reads back as the same float64 (repr round-trips)."""
+    f = float(v)
+    return int(f) if f.is_integer() and abs(f) < 2**53 else f
+
+
+def _collapse(conds: list[dict[str, Any]]) -> Any:
+    """A filter list whose entries all share one value becomes that value."""
+    values = {c["value"] for c in conds}
+    if len(values) == 1:
+        return conds[0]["value"]
+    return conds
+
+
+def _resolve(tensor: str, setting: Any) -> Any:
+    """mergekit's rule for a per-tensor setting: a scalar, or the first entry whose filter
+    is absent, '*', or a substring of the tensor name."""
+    if not isinstance(setting, list):
+        return setting
+    for c in setting:
+        f = c.get("filter")
+        if f is None or f == "*" or f in tensor:
+            return c["value"]
+    return None
+
+
+def _layer_ranges(space: CoefficientSpace) -> list[tuple[int, int]]:
+    """Contiguous [lo, hi) decoder-layer ranges, one per output slice, in model order."""
+    seen: list[tuple[int, int]] = []
+    for g, layers in zip(space.groups, space.group_layers, strict=True):
+        if g in ("embed", "head") or not layers:
+            continue
+        r = (min(layers), max(layers) + 1)
+        if r not in seen:
+            seen.append(r)
+    return sorted(seen)
+
+
+def build_recipe(
+    cfg: SearchConfig,
+    space: CoefficientSpace,
+    x: np.ndarray,
+    numels: dict[str, int],
+    base_ref: str,
+    expert_refs: Sequence[str],
+    *,
+    architecture_known: bool = True,
+) -> Recipe:
+    """The mergekit recipe for coefficient vector ``x``.
+
+    ``numels``: the base model's parameters (name -> number of entries) in model order;
+    ``base_ref`` / ``expert_refs``: what mergekit should load (absolute folders or hub ids).
+    ``architecture_known``: False for factory (non-Hugging Face) models, which mergekit
+    cannot read; no recipe is written for them.
+    """
+    info = method_info(cfg.merge.method)
+    notes: list[str] = []
+    if info.mergekit is None:
+        return Recipe(None, False, [f"merge method {info.name!r} has no mergekit equivalent; no recipe was written"])
+    if not architecture_known:
+        return Recipe(
+            None,
+            False,
+            [f"models built by the factory {cfg.models.factory!r} are not Hugging Face architectures mergekit can read; no recipe was written"],
+        )
+    ranges = _layer_ranges(space)
+    if not ranges:
+        return Recipe(None, False, ["the model has no decoder layers mergekit could slice; no recipe was written"])
+
+    values = space.values(np.asarray(x, dtype=np.float64))  # param -> (groups, experts)
+    gidx = {g: i for i, g in enumerate(space.groups)}
+    experts = list(space.experts)
+    params = list(info.params)
+    opts = {**info.options, **{k: v for k, v in cfg.merge.params.items() if k in info.options}}
+    task_vectors = info.name in _TASK_VECTOR_METHODS
+    linear_normalized = info.name == "linear" and bool(opts.get("normalize", True))
+
+    # tensors per slice (embed tensors go to the first slice, head tensors to the last)
+    def slice_of(name: str) -> int:
+        g = space.groups[space.tensor_group[name]]
+        if g == "embed":
+            return 0
+        if g == "head":
+            return len(ranges) - 1
+        layers = space.group_layers[space.tensor_group[name]]
+        lo = min(layers)
+        return next(i for i, (a, b) in enumerate(ranges) if a <= lo < b)
+
+    per_slice: list[list[str]] = [[] for _ in ranges]
+    for n in numels:
+        per_slice[slice_of(n)].append(n)
+
+    def group_value(g: str, e: int, p: str) -> float:
+        return float(values[p][gidx[g], e])
+
+    def setting_for(si: int, e: int, p: str, value_of=group_value) -> Any:
+        """Per-tensor setting of parameter ``p`` of expert ``e`` in slice ``si``."""
+        names = per_slice[si]
+        groups_here = []
+        for n in names:
+            g = space.groups[space.tensor_group[n]]
+            if g not in groups_here:
+                groups_here.append(g)
+        conds: list[dict[str, Any]] = []
+        # explicit per-tensor entries for the embed/head groups
+        for n in names:
+            g = space.groups[space.tensor_group[n]]
+            if g in ("embed", "head"):
+                conds.append({"filter": n, "value": _num(value_of(g, e, p))})
+        layer_groups = [g for g in groups_here if g not in ("embed", "head")]
+        default_group = layer_groups[0] if layer_groups else None
+        if cfg.merge.split:
+            # same order as the space's rule: the first split filter found in the name wins
+            by_sub = {g.rsplit(".", 1)[-1]: g for g in layer_groups}
+            for sub in cfg.merge.split:
+                if sub in by_sub:
+                    conds.append({"filter": sub, "value": _num(value_of(by_sub[sub], e, p))})
+            default_group = by_sub.get("rest", layer_groups[-1] if layer_groups else None)
+        if default_group is not None:
+            conds.append({"value": _num(value_of(default_group, e, p))})
+        return _collapse(conds)
+
+    # the slices
+    slices: list[dict[str, Any]] = []
+    for si, (lo, hi) in enumerate(ranges):
+        sources: list[dict[str, Any]] = []
+        if task_vectors:
+            sources.append({"model": base_ref, "layer_range": [lo, hi]})
+        elif info.name == "linear" and not linear_normalized:
+            # theta_0 + sum_e w_e tau_e = (1 - sum_e w_e) theta_0 + sum_e w_e theta_e
+            def base_w(g: str, _e: int, _p: str) -> float:
+                return 1.0 - float(np.sum(values["weight"][gidx[g]]))
+
+            sources.append({"model": base_ref, "layer_range": [lo, hi], "parameters": {"weight": setting_for(si, 0, "weight", base_w)}})
+        for e, ref in enumerate(expert_refs):
+            sp = {p: setting_for(si, e, p) for p in params}
+            sources.append({"model": ref, "layer_range": [lo, hi], "parameters": sp})
+        slices.append({"sources": sources})
+
+    recipe: dict[str, Any] = {"slices": slices, "merge_method": info.mergekit}
+    if task_vectors:
+        recipe["base_model"] = base_ref
+    gparams: dict[str, Any] = {}
+    if info.name == "linear":
+        gparams["normalize"] = bool(opts.get("normalize", True))
+    if "lambda" in opts:
+        gparams["lambda"] = _num(opts["lambda"])
+    if "normalize" in opts and info.name != "linear":
+        gparams["normalize"] = bool(opts["normalize"])
+    if info.random:
+        gparams["rescale"] = True  # mergekit's only rescale (L1); see the notes
+    if gparams:
+        recipe["parameters"] = gparams
+    recipe["dtype"] = "float32"
+    if cfg.models.dtype != "float32":
+        recipe["out_dtype"] = cfg.models.dtype
+    recipe["tokenizer_source"] = "base"
+
+    # ---------------------------------------------------------------- self-check
+    mismatches: list[str] = []
+    for si, names in enumerate(per_slice):
+        for e in range(len(experts)):
+            src = slices[si]["sources"][e + (1 if len(slices[si]["sources"]) > len(experts) else 0)]
+            for p in params:
+                setting = src["parameters"][p]
+                for n in names:
+                    want = float(values[p][space.tensor_group[n], e])
+                    got = _resolve(n, setting)
+                    if got is None or float(got) != want:
+                        mismatches.append(f"{n} {experts[e]}/{p}: recipe gives {got}, trial used {want}")
+    if mismatches:
+        notes.append(
+            f"{len(mismatches)} tensor parameters resolve differently in mergekit than in this trial "
+            f"(first: {mismatches[0]}); the recipe approximates the merge"
+        )
+
+    # ---------------------------------------------------------------- known differences
+    inexact = bool(mismatches)
+    if info.random:
+        inexact = True
+        notes.append(
+            f"{info.name} drops entries at random: mergekit draws its own masks (torch.bernoulli on its own RNG "
+            "stream), not this trial's (a hash of the run seed, the trial number, the tensor and the expert), so "
+            "its merge differs entry by entry"
+        )
+        if opts.get("rescale", "inverse") != "l1":
+            notes.append(
+                "this run rescaled the kept entries by 1/density (rescale: inverse); mergekit's rescale restores "
+                "each task vector's L1 norm instead (rescale: l1 here)"
+            )
+    if info.name == "ties":
+        # mergekit keeps at least one entry of a tensor whose int(density * numel) is 0; we drop the expert
+        dens = values["density"]
+        tiny = [
+            (n, experts[e]) for n, k in numels.items() for e in range(len(experts))
+            if 0 < dens[space.tensor_group[n], e] and int(float(dens[space.tensor_group[n], e]) * k) == 0
+        ]
+        if tiny:
+            inexact = True
+            notes.append(
+                f"{len(tiny)} (tensor, expert) pairs keep 0 entries here (int(density * numel) = 0, first: "
+                f"{tiny[0][0]} of {tiny[0][1]}); mergekit keeps 1 entry of each"
+            )
+    if info.name in ("ties", "breadcrumbs"):
+        notes.append(
+            "magnitude trims keep every entry tied with the cut-off magnitude, mergekit exactly k of them; they differ "
+            "only where |task vector| values tie at the cut (zeros, which add nothing, aside)"
+        )
+    if info.name == "linear":
+        W = values["weight"].sum(axis=1)
+        zero = [space.groups[g] for g in range(len(space.groups)) if abs(W[g]) < 1e-12]
+        if zero and linear_normalized:
+            inexact = True
+            notes.append(
+                f"the weights of group(s) {', '.join(zero)} sum to 0: this merge keeps the base there, mergekit "
+                "would divide by 0"
+            )
+        notes.append(
+            "linear: mergekit averages the expert weights directly rather than adding averaged task vectors to "
+            "the base; the two agree up to float rounding"
+        )
+    if info.name in ("task_arithmetic", "breadcrumbs") or (info.name == "ties" and float(opts.get("lambda", 1.0)) != 1.0):
+        notes.append(
+            "mergekit sums the weighted task vectors and then scales and adds them to the base; this merge adds "
+            "each scaled task vector in turn: results agree up to float rounding (last bits)"
+        )
+    if cfg.models.dtype != "float32":
+        notes.append(
+            f"the models are {cfg.models.dtype}: mergekit computes in float32 and rounds once at the end, as this "
+            "export did on CPU; a search on an accelerator merges in the model's dtype and can differ in the last bits"
+        )
+    return Recipe(recipe, not inexact, notes)
