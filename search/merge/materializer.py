@@ -151,6 +151,33 @@ def _pinned_like(x: torch.Tensor, pin: bool) -> torch.Tensor:
     return out
 
 
+_TRIM_AFTER = 1 << 20  # elements: give freed heap pages back after tensors at least this large
+
+
+def _release_freed_memory() -> None:
+    """Best effort: return freed heap pages to the OS (glibc malloc_trim). Start-up frees a
+    few tensor-sized temporaries per tensor; glibc keeps them in its heap, which fragments
+    around the long-lived task vectors and inflates the resident set and its peak."""
+    global _MALLOC_TRIM
+    if _MALLOC_TRIM is None:
+        _MALLOC_TRIM = False
+        try:
+            import ctypes
+            import ctypes.util
+
+            name = ctypes.util.find_library("c")
+            if name:
+                fn = getattr(ctypes.CDLL(name), "malloc_trim", None)
+                _MALLOC_TRIM = fn if fn is not None else False
+        except (OSError, AttributeError):
+            _MALLOC_TRIM = False
+    if _MALLOC_TRIM:
+        _MALLOC_TRIM(0)
+
+
+_MALLOC_TRIM: Any = None
+
+
 def _free_bytes(device: torch.device) -> int:
     if device.type == "cuda":
         return int(torch.cuda.mem_get_info(device)[0])
@@ -331,7 +358,7 @@ class Materializer:
                 if self.pretrim:
                     m = fixed_trim_mask(self.method, tau, self._fixed_trim)
                     if m is not None:
-                        tau.masked_fill_(~m, 0)
+                        tau.masked_fill_(m.logical_not_(), 0)
                         del m
                 if self.need_l1:
                     if e.l1 is None:
@@ -347,8 +374,11 @@ class Materializer:
                 else:
                     e.taus.append(_pinned_like(tau, pin))
                 del tau
+                if e.numel >= _TRIM_AFTER:
+                    _release_freed_memory()
             s.close()
             del s
+        _release_freed_memory()
 
         if plan.kind in ("sparse", "streamed"):
             self._alloc_buffers()

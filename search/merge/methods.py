@@ -199,12 +199,19 @@ class SortedMagnitudes:
 
 
 def exact_kth_largest(a: torch.Tensor, k: int) -> float:
-    """The k-th largest value of a flat tensor (1 <= k <= numel), exactly."""
+    """The k-th largest value of a flat tensor (1 <= k <= numel), exactly.
+
+    float32/float64 on CPU: numpy's partition on one copy (no int64 index tensor, unlike
+    torch.kthvalue); elsewhere torch.kthvalue (bf16/fp16 are widened, which is exact)."""
     n = a.numel()
-    x = a.reshape(-1)
+    x = a.detach().reshape(-1)
+    if x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64):
+        c = x.numpy().copy()
+        c.partition(n - k)
+        return float(c[n - k])
     if x.dtype not in (torch.float32, torch.float64):
-        x = x.float()  # exact for bf16/fp16 values
-    return float(torch.kthvalue(x.cpu() if x.device.type == "mps" else x, n - k + 1).values)
+        x = x.float()
+    return float(torch.kthvalue(x, n - k + 1).values)
 
 
 def ties_k(density: float, n: int) -> int:
@@ -350,21 +357,21 @@ def fixed_trim_mask(method: str, tau: torch.Tensor, vals: dict[str, float]) -> t
     """The keep-mask of a fixed magnitude trim (ties / breadcrumbs) for one expert's tau
     (flat); None when everything is kept. Same thresholds as per-trial trimming."""
     n = tau.numel()
-    a = tau.abs()
     if method == "ties":
         k = ties_k(vals["density"], n)
         if k <= 0:
-            return torch.zeros_like(a, dtype=torch.bool)
+            return torch.zeros(n, dtype=torch.bool, device=tau.device)
         if k >= n:
             return None
-        return a >= exact_kth_largest(a, k)
+        thr = exact_kth_largest(tau.abs(), k)
+        return tau.abs() >= thr
     if method == "breadcrumbs":
         n_top, n_keep = breadcrumbs_ranks(vals["density"], vals["gamma"], n)
         if n_keep <= 0:
-            return torch.zeros_like(a, dtype=torch.bool)
-        lo = exact_kth_largest(a, n_top + n_keep) if n_top + n_keep < n else None
-        hi = exact_kth_largest(a, n_top) if n_top > 0 else None
-        return band_mask(a, lo, hi)
+            return torch.zeros(n, dtype=torch.bool, device=tau.device)
+        lo = exact_kth_largest(tau.abs(), n_top + n_keep) if n_top + n_keep < n else None
+        hi = exact_kth_largest(tau.abs(), n_top) if n_top > 0 else None
+        return band_mask(tau.abs(), lo, hi)
     raise ValueError(f"method {method!r} has no fixed magnitude trim")
 
 
