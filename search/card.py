@@ -43,6 +43,8 @@ class CardInfo:
     recipe_notes: list[str] = field(default_factory=list)
     package_versions: dict[str, str] = field(default_factory=dict)
     seed: int = 0
+    # objective name -> (search settings, held-out settings or None), with the evaluator's defaults
+    eval_settings: dict[str, tuple[dict[str, Any], dict[str, Any] | None]] = field(default_factory=dict)
 
 
 def is_hub_id(src: str, resolved: str) -> bool:
@@ -163,9 +165,10 @@ def render_card(c: CardInfo) -> str:
     # evaluation settings
     parts += ["## Evaluation settings", ""]
     for o in cfg.objectives:
-        parts.append(f"- `{o.name}` ({o.direction}): evaluator `{o.evaluator}`, {_settings_line(o.settings)}")
-        if o.heldout is not None:
-            parts.append(f"  - held-out: {_settings_line({**o.settings, **o.heldout})}")
+        search, heldout = c.eval_settings.get(o.name, (o.settings, None if o.heldout is None else {**o.settings, **o.heldout}))
+        parts.append(f"- `{o.name}` ({o.direction}): evaluator `{o.evaluator}`, {_settings_line(search)}")
+        if heldout is not None:
+            parts.append(f"  - held-out: {_settings_line(heldout)}")
     if c.package_versions:
         parts += ["", "Versions: " + ", ".join(f"{k} {v}" for k, v in c.package_versions.items()) + "."]
     parts += [

@@ -43,8 +43,8 @@ import logging
 import math
 import os
 import shutil
-import tempfile
 import time
+import uuid
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -226,22 +226,18 @@ def check_out_dir(out: Path, force: bool) -> None:
             )
 
 
-def _umask() -> int:
-    old = os.umask(0o022)
-    os.umask(old)
-    return old
-
-
 def _move_into(stage: Path, out: Path, force: bool) -> None:
     """Move every staged file into ``out``; nothing may leave ``out`` through '..' or symlinks."""
     real_out = out.resolve() if out.exists() else None
     files = [p for p in sorted(stage.rglob("*")) if not p.is_dir()]
-    mask = _umask()  # the staging folder and some writers use private modes: give the usual ones
-    for p in [stage, *[d for d in stage.rglob("*") if d.is_dir()]]:
-        os.chmod(p, 0o777 & ~mask)
+    # some writers (safetensors) create private files: give every file the mode a new file gets
+    probe = stage / ".mode-probe"
+    probe.touch()
+    mode = probe.stat().st_mode & 0o777
+    probe.unlink()
     for f in files:
         if not f.is_symlink():
-            os.chmod(f, 0o666 & ~mask)
+            os.chmod(f, mode)
     for f in files:
         rel = f.relative_to(stage)
         if f.is_symlink() or ".." in rel.parts:
@@ -323,6 +319,25 @@ def _versions() -> dict[str, str]:
             out[pkg] = metadata.version(pkg)
         except metadata.PackageNotFoundError:
             pass
+    return out
+
+
+def _eval_settings(cfg: SearchConfig) -> dict[str, tuple[dict[str, Any], dict[str, Any] | None]]:
+    """Each objective's evaluator settings with the evaluator's defaults filled in (as given
+    when the evaluator cannot be loaded here)."""
+    out = {}
+    for o in cfg.objectives:
+        held = None if o.heldout is None else {**o.settings, **o.heldout}
+        try:
+            from evaluators import EVALUATORS
+
+            cls = EVALUATORS.get(o.evaluator)
+            out[o.name] = (
+                cls.Settings(**o.settings).model_dump(mode="json"),
+                None if held is None else cls.Settings(**held).model_dump(mode="json"),
+            )
+        except Exception:  # noqa: BLE001 - the card then shows the settings as written
+            out[o.name] = (dict(o.settings), held)
     return out
 
 
@@ -422,11 +437,13 @@ def _export(data: RunData, trial: Trial, out: Path, force: bool, picked_by: str,
             recipe_notes=recipe.notes,
             package_versions=_versions(),
             seed=trial_seed(cfg.seed, trial.number),
+            eval_settings=_eval_settings(cfg),
         )
     )
 
     out.parent.mkdir(parents=True, exist_ok=True)
-    stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.export-", dir=out.parent))
+    stage = out.parent / f".{out.name}.export-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    stage.mkdir()  # the usual mode (mkdtemp's would be private), since it may become ``out``
     try:
         _write_weights(cfg, model, tokenizer, stage, max_shard_size)
         (stage / "README.md").write_text(card)
