@@ -17,6 +17,12 @@ What it does, in one process and on one device:
    bytes moves 2 x model bytes, so floor = copy time x (K + 2) / 2. Timed with CUDA events
    after warm-up (perf_counter on CPU). The ratio apply / floor is the number to watch
    (~1 would be bandwidth-bound; TIES does more passes than task arithmetic by design);
+3b. times the ``streamed`` memory plan (task vectors in pinned host memory, copied tensor by
+   tensor on a side CUDA stream, double-buffered) for ``task_arithmetic`` against plan (a)
+   (``resident``, step 2) and against the host->device transfer floor: a pinned
+   ``dst.copy_(src, non_blocking=True)`` of the model's bytes x K (the bytes a streamed
+   merge must move over the bus per trial). On CPU (``--tiny``) the same code path runs
+   synchronously and "host->device" is a host copy;
 4. runs a small lm-eval generation task with the merged model on the device: the project's
    ``lm_eval`` evaluator on the shipped tiny-lm task data (``evaluators/tasks/tinylm``) with
    the tiny-lm byte tokenizer (the weights are random, so the score is ~0: this checks that
@@ -162,6 +168,66 @@ def copy_floor(nbytes: int, dtype: torch.dtype, device: torch.device, timer: Tim
     return {**_stats(times), "bytes": nbytes, "traffic_GBps": 2 * nbytes / med / 1e9}
 
 
+def h2d_floor(nbytes: int, dtype: torch.dtype, device: torch.device, timer: Timer, reps: int) -> dict[str, Any]:
+    """Pinned host -> device copy of ``nbytes`` (a plain host copy on CPU)."""
+    n = nbytes // torch.empty(0, dtype=dtype).element_size()
+    pin = device.type == "cuda"
+    src = torch.empty(n, dtype=dtype, pin_memory=pin)
+    src.copy_(torch.randn(n, dtype=torch.float32).to(dtype))
+    dst = torch.empty(n, dtype=dtype, device=device)
+    times = timer.measure(lambda _i: dst.copy_(src, non_blocking=pin), reps, warmup=3)
+    med = statistics.median(times)
+    return {**_stats(times), "bytes": n * src.element_size(), "pinned": pin, "GBps": n * src.element_size() / med / 1e9}
+
+
+def bench_plans(
+    model: torch.nn.Module,
+    base: dict[str, torch.Tensor],
+    experts: list[dict[str, torch.Tensor]],
+    timer: Timer,
+    reps: int,
+    granularity: str,
+    mbytes: int,
+    dtype: torch.dtype,
+    resident: dict[str, Any],
+) -> dict[str, Any]:
+    """Plan (b) ``streamed`` vs plan (a) ``resident`` (from ``resident``) and the transfer floor."""
+    from search.config import MergeConfig
+    from search.merge.materializer import Materializer
+    from search.space import CoefficientSpace
+
+    device = next(model.parameters()).device
+    K = len(experts)
+    h2d = h2d_floor(mbytes, dtype, device, timer, reps)
+    h2d_floor_s = h2d["median_s"] * K
+    names = [n for n, _ in model.named_parameters()]
+    space = CoefficientSpace.build(names, [f"e{t}" for t in range(K)], MergeConfig(method="task_arithmetic", granularity=granularity, search={"weight": (0.0, 1.0)}))
+    t0 = time.perf_counter()
+    mat = Materializer(model, base, experts, space, "task_arithmetic", {}, run_seed=0, plan="streamed")
+    timer.sync()
+    build_s = time.perf_counter() - t0
+    rng = np.random.default_rng(1)
+    xs = [space.lower + rng.random(space.dim) * (space.upper - space.lower) for _ in range(reps + 4)]
+    times = timer.measure(lambda i: mat.apply(xs[i % len(xs)], trial_number=2000 + i), reps, warmup=2)
+    streamed = {
+        "plan": mat.plan.describe(),
+        "build_s": build_s,
+        "apply": _stats(times),
+        "held_bytes": mat.nbytes(),
+        "ratio_to_h2d_floor": statistics.median(times) / h2d_floor_s,
+    }
+    del mat
+    return {
+        "method": "task_arithmetic",
+        "h2d": h2d,
+        "h2d_floor_s": h2d_floor_s,
+        "h2d_floor_definition": "median pinned host->device copy of model bytes x K (the bytes a streamed merge moves over the bus)",
+        "resident": {"apply": resident["apply"], "plan": resident["plan"]},
+        "streamed": streamed,
+        "streamed_over_resident": statistics.median(times) / resident["apply"]["median_s"],
+    }
+
+
 def bench_method(
     method: str,
     search: dict[str, tuple[float, float]],
@@ -268,6 +334,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--experts", type=int, default=3)
     ap.add_argument("--reps", type=int, default=None, help="timed repetitions (default 10; 3 with --tiny)")
     ap.add_argument("--limit", type=int, default=None, help="lm-eval documents (default 100; 8 with --tiny)")
+    ap.add_argument("--no-plans", action="store_true", help="skip the memory-plan comparison (streamed vs resident)")
     ap.add_argument("--out", default=None, help="JSON path (default $OUT/ or bench/results/, gpu_check[_tiny].json)")
     args = ap.parse_args(argv)
 
@@ -277,7 +344,7 @@ def main(argv: list[str] | None = None) -> int:
         print("error: no CUDA device visible to torch (use --tiny for a CPU smoke test)", file=sys.stderr)
         return 2
     if device.type == "cpu":
-        torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+        torch.set_num_threads(1)  # one thread per process on small CPU machines (FACTS.md)
     reps = args.reps or (3 if args.tiny else 10)
     limit = args.limit or (8 if args.tiny else 100)
     shape = LLAMA_TINY if args.tiny else LLAMA_1B
@@ -325,6 +392,19 @@ def main(argv: list[str] | None = None) -> int:
         del mat
         if device.type == "cuda":
             torch.cuda.empty_cache()
+    if not args.no_plans:
+        plans = bench_plans(model, base, experts, timer, reps, "block:4", mbytes, dtype, result["methods"]["task_arithmetic"])
+        plans["device_copy_floor_s"] = floor_s
+        plans["resident_ratio_to_floor"] = result["methods"]["task_arithmetic"]["ratio_to_floor"]
+        result["plans"] = plans
+        print(f"plans (task_arithmetic): resident {plans['resident']['apply']['median_s'] * 1e3:.1f} ms, streamed "
+              f"{plans['streamed']['apply']['median_s'] * 1e3:.1f} ms ({plans['streamed']['ratio_to_h2d_floor']:.2f}x the "
+              f"host->device floor {plans['h2d_floor_s'] * 1e3:.1f} ms)", flush=True)
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+        # the streamed plan left a task-arithmetic merge in place: put the ties merge back
+        mat, _ = bench_method("ties", methods["ties"], model, base, experts, timer, 1, "block:4")
+        del mat
     del base, experts
     if device.type == "cuda":
         torch.cuda.empty_cache()
@@ -354,6 +434,14 @@ def print_table(r: dict[str, Any]) -> None:
         print(f"{'apply ' + m:<34}{ms(o['apply']['median_s'])}{o['ratio_to_floor']:9.2f}")
         print(f"{'  restore_base (per-tensor copy)':<34}{ms(o['restore_base']['median_s'])}{o['restore_base']['median_s'] / r['floor_s']:9.2f}")
         print(f"{'  build (task vectors, plan)':<34}{ms(o['build_s'])}")
+    if "plans" in r:
+        p = r["plans"]
+        print(f"{'host->device copy of model bytes':<34}{ms(p['h2d']['median_s'])}{'':>9}   {p['h2d']['GBps']:.1f} GB/s")
+        print(f"{'h2d floor = that x K':<34}{ms(p['h2d_floor_s'])}{p['h2d_floor_s'] / r['floor_s']:9.2f}")
+        print(f"{'plan (a) resident, task_arith.':<34}{ms(p['resident']['apply']['median_s'])}{p['resident_ratio_to_floor']:9.2f}")
+        st = p["streamed"]
+        print(f"{'plan (b) streamed, task_arith.':<34}{ms(st['apply']['median_s'])}{st['apply']['median_s'] / r['floor_s']:9.2f}"
+              f"   {st['ratio_to_h2d_floor']:.2f}x the h2d floor")
     g = r["generation"]
     print(f"{'lm-eval ' + g['task'] + ' x' + str(g['limit']):<34}{ms(g['evaluate_s'])}{'':>9}   {g['metrics']}")
     print(f"{'total':<34}{ms(r['total_s'])}")

@@ -145,10 +145,24 @@ class _Entry:
         return self.mags[t].kth_largest(k)
 
 
-def _pinned_like(x: torch.Tensor, pin: bool) -> torch.Tensor:
-    out = torch.empty(x.shape, dtype=x.dtype, device="cpu", pin_memory=pin)
-    out.copy_(x)
-    return out
+class _HostArena:
+    """Host (pinned when CUDA is used) storage for one copy of the merged tensors: one
+    allocation per dtype, carved into flat views. Per-tensor pinned allocations would each be
+    rounded up to a power of two by PyTorch's caching host allocator (up to 2x the memory)."""
+
+    def __init__(self, entries: Sequence[_Entry], pin: bool):
+        totals: dict[torch.dtype, int] = {}
+        self.offsets: dict[str, int] = {}
+        for e in entries:
+            self.offsets[e.name] = totals.get(e.storage, 0)
+            totals[e.storage] = totals.get(e.storage, 0) + e.numel
+        self.bufs = {dt: torch.empty(n, dtype=dt, device="cpu", pin_memory=pin) for dt, n in totals.items()}
+
+    def put(self, e: _Entry, x: torch.Tensor) -> torch.Tensor:
+        off = self.offsets[e.name]
+        view = self.bufs[e.storage][off : off + e.numel]
+        view.copy_(x.reshape(-1))
+        return view
 
 
 _TRIM_AFTER = 1 << 20  # elements: give freed heap pages back after tensors at least this large
@@ -335,10 +349,11 @@ class Materializer:
 
         bsrc = self._open(base, "models.base")
         check_source(bsrc, ref, "the model")
+        base_arena = _HostArena(self.entries, pin) if stream_base else None
         for e in self.entries:
             b = bsrc.get(e.name).reshape(-1)
-            if stream_base:
-                e.base = _pinned_like(b.to(e.storage), pin)
+            if base_arena is not None:
+                e.base = base_arena.put(e, b)
             else:  # never alias a caller's tensor (it may be the model's own parameter)
                 e.base = b.to(device=e.device, dtype=e.storage, copy=not bsrc.fresh)
             del b
@@ -348,6 +363,7 @@ class Materializer:
         for t, src in enumerate(experts):
             s = self._open(src, fields[t])
             check_source(s, ref)
+            arena = _HostArena(self.entries, pin) if plan.kind == "streamed" else None
             for e in self.entries:
                 assert e.base is not None
                 x = s.get(e.name).reshape(-1)
@@ -372,7 +388,8 @@ class Materializer:
                 elif plan.kind == "sparse":
                     e.sparse.append(_Sparse.encode(tau, e.device))
                 else:
-                    e.taus.append(_pinned_like(tau, pin))
+                    assert arena is not None
+                    e.taus.append(arena.put(e, tau))
                 del tau
                 if e.numel >= _TRIM_AFTER:
                     _release_freed_memory()
