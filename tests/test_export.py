@@ -349,6 +349,31 @@ def test_force_rewrites_and_drops_old_shards(ta_export: tuple[Path, dict, list[s
     assert json.loads((target / "mergesearch.json").read_text())["trial"] == 0
 
 
+def test_bfloat16_config_exports_bfloat16_weights_rounded_once(ta_export: tuple[Path, dict, list[str]], tmp_path: Path) -> None:
+    from transformers import AutoModelForCausalLM
+
+    out32, cfg, names = ta_export
+    cfg = {**cfg, "name": "ta16", "models": {**cfg["models"], "dtype": "bfloat16"}}
+    store = hand_store(tmp_path / "ta16.db", cfg, [(0, COMPLETE, (0.25,)), (1, COMPLETE, (0.5,))], x_seed=3, names=names)
+    out = export_trial("ta16", store, 1, tmp_path / "export")
+    w16, w32 = flat_state(out), flat_state(out32)
+    for n in names:
+        assert w16[n].dtype == torch.bfloat16
+        assert torch.equal(w16[n], w32[n].to(torch.bfloat16)), n  # merged in float32, rounded once
+    assert AutoModelForCausalLM.from_pretrained(out).dtype == torch.bfloat16
+    recipe = yaml.safe_load((out / "mergekit_config.yml").read_text())
+    assert (recipe["dtype"], recipe["out_dtype"]) == ("float32", "bfloat16")
+
+
+def test_hub_ids_are_linked_local_and_zoo_sources_are_not(tmp_path: Path) -> None:
+    from search.card import is_hub_id
+
+    assert is_hub_id("meta-llama/Llama-3.1-8B", "meta-llama/Llama-3.1-8B")
+    assert not is_hub_id("zoo:tiny-lm/base", "/cache/zoo/tiny-lm/base")
+    (tmp_path / "org" / "model").mkdir(parents=True)
+    assert not is_hub_id("org/model", str(tmp_path / "org" / "model"))  # resolved to a local folder
+
+
 # ----------------------------------------------------------------------------- factory (non-HF) models
 
 
