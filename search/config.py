@@ -109,6 +109,9 @@ class ObjectiveConfig(_Frozen):
         None, description="settings overrides for the held-out evaluation of front members"
     )
     weight: float = Field(1.0, description="weight in scalarising strategies (cmaes)")
+    ref_point: float | None = Field(
+        None, description="hypervolume reference value (worst value worth counting); default: 0 for maximised, worst x 1.1 for minimised"
+    )
 
     @field_validator("name")
     @classmethod

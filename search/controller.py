@@ -62,18 +62,17 @@ def _jsonable(o: Any) -> Any:
     return o
 
 
-def front_stats(values: np.ndarray, directions: Sequence[str]) -> tuple[np.ndarray, float | None]:
-    """Pareto mask and hypervolume (None if unavailable) of complete trials' values."""
+def front_stats(values: np.ndarray, directions: Sequence[str], ref_given: Sequence[float | None] | None = None) -> tuple[np.ndarray, float | None]:
+    """Pareto mask and hypervolume (reference point rule of :mod:`search.report`) of complete trials' values."""
     if len(values) == 0:
         return np.zeros(0, dtype=bool), None
-    try:
-        from .pareto import hypervolume, pareto_mask
-    except ImportError:  # pragma: no cover - pareto lands with the strategies
-        return np.ones(len(values), dtype=bool), None
+    from .pareto import pareto_mask
+    from .report import _hv, reference_point
+
     mask = pareto_mask(values, directions)
     try:
-        hv = float(hypervolume(values, directions))
-    except Exception:
+        hv = _hv(values, directions, reference_point(values, directions, ref_given))
+    except Exception:  # the bar must never stop a run
         hv = None
     return mask, hv
 
@@ -413,7 +412,7 @@ class _Progress:
         info = f"failed {failed}"
         values = get_values()
         if len(values):
-            mask, hv = front_stats(values, [o.direction for o in cfg.objectives])
+            mask, hv = front_stats(values, [o.direction for o in cfg.objectives], [o.ref_point for o in cfg.objectives])
             info += f" | front {int(mask.sum())}"
             if hv is not None:
                 info += f" | HV {hv:.4g}"

@@ -55,11 +55,11 @@ def make_toy_models(root: Path) -> dict[str, Path]:
 def _closeness(model: torch.nn.Module, expert: str) -> float:
     ref = load_file(os.path.join(os.environ["TOY_ROOT"], expert, "model.safetensors"))
     d2 = sum(float(((p.detach().float() - ref[n]) ** 2).sum()) for n, p in model.named_parameters())
-    return math.exp(-d2 / 10.0)
+    return math.exp(-d2 / 40.0)
 
 
 def closeness(model: torch.nn.Module, tokenizer: object, expert: str = "expert_a") -> dict[str, float]:
-    """exp(-||theta - theta_expert||^2 / 10): 1 at the expert, falls off away from it."""
+    """exp(-||theta - theta_expert||^2 / 40): 1 at the expert, falls off away from it."""
     delay = float(os.environ.get("TOY_DELAY", "0"))
     if delay:
         time.sleep(delay)
@@ -118,3 +118,11 @@ def noop(model: torch.nn.Module, tokenizer: object, delay: float = 0.0) -> dict[
     if delay:
         time.sleep(delay)
     return {"closeness": 0.5}
+
+
+def hang_some(model: torch.nn.Module, tokenizer: object) -> dict[str, float]:
+    """Hangs (60 s) for about a quarter of the merges: exercises workers.trial_timeout."""
+    v = _closeness(model, "expert_a")
+    if (v * 1000) % 1.0 < 0.25:
+        time.sleep(60)
+    return {"closeness": v}
