@@ -16,6 +16,7 @@ import yaml
 
 from .config import SearchConfig
 from .merge.info import method_info
+from .merge.methods import resolve_options
 from .space import CoefficientSpace
 from .store import Trial
 
@@ -106,7 +107,7 @@ def render_card(c: CardInfo) -> str:
 
     # method
     parts += ["## Merge method", "", f"`{info.name}`: {info.summary}.", ""]
-    opts = {**info.options, **{k: v for k, v in cfg.merge.params.items() if k in info.options}}
+    opts = resolve_options(info.name, cfg.merge.params)
     if opts:
         parts.append("Options: " + ", ".join(f"`{k}` = {v}" for k, v in opts.items()) + ".")
     parts.append(

@@ -32,6 +32,7 @@ import numpy as np
 
 from .config import SearchConfig
 from .merge.info import method_info
+from .merge.methods import resolve_options
 from .space import CoefficientSpace
 
 # methods that combine task vectors against a base (mergekit's generalized task arithmetic)
@@ -127,7 +128,7 @@ def build_recipe(
     gidx = {g: i for i, g in enumerate(space.groups)}
     experts = list(space.experts)
     params = list(info.params)
-    opts = {**info.options, **{k: v for k, v in cfg.merge.params.items() if k in info.options}}
+    opts = resolve_options(info.name, cfg.merge.params)
     task_vectors = info.name in _TASK_VECTOR_METHODS
     linear_normalized = info.name == "linear" and bool(opts.get("normalize", True))
 

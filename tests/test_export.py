@@ -283,13 +283,13 @@ def test_recipe_structure_and_that_it_describes_the_exported_weights(ta_export: 
     out, cfg, names = ta_export
     recipe = yaml.safe_load((out / "mergekit_config.yml").read_text())
     assert recipe["merge_method"] == "task_arithmetic"
-    assert recipe["base_model"] == str(tiny_lm / "base")
+    assert Path(recipe["base_model"]).resolve() == (tiny_lm / "base").resolve()
     assert recipe["parameters"] == {"lambda": 0.8}
     assert recipe["dtype"] == "float32"
     slices = recipe["slices"]
     assert [s["sources"][0]["layer_range"] for s in slices] == [[i, i + 1] for i in range(4)]
     for s in slices:
-        assert [src["model"] for src in s["sources"]] == [str(tiny_lm / m) for m in ("base", *EXPERTS)]
+        assert [Path(src["model"]).resolve() for src in s["sources"]] == [(tiny_lm / m).resolve() for m in ("base", *EXPERTS)]
         assert "parameters" not in s["sources"][0]
     # embed and head are explicit filter entries of the first / last slice
     first = slices[0]["sources"][1]["parameters"]["weight"]
