@@ -35,7 +35,7 @@ import numpy as np
 from .config import SearchConfig, parse_config, validate_file
 from .errors import StoreError
 from .store import COMPLETE, FAIL, RUNNING, Store, default_store_for
-from .workers import TrialTask, WorkerResult, make_pool
+from .workers import TrialTask, make_pool
 
 log = logging.getLogger("search.controller")
 
