@@ -216,7 +216,6 @@ def bench_plans(
         "held_bytes": mat.nbytes(),
         "ratio_to_h2d_floor": statistics.median(times) / h2d_floor_s,
     }
-    del mat
     return {
         "method": "task_arithmetic",
         "h2d": h2d,

@@ -43,14 +43,21 @@ OPTION_DEFAULTS = {
 # ----------------------------------------------------------------------------- the reference
 
 
-def ref_hash32(key: int, n: int) -> np.ndarray:
-    """splitmix64 finaliser of (i + 1) * golden + key, top 32 bits, for i in 0..n-1."""
+def ref_hash31(key: int, start: int, n: int) -> np.ndarray:
+    """fmix32(i * 0x9E3779B1 + key) & 0x7FFFFFFF for i in start..start+n-1 (uint32 wraps)."""
     with np.errstate(over="ignore"):
-        z = (np.arange(1, n + 1, dtype=np.uint64) * np.uint64(0x9E3779B97F4A7C15)) + np.uint64(key)
-        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-        z = z ^ (z >> np.uint64(31))
-    return z >> np.uint64(32)
+        z = np.arange(start, start + n, dtype=np.uint64).astype(np.uint32)
+        z = z * np.uint32(0x9E3779B1) + np.uint32(key & 0xFFFFFFFF)
+        z = z ^ (z >> np.uint32(16))
+        z = z * np.uint32(0x85EBCA6B)
+        z = z ^ (z >> np.uint32(13))
+        z = z * np.uint32(0xC2B2AE35)
+        z = z ^ (z >> np.uint32(16))
+    return z & np.uint32(0x7FFFFFFF)
+
+
+def ref_key(seed: int, name: str, expert: int) -> int:
+    return derive_seed("dare", seed, name, expert) & 0xFFFFFFFF
 
 
 def ref_topk_keep(tau: np.ndarray, density: float) -> np.ndarray:
@@ -85,7 +92,7 @@ def ref_dare(tau: np.ndarray, density: float, key: int, rescale: str) -> np.ndar
         return np.zeros_like(t)
     if density >= 1:
         return t
-    keep = ref_hash32(key, t.size) < np.uint64(int(density * 2**32))
+    keep = ref_hash31(key, 0, t.size) < np.uint32(int(density * 2**31))
     kept = np.where(keep, t, 0.0)
     if rescale == "inverse":
         return kept / density
@@ -132,7 +139,7 @@ def reference_merge(method, base, taus, vals, options=None, *, name="", seed=0) 
         kept = [np.where(ref_topk_keep(t, v["density"][i]), t.astype(np.float64), 0.0) for i, t in enumerate(T)]
         return b + lam * ref_elect(kept, w, opts["normalize"])
     if method in ("dare_ties", "dare_linear"):
-        kept = [ref_dare(t, v["density"][i], derive_seed("dare", seed, name, i), opts["rescale"]) for i, t in enumerate(T)]
+        kept = [ref_dare(t, v["density"][i], ref_key(seed, name, i), opts["rescale"]) for i, t in enumerate(T)]
         if method == "dare_linear":
             return b + lam * sum(wi * k for wi, k in zip(w, kept, strict=True))
         return b + lam * ref_elect(kept, w, opts["normalize"])
@@ -279,17 +286,17 @@ def test_linear_zero_weight_sum_gives_base():
 
 
 def test_dare_hash_matches_definition_and_is_chunk_invariant():
-    for key in (0, 1, 2**62 + 12345, derive_seed("x")):
-        got = dare_hash(key, 0, 1000).numpy().astype(np.uint64)
-        np.testing.assert_array_equal(got, ref_hash32(key, 1000))
-        # any window gives the same bits as the full range
-        np.testing.assert_array_equal(dare_hash(key, 377, 100).numpy().astype(np.uint64), ref_hash32(key, 1000)[377:477])
-    # known value, pinned so a platform with different int64 wrapping would fail loudly
-    assert int(dare_hash(12345, 0, 1)[0]) == int(ref_hash32(12345, 1)[0])
+    for key in (0, 1, 2**31 + 12345, 2**32 - 1, ref_key(5, "x", 0)):
+        got = dare_hash(key, 0, 1000).numpy().astype(np.uint32)
+        np.testing.assert_array_equal(got, ref_hash31(key, 0, 1000))
+        # any window gives the same bits as the full range, also past 2**31
+        np.testing.assert_array_equal(dare_hash(key, 377, 100).numpy().astype(np.uint32), ref_hash31(key, 0, 1000)[377:477])
+        np.testing.assert_array_equal(dare_hash(key, 2**31 + 5, 50).numpy().astype(np.uint32), ref_hash31(key, 2**31 + 5, 50))
+    assert dare_key(5, "x", 0) == ref_key(5, "x", 0)
     # roughly uniform: the keep rate tracks the density
     h = dare_hash(99, 0, 200_000)
     for d in (0.1, 0.5, 0.9):
-        rate = float((h < int(d * 2**32)).float().mean())
+        rate = float((h < int(d * 2**31)).float().mean())
         assert abs(rate - d) < 0.01
 
 

@@ -43,6 +43,7 @@ from .checkpoint import DictSource, TensorSource, check_source, open_source, par
 from .info import method_info
 from .methods import (
     SortedMagnitudes,
+    Workspace,
     default_chunk,
     fixed_trim_mask,
     magnitude_trim,
@@ -70,7 +71,9 @@ _PLAN_RANK = {("resident", False): 0, ("sparse", False): 1, ("streamed", False):
 @dataclass
 class _Sparse:
     """One trimmed task vector of one tensor: its nonzero values plus positions, stored as
-    indices (int32/int64) or as a bitmask (uint8, 8 entries per byte), whichever is smaller."""
+    indices (int32/int64) or as a bitmask (uint8, 8 entries per byte), whichever is smaller.
+    (On CPU the bitmask's densify is a few times slower than the indices' - masked_scatter_
+    takes a slow path there - but the plan exists to save memory; on GPU both are fast.)"""
 
     values: torch.Tensor
     index: torch.Tensor | None = None
@@ -99,7 +102,7 @@ class _Sparse:
         else:
             assert self.bits is not None
             n = out.numel()
-            mask = ((self.bits.unsqueeze(1) >> _ARANGE8.get(self.bits.device)) & 1).view(-1)[:n].bool()
+            mask = _BIT_TABLE.get(self.bits.device).index_select(0, self.bits.int()).view(-1)[:n]
             out.masked_scatter_(mask, self.values)
         return out
 
@@ -110,18 +113,22 @@ class _Sparse:
         return self.values.numel() * self.values.element_size() + extra.numel() * extra.element_size()
 
 
-class _Arange8:
+class _BitTable:
+    """byte -> its 8 bits as bools (LSB first), per device: unpacking by table lookup was
+    measured ~3x faster on CPU than shifting and masking."""
+
     def __init__(self) -> None:
         self._by_dev: dict[torch.device, torch.Tensor] = {}
 
     def get(self, device: torch.device) -> torch.Tensor:
         t = self._by_dev.get(device)
         if t is None:
-            t = self._by_dev[device] = torch.arange(8, dtype=torch.uint8, device=device)
+            t = ((torch.arange(256).unsqueeze(1) >> torch.arange(8)) & 1).bool()
+            t = self._by_dev[device] = t.to(device)
         return t
 
 
-_ARANGE8 = _Arange8()
+_BIT_TABLE = _BitTable()
 
 
 @dataclass
@@ -254,6 +261,7 @@ class Materializer:
             raise ValueError(f"{self.K} experts given but the coefficient space has {len(space.experts)}")
         self._params = list(self.info.params)
         self.last_apply_seconds: float | None = None
+        self._ws = Workspace()  # kernel scratch, reused across tensors and trials
         self.apply_count = 0
         self._aliases = param_aliases(model)
         self._prefix = getattr(model, "base_model_prefix", "") or ""
@@ -567,7 +575,7 @@ class Materializer:
                     self.method, self.options, rows[e.group], e.numel,
                     name=e.name, seed=seed, kth=kth, pretrimmed=self.pretrim, l1=e.l1,
                 )
-                merge_tensor(e.param.data, base, taus, tp, work_dtype=e.work, chunk=self.chunk or default_chunk(e.device))
+                merge_tensor(e.param.data, base, taus, tp, work_dtype=e.work, chunk=self.chunk or default_chunk(e.device), ws=self._ws)
         _sync(self.devices)
         self.last_apply_seconds = time.perf_counter() - t0
         self.apply_count += 1
