@@ -215,9 +215,12 @@ class Controller:
                 while queue_ and free > 0:
                     pool.submit(queue_.pop(0))
                     free -= 1
-                want = min(free, budget - n_done - len(pending)) if not time_up else 0
+                remaining = budget - n_done - len(pending)
+                want = min(free, remaining) if not time_up else 0
+                exhausted = False
                 if want > 0:
                     cands = strategy.ask(want)
+                    exhausted = not cands and not pending
                     for cand in cands:
                         cand.x = np.clip(np.asarray(cand.x, dtype=np.float64), space.lower, space.upper)
                         k = _key(cand.x)
@@ -243,7 +246,9 @@ class Controller:
                     if dup_streak > 200:
                         log.warning("the strategy proposed 200 duplicates in a row; stopping early")
                         budget = n_done + len(pending)
-                if not pending and (n_done >= budget or time_up or want <= 0):
+                if not pending and not queue_ and (remaining <= 0 or time_up or exhausted):
+                    if exhausted:
+                        log.warning("the strategy has nothing more to propose; stopping at %d trials", n_done)
                     break
                 for task, res in pool.poll(timeout=0.2):
                     if task.split != "search":

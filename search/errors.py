@@ -10,7 +10,7 @@ from dataclasses import dataclass
 def did_you_mean(name: str, choices: Iterable[str], n: int = 3) -> str:
     """Return "; did you mean 'x'?" (or a list of known names) for an unknown ``name``."""
     choices = sorted(set(choices))
-    close = difflib.get_close_matches(name, choices, n=n, cutoff=0.5)
+    close = difflib.get_close_matches(name, choices, n=n, cutoff=0.6)
     if not close:
         close = [c for c in choices if name.lower() in c.lower() or c.lower() in name.lower()][:n]
     if close:

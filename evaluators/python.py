@@ -1,0 +1,84 @@
+"""``python``: any objective as a Python callable named explicitly in the config.
+
+Settings::
+
+    function: "package.module:function"   # called as function(model, tokenizer, **kwargs)
+    metric: "accuracy"                     # which returned metric is the objective value
+    kwargs: {}                             # extra keyword arguments
+
+The function returns ``dict[str, float]``, or ``(metrics, per_sample)`` where ``per_sample``
+maps a name to per-example scores in [0, 1] (M2N2 uses them). Nothing from a config runs
+unless the config names ``module:function`` here (or in ``models.factory``). A function that
+raises, or returns a NaN/inf metric, fails the trial with that message; the run goes on.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from typing import Any
+
+import numpy as np
+from pydantic import Field, field_validator
+
+from .base import EvalContext, EvalResult, EvaluationError, Evaluator, EvaluatorSettings
+
+
+class PythonSettings(EvaluatorSettings):
+    function: str = Field(description="'module:function' called as function(model, tokenizer, **kwargs)")
+    metric: str = Field("value", description="the returned metric used as the objective value")
+    kwargs: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("function")
+    @classmethod
+    def _spec(cls, v: str) -> str:
+        mod, sep, attr = v.partition(":")
+        if not sep or not mod or not attr:
+            raise ValueError(f"function {v!r} is not 'module:function' (e.g. 'mypkg.scores:accuracy')")
+        return v
+
+
+class PythonEvaluator(Evaluator):
+    name = "python"
+    Settings = PythonSettings
+
+    def __init__(self, settings: PythonSettings, ctx: EvalContext):
+        super().__init__(settings, ctx)
+        from search.registry import import_object
+
+        try:
+            self._fn = import_object(settings.function)
+        except (ImportError, AttributeError) as e:
+            raise EvaluationError(f"cannot import {settings.function!r}: {e}") from None
+
+    @property
+    def metric(self) -> str:
+        return self.settings.metric
+
+    @classmethod
+    def check(cls, settings: PythonSettings, ctx: EvalContext) -> list[tuple[str, str]]:
+        mod = settings.function.partition(":")[0]
+        try:
+            found = importlib.util.find_spec(mod) is not None
+        except (ImportError, ValueError):
+            found = False
+        if not found:
+            return [("function", f"module {mod!r} cannot be found; is it installed or on PYTHONPATH?")]
+        return []
+
+    def evaluate(self, model: Any, tokenizer: Any, seed: int = 0) -> EvalResult:
+        out = self._fn(model, tokenizer, **self.settings.kwargs)
+        per: dict[str, np.ndarray] | None = None
+        if isinstance(out, tuple) and len(out) == 2:
+            out, per_raw = out
+            per = {str(k): np.asarray(v, dtype=np.float32) for k, v in (per_raw or {}).items()}
+        if not isinstance(out, dict):
+            raise EvaluationError(f"{self.settings.function} returned {type(out).__name__}; expected dict[str, float]")
+        metrics = {str(k): float(v) for k, v in out.items()}
+        if self.metric not in metrics:
+            raise EvaluationError(
+                f"{self.settings.function} returned no metric {self.metric!r} (it returned: {', '.join(sorted(metrics)) or 'nothing'}); set settings.metric"
+            )
+        from ._common import require_finite
+
+        require_finite({self.metric: metrics[self.metric]}, self.settings.function)
+        return EvalResult(metrics=metrics, per_sample=per)
