@@ -291,3 +291,23 @@ def test_startup_peak_memory_with_sharded_checkpoints(sharded_models, method, pl
         assert r["parts"]["task_vectors"] == 0 and r["parts"]["sparse_task_vectors"] < 0.2 * 3 * M
     else:
         assert r["parts"]["task_vectors"] == 3 * M and r["parts"]["base"] == M
+
+
+@pytest.mark.parametrize("method", ["ties", "dare_ties", "breadcrumbs", "dare_linear"])
+def test_accumulate_fp32_with_bf16_storage_is_float32_arithmetic(tiny, method):
+    """bf16 storage + merge.accumulate_fp32 (the GPU option): the arithmetic runs in float32 on
+    the bf16-rounded task vectors, so it equals float32 storage fed those same rounded values."""
+    model, base, experts = tiny
+    b16 = {k: v.to(torch.bfloat16).float() for k, v in base.items()}
+    e16 = [{k: (v.float() - base[k].float()).to(torch.bfloat16).float() + b16[k] for k, v in e.items()} for e in experts]
+    # taus stored in bf16 are round(e - b) computed in float32 from the bf16-rounded base
+    space, _ = make_space(model, method, "block:2")
+    x = rand_x(space, 8)
+    m1 = Materializer(model, b16, e16, space, method, {}, run_seed=2, storage_dtype=torch.bfloat16, accumulate_fp32=True)
+    assert all(e.work == torch.float32 for e in m1.entries)
+    m1.apply(x, 8)
+    got = merged(model)
+    m2 = Materializer(model, b16, e16, space, method, {}, run_seed=2)
+    m2.apply(x, 8)
+    for n, p in model.named_parameters():
+        torch.testing.assert_close(got[n], p.detach(), rtol=0, atol=0, msg=n)

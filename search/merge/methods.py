@@ -487,7 +487,11 @@ def merge_chunk(out: torch.Tensor, base: torch.Tensor, taus: Sequence[torch.Tens
         return
     wks = []
     for i, t in enumerate(active):
-        wk = torch.mul(taus[t], tp.coeffs[t], out=ws.get(f"wk{i}", n, work, dev))
+        wk = ws.get(f"wk{i}", n, work, dev)
+        if taus[t].dtype == work:
+            torch.mul(taus[t], tp.coeffs[t], out=wk)
+        else:  # widen first: mul(bf16, c, out=fp32) would round the product to bf16
+            wk.copy_(taus[t]).mul_(tp.coeffs[t])
         m = _keep(taus[t], tp, t, start, work, ws) if tp.trimmed else None
         if m is not None:
             wk.mul_(m)
