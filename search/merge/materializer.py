@@ -44,7 +44,6 @@ from .info import method_info
 from .methods import (
     SortedMagnitudes,
     Workspace,
-    default_chunk,
     fixed_trim_mask,
     magnitude_trim,
     merge_tensor,
@@ -575,7 +574,7 @@ class Materializer:
                     self.method, self.options, rows[e.group], e.numel,
                     name=e.name, seed=seed, kth=kth, pretrimmed=self.pretrim, l1=e.l1,
                 )
-                merge_tensor(e.param.data, base, taus, tp, work_dtype=e.work, chunk=self.chunk or default_chunk(e.device), ws=self._ws)
+                merge_tensor(e.param.data, base, taus, tp, work_dtype=e.work, chunk=self.chunk, ws=self._ws)
         _sync(self.devices)
         self.last_apply_seconds = time.perf_counter() - t0
         self.apply_count += 1
