@@ -440,6 +440,15 @@ def _dur(s: float | None) -> str:
     return f"{h}h{m:02d}m{sec:02d}s" if h else (f"{m}m{sec:02d}s" if m else f"{sec}s")
 
 
+def _secs(s: float | None) -> str:
+    """A mean trial phase time: 0.4ms, 2.31s, 1m05s."""
+    if s is None or not math.isfinite(s):
+        return "-"
+    if s < 1:
+        return f"{s * 1000:.1f}ms"
+    return f"{s:.2f}s" if s < 60 else _dur(s)
+
+
 def _clock(ts: float | None) -> str:
     """HH:MM:SS for today, else the date too."""
     if not ts:
@@ -496,12 +505,13 @@ def print_status(run: str, store: str | None = None, console: Console | None = N
     workers = data.workers()
     if workers:
         wt = Table(title=f"workers seen: {len(workers)}", title_justify="left")
-        for col in ("worker", "trials", "done", "failed", "running", "mat. s", "eval s", "last seen"):
-            wt.add_column(col, justify="left" if col in ("worker", "last seen") else "right")
+        wt.add_column("worker", overflow="fold")
+        for col in ("trials", "failed", "running", "mean materialize", "mean evaluate", "last seen"):
+            wt.add_column(col, justify="left" if col == "last seen" else "right", min_width=11 if col == "mean materialize" else None)
         for w in workers:
             wt.add_row(
-                w["worker"], str(w["trials"]), str(w[COMPLETE]), str(w[FAIL]), str(w[RUNNING]),
-                _fmt(w["materialize_s"], 3), _fmt(w["evaluate_s"], 3), _clock(w["last"]),
+                w["worker"], str(w["trials"]), str(w[FAIL]), str(w[RUNNING]),
+                _secs(w["materialize_s"]), _secs(w["evaluate_s"]), _clock(w["last"]),
             )
         con.print(wt)
     else:

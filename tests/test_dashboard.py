@@ -1,9 +1,10 @@
 """The dashboard: JSON API in-process, and the page in a real headless Chromium (CDP).
 
-The store the page shows comes from a real small search: a real strategy (nsga2 / random
-from search.strategies) asked and told over a cheap analytic two-expert problem, with every
-trial written through the Store API the way the controller writes it (RUNNING row first,
-then the outcome; failures with their error; held-out values for front members at the end).
+The browser tests watch real searches: `search launch` of the toy MLP problem
+(tests/toy_problem.py, two local workers, nsga2), finished ones and one running in the
+background. The API tests use a store made by driving real strategies (nsga2 / random) over a
+cheap analytic problem and writing each trial through the Store API the way the controller
+does: fast, deterministic, with failed trials, two comparable runs and a three-objective run.
 """
 
 from __future__ import annotations
@@ -543,6 +544,45 @@ def test_cli_start_line_and_non_loopback_warning(small_store: Path) -> None:
         assert d.close() == 0
 
 
+# ----------------------------------------------------------------------------- real `search launch` runs
+
+def toy_search_config(toy_root: Path, store: Path, name: str, budget: int, *, three: bool = False, flaky: bool = False) -> Path:
+    """A small search of the toy MLP problem (tests/toy_problem.py), two local workers, nsga2;
+    ``flaky`` makes objective near_a fail now and then (raises or returns NaN), ``three`` adds
+    a third, minimised objective."""
+    import yaml
+
+    from tests.toy_problem import toy_config
+
+    cfg = toy_config(toy_root, name=name, budget=budget, strategy="nsga2", count=2, options={"pop_size": 6}, store=str(store),
+                     function_a="tests.toy_problem:flaky" if flaky else "tests.toy_problem:closeness")
+    if three:
+        cfg["objectives"].append({"name": "near_base", "evaluator": "python", "direction": "minimize",
+                                  "settings": {"function": "tests.toy_problem:closeness", "metric": "closeness",
+                                               "kwargs": {"expert": "base"}}})
+    path = store.parent.parent / f"{name}.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def start_launch(config: Path, **env: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "search", "launch", str(config)], cwd=config.parent,
+                            env=dict(os.environ, **env), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+@pytest.fixture(scope="module")
+def launched_store(tmp_path_factory: pytest.TempPathFactory, toy_root: Path) -> Path:
+    """Two finished runs made by `search launch`: 'toy' (two objectives, some failed trials) and
+    'toy3' (three objectives), in one store."""
+    store = tmp_path_factory.mktemp("launched") / "runs" / "toy.db"
+    for cfg in (toy_search_config(toy_root, store, "toy", 18, flaky=True), toy_search_config(toy_root, store, "toy3", 18, three=True)):
+        p = start_launch(cfg)
+        out, _ = p.communicate(timeout=300)
+        assert p.returncode == 0, out
+    return store
+
+
 # ----------------------------------------------------------------------------- the page in a real browser
 
 POINTS = "document.querySelectorAll('#scatter circle.pt').length"
@@ -558,10 +598,13 @@ def browser(tmp_path: Path) -> Iterator[Browser]:
         b.close()
 
 
-def test_browser_shows_the_front_and_a_trials_heatmap(small_store: Path, browser: Browser) -> None:
-    data = load_run("nsga", str(small_store))
+def test_browser_shows_the_front_heatmap_and_exports(launched_store: Path, browser: Browser, tmp_path: Path) -> None:
+    data = load_run("toy", str(launched_store))
+    space = data.study.space
     complete = sorted(t.number for t in data.trials if t.state == COMPLETE)
-    d = Dashboard(["nsga", "--store", str(small_store)])
+    failed = [t for t in data.trials if t.state == FAIL]
+    assert failed and complete  # the flaky objective failed some trials, not all
+    d = Dashboard(["toy", "--store", str(launched_store)])
     try:
         browser.goto(d.url)
         browser.wait_for(READY, what="the page's first load")
@@ -569,41 +612,55 @@ def test_browser_shows_the_front_and_a_trials_heatmap(small_store: Path, browser
         assert browser.eval(POINTS) == len(complete)
         assert sorted(browser.eval("[...document.querySelectorAll('#scatter circle.pt')].map(c => +c.dataset.n)")) == complete
         assert sorted(browser.eval("[...document.querySelectorAll('#scatter circle.pt.front')].map(c => +c.dataset.n)")) == data.front
-        # hover: the tooltip names the trial and its values
-        n = data.front[0]
+        # hover: the tooltip names the trial and its values (front members have held-out values)
+        n = max(data.front, key=lambda k: data.trial(k).values[0] * data.trial(k).values[1])
         x, y = browser.center_of(f"#scatter circle.pt[data-n='{n}']")
         browser.call("Input.dispatchMouseEvent", type="mouseMoved", x=x, y=y)
         tip = browser.wait_for("!document.getElementById('tip').hidden && document.getElementById('tip').innerText", what="tooltip")
-        assert f"Trial #{n}" in tip and "math" in tip and "held-out" in tip
-        # click: heatmap of experts x groups
+        assert f"Trial #{n}" in tip and "near_a" in tip and "held-out" in tip
+        # click: the coefficients as an experts x layer-groups heatmap
         browser.click(x, y)
         browser.wait_for("document.querySelectorAll('#detail svg.heatmap rect.cell').length > 0", what="the heatmap")
-        assert browser.eval("document.querySelectorAll('#detail svg.heatmap rect.cell').length") == len(GROUPS) * len(EXPERTS)
+        assert browser.eval("document.querySelectorAll('#detail svg.heatmap rect.cell').length") == len(space["groups"]) * len(space["experts"])
         assert browser.eval("document.getElementById('detail-title').innerText") == f"Trial #{n}"
-        t = data.trial(n)
         cell = browser.eval("+document.querySelector('#detail svg.heatmap rect.cell').dataset.v")
-        assert cell == pytest.approx(t.params[f"{GROUPS[0]}/{EXPERTS[0]}/weight"])
+        g, e = space["groups"][0], space["experts"][0]
+        assert cell == pytest.approx(data.trial(n).params[f"{g}/{e}/weight"])
         # the table lists every trial, failed ones with their error; hypervolume and worker timeline drawn
         assert browser.eval("document.querySelectorAll('#trials tbody tr').length") == len(data.trials)
-        assert "simulated evaluator crash" in browser.eval("document.querySelector('#trials tbody tr.FAIL').innerText")
+        assert browser.eval("document.querySelectorAll('#trials tbody tr.FAIL').length") == len(failed)
+        errs = [t.error for t in failed if t.error]
+        if errs:
+            shown = browser.eval("[...document.querySelectorAll('#trials tbody tr.FAIL td.err')].map(td => td.title)")
+            assert sorted(e for e in shown if e) == sorted(e[:600] + ("..." if len(e) > 600 else "") for e in errs)
         assert browser.eval("document.querySelectorAll('#hv path[data-run]').length") == 1
         assert browser.eval("document.querySelectorAll('#workers rect.bar').length") == len(data.trials)
         browser.screenshot(ARTIFACTS / "dashboard.png")
+        # export from the page: the real search.export writes the model folder
+        out = tmp_path / "exported"
+        browser.eval(f"document.getElementById('export-dir').value = {json.dumps(str(out))}")
+        bx, by = browser.center_of("#export-btn")
+        browser.click(bx, by)
+        msg = browser.wait_for("(() => { const m = document.getElementById('export-msg');"
+                               " return /done|error/.test(m.className) && m.innerText; })()", 120, "the export")
+        assert msg == f"exported to {out}", msg
+        assert (out / "model.safetensors").exists() and (out / "README.md").exists()
         # dominated points off: only the front stays
         browser.eval("document.getElementById('chk-dom').click()")
         assert browser.eval(POINTS) == len(data.front)
         # sort the table by the first objective, best first
-        browser.eval("document.querySelector('#trials th[data-col=\"obj:math\"]').click()")
+        browser.eval("document.querySelector('#trials th[data-col=\"obj:near_a\"]').click()")
         first = browser.eval("+document.querySelector('#trials tbody tr').dataset.n")
-        assert first == max((t for t in data.trials if t.state == COMPLETE), key=lambda t: t.values[0]).number
+        best = max(t.values[0] for t in data.trials if t.state == COMPLETE)
+        assert data.trial(first).values[0] == best
         assert browser.errors == []
     finally:
         assert d.close() == 0
 
 
-def test_browser_three_objectives_rotatable_view(small_store: Path, browser: Browser) -> None:
-    data = load_run("three", str(small_store))
-    d = Dashboard(["three", "--store", str(small_store)])
+def test_browser_three_objectives_rotatable_view(launched_store: Path, browser: Browser) -> None:
+    data = load_run("toy3", str(launched_store))
+    d = Dashboard(["toy3", "--store", str(launched_store)])
     try:
         browser.goto(d.url)
         browser.wait_for(READY)
@@ -627,48 +684,43 @@ def test_browser_three_objectives_rotatable_view(small_store: Path, browser: Bro
         assert d.close() == 0
 
 
-def test_browser_live_points_appear_while_a_search_runs(tmp_path: Path, browser: Browser) -> None:
-    path = tmp_path / "runs" / "live.db"
-    stop = threading.Event()
-    err: list[BaseException] = []
-
-    def work() -> None:
-        try:
-            run_search(path, "live", "nsga2", budget=36, delay=0.2, options={"pop_size": 6}, stop=stop)
-        except BaseException as e:  # noqa: BLE001
-            err.append(e)
-
-    th = threading.Thread(target=work, daemon=True)
-    th.start()
-    _wait_until(lambda: path.exists() and _has_trials(path, "live"), 30, "the search to write its first trial")
-    d = Dashboard(["live", "--store", str(path)])
+def test_browser_live_points_appear_while_a_search_runs(toy_root: Path, tmp_path: Path, browser: Browser) -> None:
+    store = tmp_path / "runs" / "live.db"
+    search = start_launch(toy_search_config(toy_root, store, "live", 30), TOY_DELAY="0.25")
+    d = None
     try:
+        _wait_until(lambda: _has_trials(store, "live") or search.poll() is not None, 120, "the search's first trial")
+        assert search.poll() is None, "the search ended before the dashboard could watch it"
+        d = Dashboard(["live", "--store", str(store)])
         browser.goto(d.url + "?poll=300")
         browser.wait_for(READY)
         first = browser.eval(POINTS)
         seen_running = False
-        deadline = time.time() + 60
-        while th.is_alive() and time.time() < deadline:
+        deadline = time.time() + 240
+        while search.poll() is None and time.time() < deadline:
             seen_running |= bool(browser.eval("document.querySelectorAll('#trials tbody tr.RUNNING').length"))
             time.sleep(0.2)
-        assert not th.is_alive() and not err, err
-        data = load_run("live", str(path))
+        out, _ = search.communicate(timeout=60)
+        assert search.returncode == 0, out
+        data = load_run("live", str(store))
         n_complete = sum(1 for t in data.trials if t.state == COMPLETE)
-        assert n_complete > first + 5  # the search went on while the page was open
-        # every trial that was RUNNING when the page saw it is now shown finished, without a reload
+        assert n_complete > first + 5, (first, n_complete)  # the search went on while the page was open
+        # every trial the page saw RUNNING is now shown finished, without a reload
         browser.wait_for(f"{POINTS} === {n_complete}", 20, f"{n_complete} points")
         browser.wait_for("document.querySelectorAll('#trials tbody tr.RUNNING').length === 0", 20)
         assert seen_running
-        # held-out values (written at the end) reach the table; the header says the run is idle now
+        # held-out values (evaluated at the end of the search) reach the table; the header says idle
         browser.wait_for("document.querySelectorAll('#trials .ho').length > 0", 20, "held-out values")
         browser.wait_for("document.getElementById('live').classList.contains('idle')", 20)
         assert browser.eval("document.querySelectorAll('#trials tbody tr').length") == len(data.trials)
         browser.screenshot(ARTIFACTS / "dashboard-live.png")
         assert browser.errors == []
     finally:
-        stop.set()
-        th.join(30)
-        assert d.close() == 0
+        if search.poll() is None:
+            search.send_signal(signal.SIGINT)
+            search.communicate(timeout=60)
+        if d is not None:
+            assert d.close() == 0
 
 
 def _has_trials(path: Path, run: str) -> bool:
@@ -679,6 +731,8 @@ def _has_trials(path: Path, run: str) -> bool:
     try:
         s = st.find_study(run)
         return s is not None and bool(st.counts(s.id))
+    except Exception:  # noqa: BLE001 - tables being created
+        return False
     finally:
         st.close()
 
