@@ -67,7 +67,7 @@ def front_stats(values: np.ndarray, directions: Sequence[str], ref_given: Sequen
     if len(values) == 0:
         return np.zeros(0, dtype=bool), None
     from .pareto import pareto_mask
-    from .report import _hv, reference_point
+    from .report import _hv, reference_point  # one reference-point rule for bar, report and dashboard
 
     mask = pareto_mask(values, directions)
     try:
@@ -213,7 +213,8 @@ class Controller:
                 free = pool.free_slots()
                 # submit queued retries first
                 while queue_ and free > 0:
-                    pool.submit(queue_.pop(0))
+                    retry = queue_.pop(0)
+                    store.set_worker(pending[retry.number][0], pool.submit(retry))
                     free -= 1
                 remaining = budget - n_done - len(pending)
                 want = min(free, remaining) if not time_up else 0
@@ -234,14 +235,16 @@ class Controller:
                                 waiting_dups.setdefault(orig, []).append(cand)
                             continue
                         dup_streak = 0
-                        cdict = _jsonable(cand.to_dict())
-                        tid = store.add_trial(
-                            study.id, number, cdict, space.to_dict(cand.x), cfg.strategy.name, strategy_state=save_state()
-                        )
                         task = TrialTask(number, cand.x.tolist())
+                        # submit, then record (nothing comes back before the next poll): the row
+                        # names its worker, and asks + state land in one transaction
+                        wid = pool.submit(task)
+                        tid = store.add_trial(
+                            study.id, number, _jsonable(cand.to_dict()), space.to_dict(cand.x), cfg.strategy.name,
+                            worker=wid, strategy_state=save_state(),
+                        )
                         pending[number] = (tid, cand, task)
                         seen[k] = number
-                        pool.submit(task)
                         number += 1
                     if dup_streak > 200:
                         log.warning("the strategy proposed 200 duplicates in a row; stopping early")

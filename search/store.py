@@ -518,10 +518,18 @@ class Store:
 
     # ------------------------------------------------------------------ reading
     def trials(
-        self, study_id: int, states: Sequence[str] | None = None, after_id: int | None = None, with_metrics: bool = False
+        self,
+        study_id: int,
+        states: Sequence[str] | None = None,
+        after_id: int | None = None,
+        with_metrics: bool = False,
+        numbers: Sequence[int] | None = None,
     ) -> list[Trial]:
-        """Trials of a study in number order; ``after_id`` returns only newer rows (for polling)."""
+        """Trials of a study in number order; ``after_id`` returns only newer rows (for polling),
+        ``numbers`` only those trial numbers."""
         q = sa.select(trials).where(trials.c.study_id == study_id)
+        if numbers is not None:
+            q = q.where(trials.c.number.in_([int(n) for n in numbers]))
         if states:
             q = q.where(trials.c.state.in_(list(states)))
         if after_id is not None:
@@ -572,13 +580,8 @@ class Store:
         return out
 
     def trial(self, study_id: int, number: int) -> Trial | None:
-        with self.engine.connect() as c:
-            tid = c.execute(
-                sa.select(trials.c.id).where(trials.c.study_id == study_id, trials.c.number == number)
-            ).scalar()
-        if tid is None:
-            return None
-        return next(t for t in self.trials(study_id, after_id=tid - 1, with_metrics=True) if t.id == tid)
+        found = self.trials(study_id, numbers=[number], with_metrics=True)
+        return found[0] if found else None
 
     def per_sample(self, trial_id: int) -> dict[str, np.ndarray]:
         with self.engine.connect() as c:

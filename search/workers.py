@@ -9,7 +9,7 @@ as results with ``error`` set.
 Pools share one small interface used by the controller:
 
 * ``free_slots()``: workers ready for a task;
-* ``submit(task)``: start a task on a free worker;
+* ``submit(task)``: start a task on a free worker; returns that worker's name;
 * ``poll(timeout)``: finished ``(task, result)`` pairs; a task whose worker died comes back
   with ``result.died = True`` (the controller retries it, bounded); a task past
   ``workers.trial_timeout`` comes back failed and its worker is replaced;
@@ -180,8 +180,9 @@ class InlinePool:
     def free_slots(self) -> int:
         return 0 if self._queue else 1
 
-    def submit(self, task: TrialTask) -> None:
+    def submit(self, task: TrialTask) -> str:
         self._queue.append(task)
+        return self.worker.worker_id
 
     def poll(self, timeout: float = 0.0) -> list[tuple[TrialTask, WorkerResult]]:
         if not self._queue:
@@ -238,11 +239,12 @@ class ProcessPool:
     def running(self) -> int:
         return sum(1 for w in self._workers.values() if w["task"] is not None)
 
-    def submit(self, task: TrialTask) -> None:
+    def submit(self, task: TrialTask) -> str:
         wid = next(k for k, w in self._workers.items() if w["ready"] and w["task"] is None)
         w = self._workers[wid]
         w["task"], w["since"] = task, time.monotonic()
         w["tasks"].put(task)
+        return wid
 
     def _replace(self, wid: str) -> None:
         w = self._workers.pop(wid)
@@ -356,10 +358,11 @@ class RayPool:
                     raise MergeSearchError(f"Ray worker {w['name']} could not start: {e}") from None
                 w["ready_ref"] = None
 
-    def submit(self, task: TrialTask) -> None:
+    def submit(self, task: TrialTask) -> str:
         wid = next(k for k, w in self._workers.items() if w["ready_ref"] is None and w["task"] is None)
         w = self._workers[wid]
         w["task"], w["since"], w["ref"] = task, time.monotonic(), w["actor"].run.remote(task)
+        return str(w["name"])
 
     def _replace(self, wid: str) -> None:
         w = self._workers.pop(wid)
