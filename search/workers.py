@@ -309,16 +309,29 @@ class RayPool:
 
         self._ray = ray
         self.cfg = workers_cfg
+        # runtime_env: a working_dir / py_modules must be given to ray.init (job level); its folder
+        # is unpacked as each worker's cwd, so workers resolve the config's relative paths there.
+        job_env, actor_env = _split_runtime_env(workers_cfg.runtime_env, base_dir)
+        self._actor_env = actor_env
+        if job_env:
+            base_dir = None
         if not ray.is_initialized():
-            os.environ.setdefault("RAY_DISABLE_USAGE_STATS", "1")
+            os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
             if workers_cfg.address:
                 log.info("joining Ray cluster at %s", workers_cfg.address)
-                ray.init(address=workers_cfg.address)
+                ray.init(address=workers_cfg.address, runtime_env=job_env)
             else:
                 log.info("starting a local Ray (no workers.address given)")
-                ray.init(include_dashboard=False)
+                ray.init(include_dashboard=False, runtime_env=job_env)
             self._owns_ray = True
         else:
+            if job_env:
+                from .errors import MergeSearchError
+
+                raise MergeSearchError(
+                    "workers.runtime_env: working_dir / py_modules need a Ray started by mergesearch "
+                    "(Ray is already initialised in this process); ship them with 'ray job submit --working-dir' instead"
+                )
             self._owns_ray = False
         self._cls = make_actor_class()
         self._args = (config_yaml, base_dir)
@@ -331,8 +344,8 @@ class RayPool:
         opts: dict[str, Any] = dict(num_cpus=self.cfg.cpus_per_worker, num_gpus=self.cfg.gpus_per_worker, max_restarts=0)
         if self.cfg.resources:
             opts["resources"] = dict(self.cfg.resources)
-        if self.cfg.runtime_env:
-            opts["runtime_env"] = dict(self.cfg.runtime_env)
+        if self._actor_env:
+            opts["runtime_env"] = dict(self._actor_env)
         actor = self._cls.options(**opts).remote(*self._args, wid)
         self._workers[wid] = {"actor": actor, "ready_ref": actor.ready.remote(), "name": wid, "task": None, "ref": None, "since": 0.0}
 
@@ -412,6 +425,21 @@ class RayPool:
         self._workers.clear()
         if self._owns_ray:
             self._ray.shutdown()
+
+
+def _split_runtime_env(env: dict[str, Any] | None, base_dir: str | None) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+    """(job-level part: working_dir/py_modules with relative paths resolved against the config's
+    folder, actor-level part: everything else such as env_vars, pip)."""
+    if not env:
+        return None, None
+    job = {k: v for k, v in env.items() if k in ("working_dir", "py_modules")}
+    actor = {k: v for k, v in env.items() if k not in job}
+    if "working_dir" in job and base_dir and "://" not in str(job["working_dir"]):
+        from pathlib import Path
+
+        wd = Path(str(job["working_dir"])).expanduser()
+        job["working_dir"] = str(wd if wd.is_absolute() else (Path(base_dir) / wd).resolve())
+    return job or None, actor or None
 
 
 def make_pool(cfg: Any, config_yaml: str, base_dir: str | None) -> InlinePool | ProcessPool | RayPool:

@@ -13,6 +13,7 @@ REPO = Path(__file__).resolve().parents[1]
 # Quiet, offline, reproducible defaults for every test (and every subprocess / Ray worker they start).
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("RAY_DISABLE_USAGE_STATS", "1")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # the switch Ray 2.60 actually reads
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

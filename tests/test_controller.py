@@ -202,3 +202,12 @@ def test_hanging_evaluator_times_out_and_the_run_finishes(toy_root: Path, tmp_pa
     timed_out = [t for t in trials if t.state == FAIL]
     assert timed_out and all(t.error == "timed out after 4s" for t in timed_out)
     assert sum(t.state == COMPLETE for t in trials) == 8 - len(timed_out)
+
+
+def test_runtime_env_working_dir_goes_to_the_job_and_resolves_against_the_config(tmp_path: Path) -> None:
+    from search.workers import _split_runtime_env
+
+    job, actor = _split_runtime_env({"working_dir": ".", "env_vars": {"A": "1"}}, str(tmp_path))
+    assert job == {"working_dir": str(tmp_path.resolve())} and actor == {"env_vars": {"A": "1"}}
+    assert _split_runtime_env({"env_vars": {"A": "1"}}, str(tmp_path)) == (None, {"env_vars": {"A": "1"}})
+    assert _split_runtime_env(None, None) == (None, None)
