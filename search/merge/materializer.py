@@ -325,13 +325,17 @@ class Materializer:
                 for e in ents:
                     k0, k1 = self._sorted_ranks(e.numel)
                     sorted_b += max(0, k1 - k0 + 1) * eb * self.K
+            chunk = self.chunk or ((1 << 24) if dev.type != "cpu" else (1 << 18))
+            n_scratch = min(chunk, max(e.numel for e in ents))
+            heavy = bool(trim_params(self.method))  # masks + election buffers
+            scratch = (self.K + 8) * n_scratch * 4 if heavy else n_scratch * 4
             free = free_override if free_override is not None else _free_bytes(dev)
             host_dev = (dev.type == "cpu") if hid is None else hid
             try:
                 p = choose_plan(
                     mbytes, self.K, free, budget, self.method, self.trim_searched,
                     density=density, elem_bytes=eb, max_tensor_bytes=tmax, sorted_bytes=sorted_b,
-                    host_is_device=host_dev, requested=plan,
+                    host_is_device=host_dev, scratch_bytes=scratch, requested=plan,
                 )
             except ValueError as err:
                 raise ConfigError(ConfigIssue("merge.plan", str(err))) from None
@@ -433,7 +437,8 @@ class Materializer:
     # ---------------------------------------------------------------- reporting
     def nbytes(self) -> dict[str, int]:
         """Actual bytes held, per part (device = the merge devices; host = CPU copies on GPU runs)."""
-        out = {"base": 0, "task_vectors": 0, "sparse_task_vectors": 0, "sorted_magnitudes": 0, "buffers": 0}
+        out = {"base": 0, "task_vectors": 0, "sparse_task_vectors": 0, "sorted_magnitudes": 0, "buffers": 0,
+               "kernel_scratch": 0}
         for e in self.entries:
             if e.base is not None:
                 out["base"] += e.base.numel() * e.base.element_size()
@@ -446,6 +451,7 @@ class Materializer:
             else:
                 tensors = [t for slot in v for t in slot["taus"] + [slot["base"]] if t is not None]
             out["buffers"] += sum(t.numel() * t.element_size() for t in tensors)
+        out["kernel_scratch"] = self._ws.nbytes
         return out
 
     def model_bytes(self) -> int:

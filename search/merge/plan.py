@@ -25,7 +25,9 @@ T = the largest tensor's bytes, d = the fixed density):
     streamed   M + 2 K T                 (stream_base: 2 (K + 1) T)
 
 ``f`` is the share of the sorted-magnitude table a searched density needs (see
-``materializer``): it lives in host memory, so it only counts on the device on CPU.
+``materializer``): it lives in host memory, so it only counts on the device on CPU. Every
+plan adds the kernels' scratch: about (K + 8) float32 chunks for the trim / election
+kernels (chunk = 2**24 elements on accelerators, 2**18 on CPU), one chunk for the others.
 
 Decision rule of ``auto`` (``choose_plan``): the memory available for merging is
 ``min(budget, free)`` when ``merge.memory_budget_gb`` is given, else 80 % of the free memory
@@ -103,8 +105,10 @@ def plan_bytes(
     max_tensor_bytes: int | None = None,
     sorted_bytes: int = 0,
     host_is_device: bool = False,
+    scratch_bytes: int = 0,
 ) -> tuple[int, int, dict[str, int]]:
-    """(device bytes, host bytes, parts) of one plan (the formulas in the module docstring)."""
+    """(device bytes, host bytes, parts) of one plan (the formulas in the module docstring,
+    plus ``scratch_bytes`` of kernel workspace on the device)."""
     M, K = int(model_bytes), int(n_experts)
     T = int(max_tensor_bytes if max_tensor_bytes is not None else M)
     parts: dict[str, int] = {}
@@ -124,6 +128,9 @@ def plan_bytes(
             device, host = M + 2 * K * T, K * M
     else:
         raise ValueError(f"unknown plan {kind!r}; use one of {', '.join(PLAN_KINDS)}")
+    if scratch_bytes:
+        parts["kernel_scratch"] = int(scratch_bytes)
+        device += int(scratch_bytes)
     if sorted_bytes:
         parts["host_sorted_magnitudes"] = int(sorted_bytes)
         host += int(sorted_bytes)
@@ -152,6 +159,7 @@ def choose_plan(
     max_tensor_bytes: int | None = None,
     sorted_bytes: int = 0,
     host_is_device: bool = False,
+    scratch_bytes: int = 0,
     requested: str = "auto",
 ) -> Plan:
     """The memory plan for a worker (pure function; the rule is the module docstring's).
@@ -163,7 +171,8 @@ def choose_plan(
     """
     avail = available_bytes(free_bytes, budget)
     eligible = sparse_eligible(method, density_searched)
-    common = dict(density=density, elem_bytes=elem_bytes, max_tensor_bytes=max_tensor_bytes, host_is_device=host_is_device)
+    common = dict(density=density, elem_bytes=elem_bytes, max_tensor_bytes=max_tensor_bytes, host_is_device=host_is_device,
+                  scratch_bytes=scratch_bytes)
     candidates: list[tuple[str, bool, int]] = []  # (kind, stream_base, sorted bytes)
     candidates.append(("resident", False, sorted_bytes))
     if eligible:
