@@ -1,0 +1,396 @@
+"""Search strategies compared on real merges (not a test).
+
+For each problem (by default the digits zoo: 2 experts and a 3-expert variant, layer-wise
+task arithmetic, weights in [0, 1.5]) and each strategy (every registered one; Optuna's
+default multi-objective sampler and random search are the baselines), ``--seeds`` runs of
+``max(budgets)`` evaluations each. Candidates are evaluated in-process by one
+``search.workers.TrialWorker`` per problem (the same code a worker runs: in-place
+materialization + the configured evaluators); nothing is cached across candidates except
+what the worker builds once (model, task vectors, evaluator data). Two virtual workers are
+simulated (``--workers``): two candidates are always outstanding and results come back
+oldest first, so the strategies' ask-ahead paths are exercised.
+
+Measured per run, at each budget B in ``--budgets`` (the first B evaluations of the run):
+
+* ``hv_val``: hypervolume of the measured front (validation split: the objectives' search
+  settings); reference point by the report's rule (``search.report.reference_point``: an
+  objective's ``ref_point`` if set, else 0 for maximised accuracies, worst x 1.1 for minimised
+  ones) over all runs of the problem pooled, so every run is scored against the same point;
+* ``hv_test``: the same front's members re-evaluated on the held-out split (the objectives'
+  ``heldout`` settings), hypervolume of those held-out values (not re-filtered: the front
+  chosen on validation is what a user would get);
+* ``igd_plus``: IGD+ of the measured front to the reference front;
+* the reference: the front of all points measured in all runs of that problem, pooled
+  (``ref_hv_val``; the held-out reference is the pooled front's held-out hypervolume).
+  Fractions in the table are hv / ref_hv.
+
+MAP's initial design (d+1)(d+2) exceeds the small budgets on layer-wise spaces, so its
+numbers at 25-100 are its design phase; ``map@global`` runs MAP in its native setting (one
+coefficient per expert, same objectives, a subspace of the layer-wise box) for reference.
+
+    python bench/bench_strategies.py              # full: budgets 25..500, 5 seeds
+    python bench/bench_strategies.py --quick      # budgets 25,50,100, 2 seeds
+Writes bench/results/strategies.json and prints a table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import math
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+BUDGETS = (25, 50, 100, 200, 500)
+QUICK_BUDGETS = (25, 50, 100)
+
+
+# ----------------------------------------------------------------------------- problems
+
+
+def digits_problems(config_path: Path) -> dict[str, dict[str, Any]]:
+    """The digits config as given (forced to layer-wise weights in [0, 1.5]) plus, when the
+    zoo has them, a 3-expert variant with one objective per expert."""
+    import yaml
+
+    raw = yaml.safe_load(config_path.read_text())
+    raw.setdefault("name", config_path.stem)
+    base = copy.deepcopy(raw)
+    base["merge"] = {**base.get("merge", {}), "method": "task_arithmetic", "granularity": "layer", "search": {"weight": [0.0, 1.5]}}
+    base["workers"] = {"backend": "local", "count": 1, "threads": 1}
+    out = {f"{raw['name']}-{len(base['models']['experts'])}experts": base}
+    three = three_expert_variant(base)
+    if three is not None:
+        out[f"{raw['name']}-3experts"] = three
+    return out
+
+
+def three_expert_variant(cfg: dict[str, Any]) -> dict[str, Any] | None:
+    """Experts a, b, c of the digits zoo, one objective per expert, cloned from the first
+    objective with the label subset of that expert (the evaluator's ``labels`` setting)."""
+    try:
+        from search.zoo import zoo_problem_models
+
+        models = zoo_problem_models().get("digits", ())
+    except Exception:  # noqa: BLE001
+        return None
+    if not {"a", "b", "c"} <= set(models) or len(cfg["models"]["experts"]) == 3:
+        return None
+    try:
+        from search.zoo.digits import EXPERT_LABELS  # label subset per zoo expert
+    except Exception:  # noqa: BLE001
+        EXPERT_LABELS = None
+    obj0 = cfg["objectives"][0]
+    if EXPERT_LABELS is None or "labels" not in obj0.get("settings", {}):
+        return None
+    c = copy.deepcopy(cfg)
+    c["models"]["experts"] = [{"name": e, "path": f"zoo:digits/{e}"} for e in ("a", "b", "c")]
+    objs = []
+    for e in ("a", "b", "c"):
+        o = copy.deepcopy(obj0)
+        o["name"] = f"acc_{e}"
+        o["settings"]["labels"] = list(EXPERT_LABELS[e])
+        if o.get("heldout") is not None:
+            o["heldout"] = {**o["heldout"]}
+        objs.append(o)
+    c["objectives"] = objs
+    return c
+
+
+def global_variant(cfg: dict[str, Any]) -> dict[str, Any]:
+    c = copy.deepcopy(cfg)
+    c["merge"]["granularity"] = "global"
+    return c
+
+
+# ----------------------------------------------------------------------------- one problem
+
+
+class Evaluated:
+    """In-process evaluation of coefficient vectors with one TrialWorker (built once)."""
+
+    def __init__(self, cfg_dict: dict[str, Any], base_dir: Path):
+        import yaml
+
+        from search.config import parse_config
+        from search.workers import TrialWorker
+
+        self.cfg = parse_config(cfg_dict).with_base_dir(base_dir)
+        self.worker = TrialWorker(yaml.safe_dump(cfg_dict), str(base_dir), "bench")
+        self.space = self.worker.space
+        self.directions = [o.direction for o in self.cfg.objectives]
+        self.n_evals = 0
+        self.eval_s = 0.0
+
+    def problem(self, budget: int):
+        from search.strategies import Objective, Problem
+
+        space, k = self.space, len(self.space.experts)
+        seeds = []
+        if "weight" in space.searched:
+            for i, e in enumerate(space.experts):
+                seeds.append((f"expert:{e}", space.point([1.0 if j == i else 0.0 for j in range(k)])))
+            seeds.append(("base", space.point([0.0] * k)))
+            seeds.append(("uniform", space.point([1.0 / k] * k)))
+        return Problem(
+            lower=space.lower,
+            upper=space.upper,
+            objectives=tuple(Objective(o.name, o.direction, o.weight) for o in self.cfg.objectives),
+            budget=budget,
+            names=space.names,
+            coord_group=space.coord_group,
+            seeds=tuple(seeds),
+            n_experts=k,
+        )
+
+    def __call__(self, x: np.ndarray, number: int, split: str = "search") -> tuple[np.ndarray | None, np.ndarray | None]:
+        from search.workers import TrialTask
+
+        t0 = time.perf_counter()
+        r = self.worker.run(TrialTask(number, [float(v) for v in x], split=split))
+        self.eval_s += time.perf_counter() - t0
+        self.n_evals += 1
+        if not r.ok:
+            return None, None
+        per = np.concatenate([np.asarray(v).ravel() for v in r.per_sample.values()]) if r.per_sample else None
+        return np.asarray(r.values, dtype=np.float64), per
+
+
+def run_one(ev: Evaluated, strategy: str, options: dict[str, Any], seed: int, n: int, workers: int) -> dict[str, Any]:
+    from search.strategies import STRATEGIES, TrialResult
+
+    prob = ev.problem(n)
+    t_strat = 0.0
+    t0 = time.perf_counter()
+    s = STRATEGIES.get(strategy)(prob, options, seed=seed)
+    pending = s.ask(workers)
+    t_strat += time.perf_counter() - t0
+    X, V, failed = [], [], 0
+    while len(X) < n:
+        c = pending.pop(0)
+        vals, per = ev(c.x, len(X))
+        if vals is None:
+            failed += 1
+        X.append(np.asarray(c.x, dtype=np.float64))
+        V.append(vals if vals is not None else np.full(prob.n_obj, np.nan))
+        t0 = time.perf_counter()
+        s.tell([TrialResult(c, vals, per)])
+        if len(X) + len(pending) < n:
+            pending += s.ask(1)
+        t_strat += time.perf_counter() - t0
+    return {"X": np.asarray(X), "V": np.asarray(V), "failed": failed, "strategy_s": t_strat}
+
+
+def score_run(ev: Evaluated, run: dict[str, Any], budgets: list[int], ref: np.ndarray, ref_front: np.ndarray, heldout: dict[int, np.ndarray]) -> dict[str, Any]:
+    from search.pareto import hypervolume, igd_plus, pareto_mask
+
+    X, V = run["X"], run["V"]
+    out: dict[str, Any] = {"hv_val": {}, "hv_test": {}, "igd_plus": {}, "front_size": {}}
+    for b in budgets:
+        if b > len(V):
+            continue
+        mask = pareto_mask(V[:b], ev.directions)
+        idx = np.flatnonzero(mask)
+        out["hv_val"][b] = hypervolume(V[:b], ev.directions, ref)
+        out["igd_plus"][b] = igd_plus(V[:b][mask], ev.directions, ref_front) if len(idx) else math.inf
+        out["front_size"][b] = int(len(idx))
+        H = []
+        for i in idx:
+            if int(i) not in heldout:
+                vals, _ = ev(X[i], 1_000_000 + int(i), split="heldout")
+                heldout[int(i)] = vals if vals is not None else np.full(len(ev.directions), np.nan)
+            H.append(heldout[int(i)])
+        out["hv_test"][b] = hypervolume(np.asarray(H), ev.directions, ref) if H else 0.0
+    return out
+
+
+# ----------------------------------------------------------------------------- main
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--config", default=str(ROOT / "configs" / "digits.yaml"))
+    ap.add_argument("--quick", action="store_true", help="budgets 25,50,100 and 2 seeds")
+    ap.add_argument("--budgets", default=None, help="comma-separated evaluation budgets")
+    ap.add_argument("--seeds", type=int, default=None)
+    ap.add_argument("--strategies", default=None, help="comma-separated (default: all registered + map@global)")
+    ap.add_argument("--problems", default=None, help="comma-separated problem names to run (default all)")
+    ap.add_argument("--workers", type=int, default=2, help="virtual workers (outstanding candidates)")
+    ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "strategies.json"))
+    args = ap.parse_args()
+
+    import torch
+
+    torch.set_num_threads(1)
+    from search.strategies import STRATEGIES
+
+    budgets = [int(b) for b in args.budgets.split(",")] if args.budgets else list(QUICK_BUDGETS if args.quick else BUDGETS)
+    n = max(budgets)
+    seeds = list(range(args.seeds if args.seeds is not None else (2 if args.quick else 5)))
+    names = args.strategies.split(",") if args.strategies else [*STRATEGIES.names(), "map@global"]
+    cfg_path = Path(args.config).resolve()
+    problems = digits_problems(cfg_path)
+    if args.problems:
+        problems = {k: v for k, v in problems.items() if k in args.problems.split(",")}
+
+    results: dict[str, Any] = {
+        "meta": {
+            "config": str(cfg_path.relative_to(ROOT) if cfg_path.is_relative_to(ROOT) else cfg_path),
+            "budgets": budgets,
+            "seeds": seeds,
+            "workers": args.workers,
+            "quick": args.quick,
+            "strategies": names,
+            "python": platform.python_version(),
+            "machine": platform.machine(),
+            "cpus": os.cpu_count(),
+            "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+        },
+        "problems": {},
+    }
+    for pname, cfg_dict in problems.items():
+        print(f"== {pname}", flush=True)
+        evs = {"layer": Evaluated(cfg_dict, cfg_path.parent)}
+        ev = evs["layer"]
+        print(f"   {ev.space.describe()}; objectives {[o.name for o in ev.cfg.objectives]}", flush=True)
+        raw_runs: list[tuple[str, int, dict[str, Any], Evaluated]] = []
+        for name in names:
+            strat, opts, e = name, {}, ev
+            if name == "map@global":
+                if "global" not in evs:
+                    evs["global"] = Evaluated(global_variant(cfg_dict), cfg_path.parent)
+                strat, e = "map", evs["global"]
+            cls = STRATEGIES.get(strat)
+            msgs = cls.check(cls.Options(**opts), {"dim": e.space.dim, "budget": n, "n_experts": len(e.space.experts), "n_objectives": len(e.directions)})
+            if msgs:
+                print(f"   {name}: skipped: {msgs[0]}", flush=True)
+                continue
+            for seed in seeds:
+                t0 = time.perf_counter()
+                e0 = e.eval_s
+                run = run_one(e, strat, opts, seed, n, args.workers)
+                run["seconds"] = time.perf_counter() - t0
+                run["eval_s"] = e.eval_s - e0
+                raw_runs.append((name, seed, run, e))
+                print(f"   {name:12s} seed {seed}: {run['seconds']:.1f}s (strategy {run['strategy_s']:.1f}s, eval {run['eval_s']:.1f}s)", flush=True)
+        # pooled reference front and reference point
+        from search.pareto import hypervolume, pareto_mask
+
+        allV = np.vstack([r["V"] for _, _, r, _ in raw_runs])
+        allX = np.vstack([r["X"] if e is ev else np.array([_lift(x, evs, ev) for x in r["X"]]) for _, _, r, e in raw_runs])
+        finite = np.all(np.isfinite(allV), axis=1)
+        from search.report import reference_point
+
+        given = [getattr(o, "ref_point", None) for o in ev.cfg.objectives]
+        ref = np.asarray(reference_point(allV, ev.directions, given), dtype=np.float64)
+        mask = pareto_mask(allV, ev.directions) & finite
+        ref_front = allV[mask]
+        ref_hv = hypervolume(ref_front, ev.directions, ref)
+        # held-out values of the pooled front (evaluated in the layer-wise space: global points are in it too)
+        H = []
+        for i in np.flatnonzero(mask):
+            vals, _ = ev(allX[i], 2_000_000 + int(i), split="heldout")
+            H.append(vals if vals is not None else np.full(len(ev.directions), np.nan))
+        ref_hv_test = hypervolume(np.asarray(H), ev.directions, ref) if H else 0.0
+        runs_out = []
+        for name, seed, run, e in raw_runs:
+            sc = score_run(e, run, budgets, ref, ref_front, {})
+            runs_out.append(
+                {
+                    "strategy": name,
+                    "seed": seed,
+                    "dim": int(e.space.dim),
+                    "failed": run["failed"],
+                    "seconds": round(run["seconds"], 2),
+                    "strategy_seconds": round(run["strategy_s"], 2),
+                    "eval_seconds": round(run["eval_s"], 2),
+                    **{k: {str(b): (None if not math.isfinite(v) else round(float(v), 6)) for b, v in d.items()} for k, d in sc.items()},
+                    "best_val": [round(float(v), 4) for v in np.nanmax(run["V"] * np.where(np.array(ev.directions) == "maximize", 1, -1), axis=0)],
+                }
+            )
+        results["problems"][pname] = {
+            "space": ev.space.describe(),
+            "dim": int(ev.space.dim),
+            "objectives": [{"name": o.name, "direction": o.direction} for o in ev.cfg.objectives],
+            "reference_point": ref.tolist(),
+            "ref_hv_val": ref_hv,
+            "ref_hv_test": ref_hv_test,
+            "ref_front_size": int(len(ref_front)),
+            "evals_per_second": round(ev.n_evals / max(ev.eval_s, 1e-9), 1),
+            "runs": runs_out,
+        }
+    results["summary"] = summarise(results, budgets)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(results, indent=1) + "\n")
+    print_table(results, budgets)
+    print(f"\nwrote {args.out}")
+
+
+def _lift(x: np.ndarray, evs: dict[str, Evaluated], ev: Evaluated) -> np.ndarray:
+    """A global-granularity point as a layer-wise point (same coefficient in every group)."""
+    g = evs["global"].space
+    per_expert = dict(zip(g.experts, x, strict=True))
+    return ev.space.point(per_expert)
+
+
+def summarise(results: dict[str, Any], budgets: list[int]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for pname, p in results["problems"].items():
+        rows: dict[str, Any] = {}
+        for name in dict.fromkeys(r["strategy"] for r in p["runs"]):
+            rs = [r for r in p["runs"] if r["strategy"] == name]
+            row: dict[str, Any] = {}
+            for b in budgets:
+                key = str(b)
+                val = [r["hv_val"][key] / p["ref_hv_val"] for r in rs if key in r["hv_val"] and p["ref_hv_val"] > 0]
+                tst = [r["hv_test"][key] / p["ref_hv_test"] for r in rs if key in r["hv_test"] and p["ref_hv_test"] > 0]
+                if val:
+                    row[key] = {
+                        "val_mean": round(float(np.mean(val)), 4),
+                        "val_std": round(float(np.std(val)), 4),
+                        "test_mean": round(float(np.mean(tst)), 4) if tst else None,
+                        "test_std": round(float(np.std(tst)), 4) if tst else None,
+                    }
+            row["strategy_seconds_mean"] = round(float(np.mean([r["strategy_seconds"] for r in rs])), 2)
+            rows[name] = row
+        out[pname] = rows
+    return out
+
+
+def print_table(results: dict[str, Any], budgets: list[int]) -> None:
+    for pname, rows in results["summary"].items():
+        p = results["problems"][pname]
+        print(f"\n{pname}: {p['space']}; hypervolume / pooled reference (val ref {p['ref_hv_val']:.4f}, test ref {p['ref_hv_test']:.4f})")
+        head = f"{'strategy':12s} " + " ".join(f"{('@' + str(b)):>15s}" for b in budgets) + "   strat s"
+        print(head)
+        print(" " * 13 + " ".join(f"{'val   / test':>15s}" for _ in budgets))
+        best = {str(b): max((r.get(str(b), {}).get("val_mean", -1) for r in rows.values()), default=-1) for b in budgets}
+        for name, row in rows.items():
+            cells = []
+            for b in budgets:
+                c = row.get(str(b))
+                if not c:
+                    cells.append(f"{'-':>15s}")
+                    continue
+                mark = "*" if c["val_mean"] >= best[str(b)] - 1e-12 else " "
+                t = f"{c['test_mean']:.3f}" if c["test_mean"] is not None else "  -  "
+                cells.append(f"{mark}{c['val_mean']:.3f}/{t}".rjust(15))
+            print(f"{name:12s} " + " ".join(cells) + f"   {row['strategy_seconds_mean']:7.2f}")
+        print("(* best validation mean at that budget; means over seeds)")
+
+
+if __name__ == "__main__":
+    main()
