@@ -354,3 +354,30 @@ def test_bf16_work_dtype_stays_within_rounding():
     got = merge_tensors("ties", torch.from_numpy(base), [torch.from_numpy(t) for t in taus], vals, work_dtype=torch.bfloat16)
     assert got.dtype == torch.bfloat16
     np.testing.assert_allclose(got.float().numpy().reshape(-1), ref, rtol=2**-7, atol=2**-7)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_magnitude_trim_is_exact_at_thresholds(dtype):
+    """hardshrink at the next float below a bound == the >= / < rule, also with many entries
+    tied at the bound (bf16 has few mantissa bits) and with bounds at 0."""
+    from search.merge.methods import float_below, magnitude_trim_into
+
+    g = torch.Generator().manual_seed(0)
+    x = (torch.randn(4096, generator=g) * 0.02).to(dtype)
+    x[::7] = x[3]  # many exact ties
+    x[::11] = 0
+    a = x.abs()
+    vals = sorted({float(v) for v in a[:300]})
+    for lo, hi in [(vals[10], None), (None, vals[-5]), (vals[5], vals[-20]), (0.0, None), (float(a[3]), None)]:
+        keep = torch.ones_like(a, dtype=torch.bool)
+        if lo is not None:
+            keep &= a >= lo
+        if hi is not None:
+            keep &= a < hi
+        ref = torch.where(keep, x, torch.zeros_like(x))
+        got = magnitude_trim_into(x, lo, hi, torch.empty_like(x))
+        assert torch.equal(got, ref), (dtype, lo, hi)
+    for v in vals[1:50]:
+        b = float_below(v, dtype)
+        assert b < v and torch.tensor(b, dtype=dtype).item() == b  # representable, strictly below
+        assert not ((a > b) & (a < v)).any()  # nothing of this dtype in between

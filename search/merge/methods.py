@@ -260,18 +260,32 @@ def rank_range(method: str, n: int, bounds: dict[str, tuple[float, float]]) -> t
     return 1, n
 
 
-def band_mask(a: torch.Tensor, lo: float | None, hi: float | None, dtype: torch.dtype | None = None) -> torch.Tensor | None:
-    """Keep-mask for lo <= a < hi (None = unbounded side) as 1.0 / 0.0 in ``dtype`` (default
-    a's); None when nothing is trimmed. Comparisons write floats directly (``out=``): bool
-    tensors take slow paths on CPU (torch.where / float x bool were measured 40-70x slower)."""
-    dt = dtype or a.dtype
-    m = None
+def float_below(x: float, dtype: torch.dtype) -> float:
+    """The largest value of ``dtype`` below ``x`` (``x`` >= 0 and representable in dtype), so
+    that |v| >= x <=> |v| > float_below(x) for every v of that dtype; -1.0 for x <= 0."""
+    if x <= 0.0:
+        return -1.0
+    if dtype == torch.bfloat16:  # bf16 = the top 16 bits of a float32
+        bits = int(np.array(x, dtype=np.float32).view(np.uint32)) >> 16
+        return float(np.array((bits - 1) << 16, dtype=np.uint32).view(np.float32))
+    npdt = {torch.float32: np.float32, torch.float64: np.float64, torch.float16: np.float16}[dtype]
+    return float(np.nextafter(npdt(x), npdt(-np.inf)))
+
+
+def magnitude_trim_into(tau: torch.Tensor, lo: float | None, hi: float | None, out: torch.Tensor,
+                        tmp: torch.Tensor | None = None) -> torch.Tensor:
+    """``out`` = tau where lo <= |tau| < hi, else 0 (None = unbounded side), in tau's dtype.
+    One ``hardshrink`` per bound (keeps |v| > lambda) at float_below(bound): exact, and a
+    third of the cost of abs + compare + multiply."""
+    dt = tau.dtype
     if lo is not None:
-        m = torch.ge(a, lo, out=torch.empty(a.shape, dtype=dt, device=a.device))
+        torch.ops.aten.hardshrink.out(tau, float_below(lo, dt), out=out)
+    else:
+        out.copy_(tau)
     if hi is not None:
-        h = torch.lt(a, hi, out=torch.empty(a.shape, dtype=dt, device=a.device))
-        m = h if m is None else m.mul_(h)
-    return m
+        t2 = tmp if tmp is not None else torch.empty_like(tau)
+        out.sub_(torch.ops.aten.hardshrink.out(tau, float_below(hi, dt), out=t2))
+    return out
 
 
 # ----------------------------------------------------------------------------- per-tensor plan
@@ -411,26 +425,25 @@ def fixed_trim_mask(method: str, tau: torch.Tensor, vals: dict[str, float]) -> t
 # ----------------------------------------------------------------------------- kernels
 
 
-def _keep(tau: torch.Tensor, tp: TensorPlan, t: int, start: int, work: torch.dtype, ws: Workspace) -> torch.Tensor | None:
-    """Expert t's keep-mask on this chunk (1.0 / 0.0 in the work dtype, a workspace buffer),
-    None = keep all. Comparisons write floats directly (``out=``): bool tensors take slow
-    paths on CPU (torch.where and float x bool were measured 40-70x slower than float ops)."""
+def _trimmed(tau: torch.Tensor, tp: TensorPlan, t: int, start: int, work: torch.dtype, ws: Workspace, name: str) -> torch.Tensor:
+    """Expert t's chunk with trimmed / dropped entries zeroed, in the work dtype (workspace
+    buffer ``name``). Float-only: bool tensors take slow paths on CPU (torch.where and
+    float x bool were measured 40-70x slower than float ops); masks are 1.0 / 0.0 floats."""
     n, dev = tau.numel(), tau.device
     lo, hi, d = tp.lo[t], tp.hi[t], tp.dare[t]
-    m = None
+    y = ws.get(name, n, work, dev)
     if lo is not None or hi is not None:
-        a = torch.abs(tau, out=ws.get("abs", n, tau.dtype, dev))
-        if lo is not None:
-            m = torch.ge(a, lo, out=ws.get("mask", n, work, dev))
-        if hi is not None:
-            h = torch.lt(a, hi, out=ws.get("mask2", n, work, dev))
-            m = h if m is None else m.mul_(h)
+        if tau.dtype == work:
+            magnitude_trim_into(tau, lo, hi, y, ws.get("trim_tmp", n, work, dev) if hi is not None else None)
+        else:  # trim in the storage dtype (thresholds are its values), then widen (exact)
+            yy = magnitude_trim_into(tau, lo, hi, ws.get("trim_st", n, tau.dtype, dev),
+                                     ws.get("trim_tmp_st", n, tau.dtype, dev) if hi is not None else None)
+            y.copy_(yy)
+    else:
+        y.copy_(tau)
     if d is not None:
-        if m is None:
-            m = dare_mask(d[0], d[1], start, n, dev, work, ws, out=ws.get("mask", n, work, dev))
-        else:
-            m.mul_(dare_mask(d[0], d[1], start, n, dev, work, ws, out=ws.get("mask2", n, work, dev)))
-    return m
+        y.mul_(dare_mask(d[0], d[1], start, n, dev, work, ws, out=ws.get("mask", n, work, dev)))
+    return y
 
 
 L1_BLOCK = 1 << 20  # fixed, aligned blocks: the kept-L1 sum does not depend on the kernel chunk
@@ -475,26 +488,22 @@ def merge_chunk(out: torch.Tensor, base: torch.Tensor, taus: Sequence[torch.Tens
     if not tp.elect:
         out.copy_(base)
         for t in active:
-            m = _keep(taus[t], tp, t, start, work, ws) if tp.trimmed else None
-            if m is None:
-                out.add_(taus[t], alpha=tp.coeffs[t])
-            else:
-                x = taus[t] if taus[t].dtype == work else taus[t].to(work)
-                out.addcmul_(x, m, value=tp.coeffs[t])
+            x = _trimmed(taus[t], tp, t, start, work, ws, "kept") if tp.trimmed else taus[t]
+            out.add_(x, alpha=tp.coeffs[t])
         return
     if not active:
         out.copy_(base)
         return
     wks = []
     for i, t in enumerate(active):
-        wk = ws.get(f"wk{i}", n, work, dev)
-        if taus[t].dtype == work:
-            torch.mul(taus[t], tp.coeffs[t], out=wk)
-        else:  # widen first: mul(bf16, c, out=fp32) would round the product to bf16
-            wk.copy_(taus[t]).mul_(tp.coeffs[t])
-        m = _keep(taus[t], tp, t, start, work, ws) if tp.trimmed else None
-        if m is not None:
-            wk.mul_(m)
+        if tp.trimmed:
+            wk = _trimmed(taus[t], tp, t, start, work, ws, f"wk{i}").mul_(tp.coeffs[t])
+        else:
+            wk = ws.get(f"wk{i}", n, work, dev)
+            if taus[t].dtype == work:
+                torch.mul(taus[t], tp.coeffs[t], out=wk)
+            else:  # widen first: mul(bf16, c, out=fp32) would round the product to bf16
+                wk.copy_(taus[t]).mul_(tp.coeffs[t])
         wks.append((t, wk))
     S = ws.get("sum", n, work, dev)
     if len(wks) == 1:
