@@ -9,14 +9,23 @@
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
+import time
+import uuid
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from ..errors import ConfigError, ConfigIssue, did_you_mean
 from ..registry import import_object
 
 # problem -> (builder "module:function(out_dir: Path) -> None", model names)
-PROBLEMS: dict[str, tuple[str, tuple[str, ...]]] = {}
+PROBLEMS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "tiny-lm": ("search.zoo.tiny_lm:build", ("base", "add", "reverse", "sort")),
+    "digits": ("search.zoo.digits:build", ("base", "low", "high", "a", "b", "c")),
+}
 
 
 def cache_dir() -> Path:
@@ -40,3 +49,34 @@ def zoo_path(spec: str, build: bool = True) -> Path:
     if build and not (root / ".complete").exists():
         import_object(builder)(root)
     return root / name
+
+
+def atomic_build(root: Path, build_into: Callable[[Path], Any]) -> None:
+    """Build a problem into ``root`` at most once, safely against concurrent builders.
+
+    Under a file lock beside ``root``: if ``root/.complete`` exists, return; otherwise call
+    ``build_into(tmp)`` on a fresh temporary folder beside ``root``, write ``tmp/.complete``
+    (build time and whatever ``build_into`` returned), and rename ``tmp`` to ``root`` (a stale,
+    incomplete ``root`` is removed first). A failed build leaves no partial ``root``.
+    """
+    from filelock import FileLock
+
+    root = Path(root)
+    root.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(root.parent / f".{root.name}.lock")):
+        if (root / ".complete").exists():
+            return
+        tmp = root.parent / f".{root.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        try:
+            t0 = time.perf_counter()
+            info = build_into(tmp)
+            meta = {"built_at": time.time(), "build_seconds": round(time.perf_counter() - t0, 2), "info": info}
+            (tmp / ".complete").write_text(json.dumps(meta, indent=1, default=str) + "\n")
+            if root.exists():
+                stale = root.parent / f".{root.name}.stale-{uuid.uuid4().hex[:8]}"
+                os.rename(root, stale)
+                shutil.rmtree(stale, ignore_errors=True)
+            os.rename(tmp, root)
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
