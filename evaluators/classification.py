@@ -1,0 +1,136 @@
+"""Accuracy of a plain torch classifier (logits out) on a labelled dataset.
+
+Settings:
+
+* ``dataset``: ``digits`` (the digits zoo's fixed splits of scikit-learn's bundled 8x8
+  digits, :func:`search.zoo.digits.digits_split`) or a path to an ``.npz`` file holding
+  ``X_<split>`` (float features) and ``y_<split>`` (integer labels), relative to the config.
+* ``split``: ``validation`` (search on it) or ``test`` (held-out reporting); ``train`` exists
+  but scoring on training data says little.
+* ``labels``: score only the examples whose label is in this list (e.g. ``[0, 1, 2, 3, 4]``),
+  the prediction still being the argmax over all classes.
+* ``metric``: ``accuracy`` (default, maximise) or ``nll`` (mean cross-entropy, minimise).
+
+The model is called as ``model(X)`` on a float tensor of shape (n, features) in the model's
+dtype and device, in batches of ``batch_size``; it returns logits (n, classes).
+
+Per-sample: ``per_sample["<dataset>/<split>"]`` is the per-example correctness (0/1) of the
+scored examples, in dataset order (M2N2 uses it).
+
+Failures: an exception in the forward pass, logits of the wrong shape, or a NaN/inf metric
+raise :class:`~evaluators.base.EvaluationError`; the trial is recorded as FAIL.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+from pydantic import Field, field_validator
+
+from ._common import model_device, require_finite
+from .base import EvalContext, EvalResult, EvaluationError, Evaluator, EvaluatorSettings
+
+BUILTIN_DATASETS = ("digits",)
+
+
+class ClassificationSettings(EvaluatorSettings):
+    dataset: str = Field("digits", description="'digits' or a .npz file with X_<split>, y_<split>")
+    split: Literal["train", "validation", "test"] = "validation"
+    labels: list[int] | None = Field(None, description="score only examples with these labels")
+    metric: Literal["accuracy", "nll"] = "accuracy"
+    batch_size: int = Field(512, gt=0)
+
+    @field_validator("labels")
+    @classmethod
+    def _labels(cls, v: list[int] | None) -> list[int] | None:
+        if v is not None:
+            if not v:
+                raise ValueError("labels is empty; leave it out to score every example")
+            if len(set(v)) != len(v):
+                raise ValueError(f"labels {v} repeat a label")
+        return v
+
+
+def _load(settings: ClassificationSettings, ctx: EvalContext) -> tuple[Any, Any]:
+    import numpy as np
+
+    if settings.dataset == "digits":
+        from search.zoo.digits import digits_split
+
+        return digits_split(settings.split)
+    path = ctx.resolve(settings.dataset)
+    with np.load(path) as data:
+        kx, ky = f"X_{settings.split}", f"y_{settings.split}"
+        if kx not in data or ky not in data:
+            raise EvaluationError(f"{path}: needs arrays {kx!r} and {ky!r}; it has {sorted(data.files)}")
+        return np.asarray(data[kx], dtype=np.float32), np.asarray(data[ky], dtype=np.int64)
+
+
+class ClassificationEvaluator(Evaluator):
+    name: ClassVar[str] = "classification"
+    Settings: ClassVar[type[EvaluatorSettings]] = ClassificationSettings
+    settings: ClassificationSettings
+
+    @classmethod
+    def check(cls, settings: EvaluatorSettings, ctx: EvalContext) -> list[tuple[str, str]]:
+        assert isinstance(settings, ClassificationSettings)
+        if settings.dataset in BUILTIN_DATASETS:
+            if settings.labels is not None:
+                bad = [x for x in settings.labels if not 0 <= x <= 9]
+                if bad:
+                    return [("labels", f"digits has labels 0-9; {bad} are not among them")]
+            return []
+        p = ctx.resolve(settings.dataset)
+        if Path(settings.dataset).suffix != ".npz":
+            return [("dataset", f"unknown dataset {settings.dataset!r}; use 'digits' or a .npz file")]
+        if not p.is_file():
+            return [("dataset", f"no such file {str(p)!r} (relative paths resolve against the config's folder)")]
+        return []
+
+    def __init__(self, settings: EvaluatorSettings, ctx: EvalContext):
+        super().__init__(settings, ctx)
+        import numpy as np
+
+        s = self.settings
+        X, y = _load(s, ctx)
+        if s.labels is not None:
+            keep = np.isin(y, s.labels)
+            if not keep.any():
+                raise EvaluationError(f"classification: no {s.split} example of {s.dataset!r} has a label in {s.labels}")
+            X, y = X[keep], y[keep]
+        self.X, self.y = X, y
+        self.key = f"{Path(s.dataset).stem}/{s.split}"
+
+    @property
+    def metric(self) -> str:
+        return self.settings.metric
+
+    def evaluate(self, model: Any, tokenizer: Any = None, seed: int = 0) -> EvalResult:
+        import numpy as np
+        import torch
+
+        try:
+            p = next(iter(model.parameters()), None)
+            dtype = p.dtype if p is not None and p.dtype.is_floating_point else torch.float32
+            device = model_device(model)
+            logits = []
+            with torch.no_grad():
+                for b in range(0, len(self.X), self.settings.batch_size):
+                    xb = torch.as_tensor(self.X[b : b + self.settings.batch_size], dtype=dtype, device=device)
+                    logits.append(model(xb).float().cpu())
+            out = torch.cat(logits)
+        except Exception as e:
+            raise EvaluationError(f"classification on {self.key}: forward pass failed: {type(e).__name__}: {e}") from e
+        if out.ndim != 2 or out.shape[0] != len(self.y):
+            raise EvaluationError(f"classification on {self.key}: expected logits of shape ({len(self.y)}, classes), got {tuple(out.shape)}")
+        if int(self.y.max()) >= out.shape[1]:
+            raise EvaluationError(f"classification on {self.key}: label {int(self.y.max())} but only {out.shape[1]} logits")
+        if not torch.isfinite(out).all():
+            raise EvaluationError(f"classification on {self.key}: the model produced NaN/inf logits; the merge is probably broken")
+        yt = torch.as_tensor(self.y)
+        correct = (out.argmax(-1) == yt).numpy().astype(np.float64)
+        nll = float(torch.nn.functional.cross_entropy(out.double(), yt))
+        metrics = {"accuracy": float(correct.mean()), "nll": nll}
+        require_finite(metrics, f"classification on {self.key}")
+        return EvalResult(metrics=metrics, per_sample={self.key: correct}, info={"n": len(self.y)})

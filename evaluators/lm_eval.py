@@ -1,0 +1,443 @@
+"""lm-evaluation-harness tasks, run in-process on the live merged model.
+
+Built once per worker: the task dict (``TaskManager(...).load``: datasets, prompts) and, on the
+first ``evaluate``, one ``HFLM`` wrapping the in-memory model object. Every trial then calls
+``lm_eval.evaluator.evaluate(lm, task_dict, samples=..., bootstrap_iters=0)`` after the merge
+has rewritten the weights in place. Nothing that depends on the weights is kept between
+trials: no ``use_cache`` (lm-eval's response cache keys on the request only and returns stale
+scores after the weights change), no request cache, and requests are rebuilt every call
+(tests/test_evaluators.py checks a re-evaluation after an in-place weight change against a
+freshly built evaluator).
+
+Settings:
+
+* ``tasks``: task, group or tag names. The shipped tasks (``evaluators/tasks/``, e.g.
+  ``tinylm_add`` / ``tinylm_add_test``) and folders in ``include_path`` are found without
+  indexing lm-eval's built-in tasks; that slow index is only built when a name is not local.
+* ``metric``: result key such as ``"exact_match,none"`` (a bare ``"exact_match"`` means its
+  ``none`` filter); default: the first metric of the first task. The objective value is the
+  mean of ``metric`` over the tasks.
+* ``limit``: score a subset of this many documents per task. The subset is a seeded random
+  choice (``subset: random``, seed ``subset_seed`` or derived from the run seed and the task
+  name), the same for every trial of a run, so trials stay comparable; ``subset: first``
+  takes the first ``limit`` documents.
+* ``num_fewshot``, ``fewshot_seed`` (the few-shot sampler is re-seeded before every trial),
+  ``batch_size``, ``max_length``, ``gen_kwargs`` (merged into each generation task's
+  ``generation_kwargs``), ``include_path`` (task folders, relative to the config's folder;
+  data files in your own YAMLs must be absolute paths, or relative to the working directory).
+
+Result: ``metrics[self.metric]`` is the objective value; ``metrics["<task>/<key>"]`` has every
+per-task metric; ``per_sample[<task>]`` holds per-document scores (in doc order of the subset)
+when the metric's per-document values lie in [0, 1] (exact match, accuracy).
+
+Guards (``check``): unknown task names get close-name suggestions; objectives on well-known
+public benchmark test sets (MMLU, GSM8K, ARC, HellaSwag, ...) are refused during the search
+unless the config sets ``allow_public_test_sets: true`` (held-out reporting on them is fine);
+a metric the task does not produce is reported with the metrics it does produce.
+
+Failures: any exception inside lm-eval, a metric missing from the results, or a NaN/inf
+objective raises :class:`~evaluators.base.EvaluationError`; the controller records the trial
+as FAIL with that message.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import logging
+import os
+import shutil
+import uuid
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+import yaml
+from pydantic import Field
+
+from ._common import require_finite
+from .base import EvalContext, EvalResult, EvaluationError, Evaluator, EvaluatorSettings
+
+log = logging.getLogger(__name__)
+
+SHIPPED_TASKS = Path(__file__).resolve().parent / "tasks"
+
+# Public benchmarks whose test sets must not be searched on (prefix match on the task name).
+PUBLIC_BENCHMARKS: tuple[str, ...] = (
+    "mmlu", "cmmlu", "kmmlu", "global_mmlu", "mmmlu", "gsm8k", "gsm_plus", "mgsm", "arc_easy", "arc_challenge",
+    "arc_", "hellaswag", "truthfulqa", "winogrande", "humaneval", "mbpp", "math", "minerva_math",
+    "hendrycks_math", "bbh", "bigbench", "ifeval", "gpqa", "musr", "leaderboard", "piqa", "siqa",
+    "social_iqa", "boolq", "openbookqa", "commonsense_qa", "lambada", "triviaqa", "nq_open",
+    "naturalquestions", "drop", "squad", "race", "agieval", "aime", "mathqa", "logiqa", "sciq",
+    "anli", "xnli", "xcopa", "copa", "super_glue", "glue",
+)
+
+# lm-eval's metrics when a task config names none
+_DEFAULT_METRICS = {
+    "generate_until": ["exact_match"],
+    "loglikelihood": ["perplexity", "acc"],
+    "multiple_choice": ["acc", "acc_norm"],
+    "loglikelihood_rolling": ["word_perplexity", "byte_perplexity", "bits_per_byte"],
+}
+
+
+def public_benchmark(name: str) -> str | None:
+    """The benchmark ``name`` belongs to, if it is a well-known public benchmark task."""
+    low = name.lower()
+    for b in PUBLIC_BENCHMARKS:
+        if b.endswith("_"):
+            if low.startswith(b):
+                return b.rstrip("_")
+        elif low == b or (low.startswith(b) and not low[len(b)].isalpha()):
+            return b
+    return None
+
+
+# ----------------------------------------------------------------------------- local task index
+
+
+class _AnyTagLoader(yaml.SafeLoader):
+    """Reads lm-eval YAMLs without importing lm_eval: ``!function x.y`` becomes the string."""
+
+
+_AnyTagLoader.add_multi_constructor("!", lambda loader, suffix, node: f"{suffix} {loader.construct_scalar(node)}")
+
+
+def _read_yaml(path: Path, depth: int = 0) -> dict[str, Any]:
+    cfg = yaml.load(path.read_text(encoding="utf-8"), Loader=_AnyTagLoader)  # noqa: S506 (safe loader subclass)
+    if not isinstance(cfg, dict):
+        return {}
+    inc = cfg.pop("include", None)
+    if isinstance(inc, str) and depth < 5:
+        p = Path(inc) if Path(inc).is_absolute() else path.parent / inc
+        if p.is_file():
+            cfg = {**_read_yaml(p, depth + 1), **cfg}
+    return cfg
+
+
+@dataclass
+class LocalTask:
+    name: str
+    kind: Literal["task", "group", "tag"]
+    path: Path | None
+    cfg: dict[str, Any] = field(default_factory=dict)
+
+    def produced_metrics(self) -> list[str] | None:
+        """Result keys (``metric,filter``) this task reports, or None when unknown."""
+        if self.kind != "task" or "class" in self.cfg:
+            return None
+        ml = self.cfg.get("metric_list")
+        if ml:
+            metrics = [m["metric"] for m in ml if isinstance(m, dict) and isinstance(m.get("metric"), str)]
+        else:
+            metrics = _DEFAULT_METRICS.get(self.cfg.get("output_type", "generate_until"), [])
+        filters = [f["name"] for f in self.cfg.get("filter_list") or [] if isinstance(f, dict) and "name" in f] or ["none"]
+        return [f"{m},{f}" for f in filters for m in metrics] or None
+
+
+def scan_tasks(folders: list[Path]) -> dict[str, LocalTask]:
+    """Task, group and tag names defined by the YAMLs under ``folders`` (later folders win)."""
+    out: dict[str, LocalTask] = {}
+    for folder in folders:
+        if not folder.is_dir():
+            continue
+        for path in sorted(folder.rglob("*.yaml")):
+            if "__pycache__" in path.parts:
+                continue
+            try:
+                cfg = _read_yaml(path)
+            except (yaml.YAMLError, OSError, UnicodeDecodeError):
+                continue
+            if isinstance(cfg.get("group"), str):
+                out[cfg["group"]] = LocalTask(cfg["group"], "group", path, cfg)
+            elif isinstance(cfg.get("task"), str):
+                out[cfg["task"]] = LocalTask(cfg["task"], "task", path, cfg)
+                tags = cfg.get("tag") or []
+                for t in [tags] if isinstance(tags, str) else tags:
+                    if isinstance(t, str) and t not in out:
+                        out[t] = LocalTask(t, "tag", None)
+    return out
+
+
+@lru_cache(maxsize=1)
+def builtin_task_names() -> frozenset[str]:
+    """Names of lm-eval's built-in tasks, groups and tags (slow: indexes thousands of YAMLs)."""
+    from lm_eval.tasks import TaskManager
+
+    return frozenset(TaskManager(include_defaults=True).all_tasks)
+
+
+def _include_folders(settings: LMEvalSettings, ctx: EvalContext) -> list[Path]:
+    return [ctx.resolve(p) for p in settings.include_path]
+
+
+def _absolute_data_files(value: Any, folder: Path) -> Any:
+    if isinstance(value, str):
+        p = Path(value).expanduser()
+        return value if p.is_absolute() or "://" in value else str((folder / p).resolve())
+    if isinstance(value, list):
+        return [_absolute_data_files(v, folder) for v in value]
+    if isinstance(value, dict):
+        return {k: _absolute_data_files(v, folder) for k, v in value.items()}
+    return value
+
+
+def materialized_shipped_tasks() -> Path:
+    """The shipped task folder as lm-eval needs it: a cached copy whose ``data_files`` are absolute.
+
+    Keyed by the shipped folder's location and YAML contents; written atomically (a temporary
+    folder renamed into place), so concurrent workers never see a half-written copy.
+    """
+    from search.zoo import cache_dir
+
+    files = sorted(SHIPPED_TASKS.rglob("*.yaml"))
+    h = hashlib.sha256(str(SHIPPED_TASKS).encode())
+    for f in files:
+        h.update(f.relative_to(SHIPPED_TASKS).as_posix().encode() + b"\0" + f.read_bytes())
+    out = cache_dir() / "lm_eval_tasks" / f"shipped-{h.hexdigest()[:16]}"
+    if out.is_dir():
+        return out
+    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    try:
+        for f in files:
+            cfg = yaml.safe_load(f.read_text(encoding="utf-8"))
+            kw = cfg.get("dataset_kwargs") or {}
+            if "data_files" in kw:
+                kw["data_files"] = _absolute_data_files(kw["data_files"], f.parent)
+            dest = tmp / f.relative_to(SHIPPED_TASKS)
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            dest.write_text(yaml.safe_dump(cfg, sort_keys=False), encoding="utf-8")
+        try:
+            os.rename(tmp, out)
+        except OSError:  # another process won the race
+            if not out.is_dir():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+# ----------------------------------------------------------------------------- the evaluator
+
+
+class LMEvalSettings(EvaluatorSettings):
+    tasks: list[str] = Field(min_length=1, description="lm-eval task, group or tag names")
+    metric: str | None = Field(None, description="result key, e.g. 'exact_match,none' (default: the first metric)")
+    limit: int | None = Field(None, gt=0, description="documents per task (a seeded subset); none = all")
+    subset: Literal["random", "first"] = Field("random", description="how `limit` picks documents")
+    subset_seed: int | None = Field(None, description="seed of the random subset (default: derived from the run seed)")
+    num_fewshot: int | None = Field(None, ge=0)
+    fewshot_seed: int = Field(1234, description="few-shot sampler seed, reset before every trial")
+    batch_size: int = Field(32, gt=0)
+    max_length: int | None = Field(None, gt=0, description="context length (default: the model's)")
+    include_path: list[str] = Field(default_factory=list, description="folders with task YAMLs")
+    gen_kwargs: dict[str, Any] | None = Field(None, description="merged into generation tasks' generation_kwargs")
+    confirm_run_unsafe_code: bool = Field(False, description="allow tasks that execute model-written code")
+
+
+def _split_metric(metric: str) -> tuple[str, str]:
+    name, _, filt = metric.partition(",")
+    return name, (filt or "none")
+
+
+def _normalize_metric(metric: str) -> str:
+    name, filt = _split_metric(metric)
+    return f"{name},{filt}"
+
+
+class LMEvalEvaluator(Evaluator):
+    name: ClassVar[str] = "lm_eval"
+    Settings: ClassVar[type[EvaluatorSettings]] = LMEvalSettings
+    settings: LMEvalSettings
+
+    # ------------------------------------------------------------------ checks (no model)
+    @classmethod
+    def check(cls, settings: EvaluatorSettings, ctx: EvalContext) -> list[tuple[str, str]]:
+        assert isinstance(settings, LMEvalSettings)
+        issues: list[tuple[str, str]] = []
+        folders = _include_folders(settings, ctx)
+        for i, p in enumerate(folders):
+            if not p.is_dir():
+                issues.append((f"include_path[{i}]", f"no such folder {str(p)!r}"))
+        if ctx.split == "search" and not ctx.allow_public_test_sets:
+            for i, t in enumerate(settings.tasks):
+                b = public_benchmark(t)
+                if b:
+                    issues.append((
+                        f"tasks[{i}]",
+                        f"{t!r} is a public benchmark ({b}) test set: tuning merge coefficients on it overfits "
+                        "the benchmark and makes its scores meaningless. Search on a validation split (your own "
+                        "task YAML) and report the benchmark as a held-out objective, or set "
+                        "allow_public_test_sets: true at the top of the config if you know what you are doing",
+                    ))
+        if issues:
+            return issues
+        local = scan_tasks([SHIPPED_TASKS, *folders])
+        unknown = [(i, t) for i, t in enumerate(settings.tasks) if t not in local]
+        if unknown:
+            builtin = builtin_task_names()
+            for i, t in unknown:
+                if t not in builtin:
+                    close = difflib.get_close_matches(t, list(local), n=3, cutoff=0.6)
+                    close += [c for c in difflib.get_close_matches(t, list(builtin), n=3, cutoff=0.75) if c not in close]
+                    hint = ("; did you mean " + " or ".join(repr(c) for c in close[:4]) + "?") if close else ""
+                    issues.append((f"tasks[{i}]", f"unknown lm-eval task {t!r}{hint} (shipped and include_path tasks: "
+                                   f"{', '.join(sorted(n for n, e in local.items() if e.kind == 'task')[:12])})"))
+        if settings.metric and not issues:
+            want = _normalize_metric(settings.metric)
+            for t in settings.tasks:
+                entry = local.get(t)
+                produced = entry.produced_metrics() if entry else None
+                if produced is not None and want not in produced:
+                    issues.append(("metric", f"task {t!r} does not report {settings.metric!r}; it reports: {', '.join(produced)}"))
+        return issues
+
+    # ------------------------------------------------------------------ construction
+    def __init__(self, settings: EvaluatorSettings, ctx: EvalContext):
+        super().__init__(settings, ctx)
+        from lm_eval.tasks import TaskManager
+
+        for name in ("lm_eval", "lm-eval"):
+            logging.getLogger(name).setLevel(logging.WARNING)
+        s = self.settings
+        folders = _include_folders(s, ctx)
+        local = scan_tasks([SHIPPED_TASKS, *folders])
+        include = [str(materialized_shipped_tasks()), *(str(p) for p in folders)]
+        tm = TaskManager(include_path=include, include_defaults=any(t not in local for t in s.tasks))
+        try:
+            loaded = tm.load(list(s.tasks))
+        except (KeyError, ValueError) as e:
+            raise EvaluationError(f"lm_eval: cannot load tasks {s.tasks}: {e}") from e
+        self.task_dict = loaded
+        self.tasks: dict[str, Any] = dict(loaded["tasks"])
+        for task in self.tasks.values():
+            if task.get_config("output_type") == "generate_until" and s.gen_kwargs:
+                task.set_config(key="generation_kwargs", value=dict(s.gen_kwargs), update=True)
+            if s.num_fewshot is not None:
+                task.set_config(key="num_fewshot", value=s.num_fewshot)
+            elif task.get_config("num_fewshot") is None:
+                task.set_config(key="num_fewshot", value=0)
+
+        # metrics each task reports (metric,filter), from the built task objects
+        self.produced: dict[str, list[str]] = {}
+        for name, task in self.tasks.items():
+            filters = [f.name for f in getattr(task, "_filters", [])] or ["none"]
+            metrics = list(getattr(task, "_metric_fn_list", {}))
+            self.produced[name] = [f"{m},{f}" for f in filters for m in metrics]
+        first = next(iter(self.produced.values()), [])
+        self._metric = _normalize_metric(s.metric) if s.metric else (first[0] if first else "acc,none")
+        self._metric_problem: str | None = None
+        for name, prod in self.produced.items():
+            if prod and self._metric not in prod:
+                self._metric_problem = f"task {name!r} does not report {self._metric!r}; it reports: {', '.join(prod)}"
+                break
+
+        # the fixed document subset of each task (same for every trial)
+        from search.seeding import derive_seed
+
+        self.samples: dict[str, list[int]] = {}
+        self.n_docs: dict[str, int] = {}
+        for name, task in self.tasks.items():
+            n = len(task.eval_docs)
+            self.n_docs[name] = n
+            if s.limit is not None and s.limit < n:
+                if s.subset == "first":
+                    idx = list(range(s.limit))
+                else:
+                    import numpy as np
+
+                    seed = s.subset_seed if s.subset_seed is not None else derive_seed("lm_eval-subset", ctx.seed, name)
+                    idx = sorted(int(i) for i in np.random.default_rng(seed).choice(n, size=s.limit, replace=False))
+                self.samples[name] = idx
+        self._lm: Any = None
+        self._lm_model: Any = None
+
+    @property
+    def metric(self) -> str:
+        return self._metric
+
+    def _get_lm(self, model: Any, tokenizer: Any) -> Any:
+        if self._lm is None or self._lm_model is not model:
+            from lm_eval.models.huggingface import HFLM
+
+            self._lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=self.settings.batch_size, max_length=self.settings.max_length)
+            self._lm_model = model
+        return self._lm
+
+    # ------------------------------------------------------------------ per trial
+    def evaluate(self, model: Any, tokenizer: Any, seed: int = 0) -> EvalResult:
+        if self._metric_problem:
+            raise EvaluationError(f"lm_eval: {self._metric_problem}")
+        if tokenizer is None:
+            raise EvaluationError("lm_eval needs a tokenizer; the model source has none (set models.tokenizer)")
+        import torch
+        from lm_eval.evaluator import evaluate as lm_evaluate
+
+        s = self.settings
+        for task in self.tasks.values():
+            task.set_fewshot_seed(seed=s.fewshot_seed)
+        torch.manual_seed(seed)  # only matters for sampling gen_kwargs
+        try:
+            lm = self._get_lm(model, tokenizer)
+            with torch.no_grad():
+                out = lm_evaluate(
+                    lm=lm,
+                    task_dict=self.task_dict,
+                    limit=None,
+                    samples=dict(self.samples) or None,
+                    bootstrap_iters=0,
+                    log_samples=True,
+                    confirm_run_unsafe_code=s.confirm_run_unsafe_code,
+                )
+        except EvaluationError:
+            raise
+        except Exception as e:
+            raise EvaluationError(f"lm_eval on {list(self.tasks)} failed: {type(e).__name__}: {e}") from e
+        if out is None:
+            raise EvaluationError("lm_eval returned no results")
+        return self._result(out)
+
+    def _result(self, out: dict[str, Any]) -> EvalResult:
+        import numpy as np
+
+        results = out.get("results", {})
+        metrics: dict[str, float] = {}
+        per_task: list[float] = []
+        for name in self.tasks:
+            res = results.get(name)
+            if res is None:
+                raise EvaluationError(f"lm_eval produced no results for task {name!r}")
+            for k, v in res.items():
+                if k in ("alias", "sample_len", "sample_count") or "_stderr" in k or isinstance(v, (str, bool)) or v is None:
+                    continue
+                if isinstance(v, (int, float)):
+                    metrics[f"{name}/{k}"] = float(v)
+            if self._metric not in res:
+                produced = [k for k in res if k not in ("alias", "sample_len", "sample_count") and "_stderr" not in k]
+                raise EvaluationError(f"lm_eval: task {name!r} does not report {self._metric!r}; it reports: {', '.join(produced)}")
+            per_task.append(float(res[self._metric]))
+        metrics[self._metric] = float(np.mean(per_task))
+        require_finite({self._metric: metrics[self._metric]}, f"lm_eval {list(self.tasks)}")
+
+        per_sample: dict[str, np.ndarray] = {}
+        mname, filt = _split_metric(self._metric)
+        for name, rows in (out.get("samples") or {}).items():
+            if name not in self.tasks:
+                continue
+            rows = sorted((r for r in rows if r.get("filter") == filt), key=lambda r: r["doc_id"])
+            try:
+                vals = np.array([float(r[mname]) for r in rows], dtype=np.float64)
+            except (KeyError, TypeError, ValueError):
+                continue
+            if len(vals) and np.all(np.isfinite(vals)) and vals.min() >= 0.0 and vals.max() <= 1.0:
+                per_sample[name] = vals
+        info = {
+            "n_docs": {n: len(self.samples.get(n, [])) or self.n_docs[n] for n in self.tasks},
+            "subset": {n: idx for n, idx in self.samples.items()},
+        }
+        return EvalResult(metrics=metrics, per_sample=per_sample or None, info=info)
+
+    def close(self) -> None:
+        self._lm = None
+        self._lm_model = None
