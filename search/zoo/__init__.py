@@ -46,31 +46,63 @@ def zoo_path(spec: str, build: bool = True) -> Path:
     if name not in names:
         raise ConfigError(ConfigIssue("", f"zoo problem {problem!r} has no model {name!r}{did_you_mean(name, names)}"))
     root = cache_dir() / "zoo" / problem
-    if build and not (root / ".complete").exists():
+    if build and not is_complete(root, builder):
         import_object(builder)(root)
     return root / name
 
 
-def atomic_build(root: Path, build_into: Callable[[Path], Any]) -> None:
+def _recipe_version(builder: str) -> str | None:
+    """``VERSION`` of a builder's module (bumped when what it builds changes), if it has one."""
+    import importlib
+
+    try:
+        return getattr(importlib.import_module(builder.split(":", 1)[0]), "VERSION", None)
+    except ImportError:
+        return None
+
+
+def is_complete(root: Path, builder: str | None = None) -> bool:
+    """A finished build of the current recipe is in ``root`` (``.complete`` written last)."""
+    marker = root / ".complete"
+    if not marker.exists():
+        return False
+    if builder is None:
+        return True
+    want = _recipe_version(builder)
+    if want is None:
+        return True
+    try:
+        return json.loads(marker.read_text()).get("version") == want
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def atomic_build(root: Path, build_into: Callable[[Path], Any], version: str | None = None) -> None:
     """Build a problem into ``root`` at most once, safely against concurrent builders.
 
-    Under a file lock beside ``root``: if ``root/.complete`` exists, return; otherwise call
-    ``build_into(tmp)`` on a fresh temporary folder beside ``root``, write ``tmp/.complete``
-    (build time and whatever ``build_into`` returned), and rename ``tmp`` to ``root`` (a stale,
-    incomplete ``root`` is removed first). A failed build leaves no partial ``root``.
+    Under a file lock beside ``root``: if ``root/.complete`` exists (for this ``version`` of
+    the recipe), return; otherwise call ``build_into(tmp)`` on a fresh temporary folder beside
+    ``root``, write ``tmp/.complete`` (version, build time and whatever ``build_into``
+    returned), and rename ``tmp`` to ``root`` (an incomplete or outdated ``root`` is removed
+    first). A failed build leaves no partial ``root``.
     """
     from filelock import FileLock
 
     root = Path(root)
     root.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(root.parent / f".{root.name}.lock")):
-        if (root / ".complete").exists():
-            return
+        marker = root / ".complete"
+        if marker.exists():
+            try:
+                if version is None or json.loads(marker.read_text()).get("version") == version:
+                    return
+            except (OSError, ValueError, AttributeError):
+                pass
         tmp = root.parent / f".{root.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         try:
             t0 = time.perf_counter()
             info = build_into(tmp)
-            meta = {"built_at": time.time(), "build_seconds": round(time.perf_counter() - t0, 2), "info": info}
+            meta = {"version": version, "built_at": time.time(), "build_seconds": round(time.perf_counter() - t0, 2), "info": info}
             (tmp / ".complete").write_text(json.dumps(meta, indent=1, default=str) + "\n")
             if root.exists():
                 stale = root.parent / f".{root.name}.stale-{uuid.uuid4().hex[:8]}"

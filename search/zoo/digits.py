@@ -33,6 +33,8 @@ from . import atomic_build
 
 log = logging.getLogger(__name__)
 
+VERSION = "digits-1"  # bump when the recipe or the data changes: cached builds of another version are rebuilt
+
 SPLIT_SEED = 2024
 BUILD_SEED = 0
 EXPERT_LABELS: dict[str, tuple[int, ...]] = {
@@ -191,4 +193,4 @@ def build_models(out_dir: Path) -> dict[str, Any]:
 
 def build(out_dir: Path) -> None:
     """Zoo builder: the whole problem into ``out_dir`` (atomic, safe against concurrent builds)."""
-    atomic_build(out_dir, build_models)
+    atomic_build(out_dir, build_models, VERSION)

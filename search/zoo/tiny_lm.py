@@ -45,6 +45,8 @@ from . import atomic_build
 
 log = logging.getLogger(__name__)
 
+VERSION = "tiny-lm-1"  # bump when the recipe or the data changes: cached builds of another version are rebuilt
+
 TASKS = ("add", "reverse", "sort")
 EXPERTS = TASKS
 MODELS = ("base", *EXPERTS)
@@ -397,7 +399,7 @@ def build_models(out_dir: Path) -> dict[str, Any]:
 
 def build(out_dir: Path) -> None:
     """Zoo builder: the whole problem into ``out_dir`` (atomic, safe against concurrent builds)."""
-    atomic_build(out_dir, build_models)
+    atomic_build(out_dir, build_models, VERSION)
 
 
 if __name__ == "__main__":  # pragma: no cover - maintenance entry point
