@@ -50,3 +50,33 @@ def ray_local(tmp_path_factory: pytest.TempPathFactory, toy_root: Path) -> Itera
         yield
     finally:
         ray.shutdown()
+
+
+# ----------------------------------------------------------------------------- zoo / evaluators
+# One model zoo per test session, shared by every test, subprocess and Ray worker (they inherit
+# the variable): $MERGESEARCH_CACHE when set (reuse a built zoo across runs; outdated builds are
+# rebuilt by version), else a temporary folder removed at exit.
+if "MERGESEARCH_CACHE" not in os.environ:
+    import atexit
+    import shutil
+    import tempfile
+
+    _ZOO_TMP = tempfile.mkdtemp(prefix="mergesearch-test-cache-")
+    os.environ["MERGESEARCH_CACHE"] = _ZOO_TMP
+    atexit.register(shutil.rmtree, _ZOO_TMP, True)
+
+
+@pytest.fixture(scope="session")
+def tiny_lm_zoo() -> Path:
+    """Folder of the built tiny-lm zoo (base, add, reverse, sort), built once per session."""
+    from search.zoo import zoo_path
+
+    return zoo_path("zoo:tiny-lm/base", build=True).parent
+
+
+@pytest.fixture(scope="session")
+def digits_zoo() -> Path:
+    """Folder of the built digits zoo (base, low, high, a, b, c)."""
+    from search.zoo import zoo_path
+
+    return zoo_path("zoo:digits/base", build=True).parent

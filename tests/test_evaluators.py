@@ -1,0 +1,397 @@
+"""Evaluators on real parts: lm-eval on the shipped tasks against the tiny-lm zoo, perplexity and
+generation length against hand-computed values, classification, and every bad-input case."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from evaluators import EvalContext, EvaluationError, build_evaluator, validate_settings
+from evaluators.lm_eval import LMEvalEvaluator, LMEvalSettings, public_benchmark
+
+REPO = Path(__file__).resolve().parents[1]
+TINY_DATA = REPO / "evaluators" / "tasks" / "tinylm"
+
+
+@pytest.fixture(scope="module")
+def lm(tiny_lm_zoo: Path) -> dict:
+    """A live model object holding the add expert, its tokenizer, and the zoo's state dicts."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    torch.set_num_threads(1)
+    states = {n: AutoModelForCausalLM.from_pretrained(tiny_lm_zoo / n).state_dict() for n in ("base", "add", "reverse")}
+    model = AutoModelForCausalLM.from_pretrained(tiny_lm_zoo / "add").eval()
+    tok = AutoTokenizer.from_pretrained(tiny_lm_zoo / "add")
+    return {"model": model, "tok": tok, "states": states, "root": tiny_lm_zoo}
+
+
+def load(lm: dict, name: str) -> None:
+    import torch
+
+    with torch.no_grad():
+        for k, p in lm["model"].state_dict().items():
+            p.copy_(lm["states"][name][k])
+
+
+def issues(settings: dict, **ctx) -> list[tuple[str, str]]:
+    s = LMEvalSettings(**settings)
+    return LMEvalEvaluator.check(s, EvalContext(base_dir=REPO, **ctx))
+
+
+# ----------------------------------------------------------------------------- lm-eval end to end
+
+
+def test_lm_eval_end_to_end_with_per_sample_scores(lm: dict) -> None:
+    load(lm, "add")
+    ev = build_evaluator("lm_eval", {"tasks": ["tinylm_add", "tinylm_reverse"], "limit": 40}, EvalContext(seed=3))
+    assert ev.metric == "exact_match,none"  # the task's first metric by default
+    res = ev.evaluate(lm["model"], lm["tok"], seed=11)
+    add, rev = res.metrics["tinylm_add/exact_match,none"], res.metrics["tinylm_reverse/exact_match,none"]
+    assert add >= 0.6 and rev <= 0.2
+    assert res.metrics["exact_match,none"] == pytest.approx((add + rev) / 2)
+    assert set(res.per_sample) == {"tinylm_add", "tinylm_reverse"}
+    for task, arr in res.per_sample.items():
+        assert arr.shape == (40,) and set(np.unique(arr)) <= {0.0, 1.0}
+        assert arr.mean() == pytest.approx(res.metrics[f"{task}/exact_match,none"])
+    assert len(res.info["subset"]["tinylm_add"]) == 40
+
+
+def test_lm_eval_per_sample_scores_match_a_plain_greedy_decode(lm: dict) -> None:
+    """Per-doc exact match from lm-eval equals decoding the subset's prompts by hand."""
+    import torch
+
+    load(lm, "add")
+    ev = build_evaluator("lm_eval", {"tasks": ["tinylm_add"], "limit": 25}, EvalContext(seed=1))
+    res = ev.evaluate(lm["model"], lm["tok"])
+    rows = [json.loads(x) for x in (TINY_DATA / "add_validation.jsonl").read_text().splitlines()]
+    tok = lm["tok"]
+    expect = []
+    for i in ev.samples["tinylm_add"]:
+        ids = tok(rows[i]["prompt"], return_tensors="pt")["input_ids"]
+        with torch.no_grad():
+            out = lm["model"].generate(ids, max_new_tokens=8, do_sample=False)
+        text = tok.decode(out[0, ids.shape[1]:], skip_special_tokens=True).split("\n")[0]
+        expect.append(float(text == rows[i]["answer"]))
+    assert res.per_sample["tinylm_add"].tolist() == expect
+
+
+def test_lm_eval_sees_in_place_weight_changes(lm: dict) -> None:
+    """Nothing lm-eval caches goes stale: after the weights change in place, the same evaluator
+    gives exactly what a freshly built one gives on the changed model."""
+    ctx = EvalContext(seed=0)
+    settings = {"tasks": ["tinylm_add", "tinylm_reverse"], "limit": 30}
+    ev = build_evaluator("lm_eval", settings, ctx)
+    load(lm, "add")
+    first = ev.evaluate(lm["model"], lm["tok"])
+    load(lm, "reverse")  # in place: same model object, new weights
+    again = ev.evaluate(lm["model"], lm["tok"])
+    fresh = build_evaluator("lm_eval", settings, ctx).evaluate(lm["model"], lm["tok"])
+    assert again.metrics == fresh.metrics
+    for task in again.per_sample:
+        assert np.array_equal(again.per_sample[task], fresh.per_sample[task])
+    assert again.metrics["tinylm_reverse/exact_match,none"] > first.metrics["tinylm_reverse/exact_match,none"] + 0.5
+    assert again.metrics["tinylm_add/exact_match,none"] < first.metrics["tinylm_add/exact_match,none"] - 0.5
+    load(lm, "add")
+    assert ev.evaluate(lm["model"], lm["tok"]).metrics == first.metrics
+
+
+def test_lm_eval_subsets_are_seeded_and_fixed_per_run(lm: dict) -> None:
+    def subset(seed: int, **extra) -> list[int]:
+        ev = build_evaluator("lm_eval", {"tasks": ["tinylm_add"], "limit": 20, **extra}, EvalContext(seed=seed))
+        return ev.samples["tinylm_add"]
+
+    a = subset(0)
+    assert a == subset(0) and a == sorted(a) and len(set(a)) == 20
+    assert a != subset(1)  # another run seed, another subset
+    assert subset(5, subset_seed=7) == subset(6, subset_seed=7)
+    assert subset(0, subset="first") == list(range(20))
+    ev = build_evaluator("lm_eval", {"tasks": ["tinylm_add"], "limit": 500}, EvalContext())
+    assert ev.samples == {}  # limit above the task size: every document
+
+
+def test_lm_eval_held_out_task_and_metric_spelling(lm: dict) -> None:
+    load(lm, "add")
+    ev = build_evaluator("lm_eval", {"tasks": ["tinylm_add_test"], "metric": "exact_match", "limit": 10}, EvalContext())
+    assert ev.metric == "exact_match,none"
+    assert ev.evaluate(lm["model"], lm["tok"]).metrics["exact_match,none"] >= 0.6
+
+
+# ----------------------------------------------------------------------------- lm-eval bad input
+
+
+def test_unknown_task_suggests_close_names_and_builtin_tasks_resolve() -> None:
+    got = issues({"tasks": ["tinylm_ad"]})
+    assert len(got) == 1 and got[0][0] == "tasks[0]"
+    assert "unknown lm-eval task 'tinylm_ad'" in got[0][1] and "did you mean 'tinylm_add'" in got[0][1]
+    # a built-in (non-local) task that is not a public test set passes the check
+    assert issues({"tasks": ["wikitext"]}) == []
+
+
+def test_local_task_names_resolve_without_indexing_builtin_tasks(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    import evaluators.lm_eval as mod
+
+    def refuse() -> frozenset[str]:
+        raise AssertionError("the built-in task index must not be built for local names")
+
+    monkeypatch.setattr(mod, "builtin_task_names", refuse)
+    (tmp_path / "mine.yaml").write_text(
+        "task: my_task\ndataset_path: json\noutput_type: generate_until\ndoc_to_text: '{{q}}'\ndoc_to_target: '{{a}}'\n"
+        "metric_list:\n  - metric: exact_match\n    aggregation: mean\n    higher_is_better: true\n"
+    )
+    assert issues({"tasks": ["tinylm_add", "tinylm_sort_test", "my_task"], "include_path": [str(tmp_path)]}) == []
+
+
+def test_metric_the_task_does_not_produce_lists_what_it_produces(lm: dict) -> None:
+    got = issues({"tasks": ["tinylm_add"], "metric": "acc,none"})
+    assert got == [("metric", "task 'tinylm_add' does not report 'acc,none'; it reports: exact_match,none")]
+    # the same mistake caught at evaluation time (e.g. a task check() could not read)
+    ev = build_evaluator("lm_eval", {"tasks": ["tinylm_add"], "metric": "acc_norm,none", "limit": 4}, EvalContext())
+    with pytest.raises(EvaluationError, match=r"does not report 'acc_norm,none'; it reports: exact_match,none"):
+        ev.evaluate(lm["model"], lm["tok"])
+
+
+def test_public_benchmark_test_sets_are_refused_unless_allowed() -> None:
+    for name in ("mmlu", "mmlu_abstract_algebra", "gsm8k", "gsm8k_cot", "arc_challenge", "hellaswag", "truthfulqa_mc2",
+                 "winogrande", "humaneval", "mbpp", "bbh_cot_fewshot_navigate", "ifeval", "gpqa_main_zeroshot",
+                 "leaderboard_math_hard", "minerva_math_algebra"):
+        assert public_benchmark(name), name
+    for name in ("tinylm_add", "wikitext", "mathematics_mine", "my_arc", "archery"):
+        assert public_benchmark(name) is None, name
+    got = issues({"tasks": ["tinylm_add", "gsm8k"]})
+    assert [f for f, _ in got] == ["tasks[1]"]
+    assert "public benchmark (gsm8k) test set" in got[0][1] and "allow_public_test_sets: true" in got[0][1]
+    assert "overfits" in got[0][1]
+    # allowed knowingly; and held-out reporting on a benchmark is never refused
+    assert not any("public benchmark" in m for _, m in issues({"tasks": ["gsm8k"]}, allow_public_test_sets=True))
+    assert not any("public benchmark" in m for _, m in issues({"tasks": ["gsm8k"]}, split="heldout"))
+
+
+def test_config_level_validation_reports_field_paths() -> None:
+    from search.config import parse_config
+
+    cfg = parse_config({
+        "name": "x",
+        "models": {"base": "zoo:tiny-lm/base", "experts": [{"name": "add", "path": "zoo:tiny-lm/add"}]},
+        "objectives": [{"name": "add", "evaluator": "lm_eval", "direction": "maximize",
+                        "settings": {"tasks": ["tinylm_add"], "metric": "accuracy"}}],
+    })
+    got = validate_settings("lm_eval", cfg.objectives[0].settings, "objectives[0].settings", cfg)
+    assert [str(i) for i in got] == [
+        "objectives[0].settings.metric: task 'tinylm_add' does not report 'accuracy'; it reports: exact_match,none"
+    ]
+    got = validate_settings("lm_eval", {"tasks": []}, "objectives[0].settings", cfg)
+    assert got and got[0].path == "objectives[0].settings.tasks"
+
+
+# ----------------------------------------------------------------------------- failures
+
+
+def test_raising_model_fails_the_trial_with_evaluation_error(lm: dict) -> None:
+    def boom(module, args, kwargs):
+        raise RuntimeError("device on fire")
+
+    load(lm, "add")
+    handle = lm["model"].register_forward_pre_hook(boom, with_kwargs=True)
+    try:
+        for name, settings in [
+            ("lm_eval", {"tasks": ["tinylm_add"], "limit": 4}),
+            ("perplexity", {"path": str(TINY_DATA / "add_validation.jsonl"), "text_field": "prompt", "limit": 4}),
+            ("generation_length", {"path": str(TINY_DATA / "add_validation.jsonl"), "limit": 4}),
+        ]:
+            ev = build_evaluator(name, settings, EvalContext())
+            with pytest.raises(EvaluationError, match="device on fire"):
+                ev.evaluate(lm["model"], lm["tok"])
+    finally:
+        handle.remove()
+
+
+def test_nan_weights_fail_the_trial_with_evaluation_error(lm: dict, digits_zoo: Path) -> None:
+    import torch
+
+    from search.zoo.digits import load_mlp
+
+    load(lm, "add")
+    ev = build_evaluator("perplexity", {"path": str(TINY_DATA / "add_validation.jsonl"), "text_field": "prompt", "limit": 4},
+                         EvalContext())
+    assert math.isfinite(ev.evaluate(lm["model"], lm["tok"]).metrics["nll"])
+    with torch.no_grad():
+        lm["model"].lm_head.weight[0, 0] = float("nan")
+    try:
+        with pytest.raises(EvaluationError, match="not finite"):
+            ev.evaluate(lm["model"], lm["tok"])
+    finally:
+        load(lm, "add")
+    mlp = load_mlp(digits_zoo / "low")
+    with torch.no_grad():
+        mlp.fc2.bias[3] = float("inf")
+    ev = build_evaluator("classification", {"labels": [0, 1]}, EvalContext())
+    with pytest.raises(EvaluationError, match="NaN/inf"):
+        ev.evaluate(mlp)
+
+
+def test_python_evaluator_nan_fails_and_results_pass_through(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    mod = tmp_path / "my_scores.py"
+    mod.write_text(
+        "def nan(model, tokenizer):\n    return {'score': float('nan')}\n"
+        "def ok(model, tokenizer, scale=1.0):\n    return {'score': 0.5 * scale}, {'set': [1, 0]}\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    ev = build_evaluator("python", {"function": "my_scores:nan", "metric": "score"}, EvalContext())
+    with pytest.raises(EvaluationError, match="not finite"):
+        ev.evaluate(None, None)
+    ev = build_evaluator("python", {"function": "my_scores:ok", "metric": "score", "kwargs": {"scale": 2}}, EvalContext())
+    res = ev.evaluate(None, None)
+    assert res.metrics == {"score": 1.0} and res.per_sample["set"].tolist() == [1.0, 0.0]
+    ev = build_evaluator("python", {"function": "my_scores:ok", "metric": "nope"}, EvalContext())
+    with pytest.raises(EvaluationError, match="no metric 'nope'"):
+        ev.evaluate(None, None)
+
+
+# ----------------------------------------------------------------------------- perplexity
+
+
+def uniform_model(lm: dict):
+    """The tiny Llama with a zero output layer: every next token has probability 1/V."""
+    import copy
+
+    import torch
+
+    m = copy.deepcopy(lm["model"])
+    with torch.no_grad():
+        m.lm_head.weight.zero_()
+    return m
+
+
+@pytest.mark.parametrize("max_length", [None, 4])
+def test_perplexity_of_a_uniform_model_is_the_vocabulary_size(lm: dict, tmp_path: Path, max_length: int | None) -> None:
+    docs = ["hello world", "07+45=052", "a", "rev:abcd=dcba and some more text to split into windows"]
+    f = tmp_path / "docs.txt"
+    f.write_text("\n".join(docs) + "\n\n")
+    m = uniform_model(lm)
+    tok = lm["tok"]
+    V = m.config.vocab_size
+    ev = build_evaluator("perplexity", {"path": str(f), "max_length": max_length, "batch_size": 3}, EvalContext())
+    res = ev.evaluate(m, tok)
+    n_tokens = sum(len(tok(d)["input_ids"]) - 1 for d in docs)  # every token after the first, once
+    assert res.info["tokens"] == n_tokens
+    assert res.metrics["nll"] == pytest.approx(math.log(V), rel=1e-6)
+    assert res.metrics["perplexity"] == pytest.approx(V, rel=1e-5)
+    assert ev.metric == "perplexity" and res.per_sample is None
+
+
+def test_perplexity_matches_a_direct_forward_pass(lm: dict, tmp_path: Path) -> None:
+    import torch
+
+    load(lm, "reverse")
+    rows = [{"text": t} for t in ("rev:abc=cba", "rev:kdhl=lhdk", "07+45=052 and text")]
+    f = tmp_path / "docs.jsonl"
+    f.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    ev = build_evaluator("perplexity", {"path": str(f), "metric": "nll", "batch_size": 2}, EvalContext())
+    got = ev.evaluate(lm["model"], lm["tok"])
+    total, count = 0.0, 0
+    for r in rows:
+        ids = lm["tok"](r["text"], return_tensors="pt")["input_ids"]
+        with torch.no_grad():
+            logp = torch.log_softmax(lm["model"](ids).logits[0, :-1].double(), -1)
+        total -= float(logp.gather(-1, ids[0, 1:, None]).sum())
+        count += ids.shape[1] - 1
+    assert ev.metric == "nll"
+    assert got.metrics["nll"] == pytest.approx(total / count, rel=1e-5)
+    assert got.metrics["perplexity"] == pytest.approx(math.exp(total / count), rel=1e-5)
+
+
+def test_perplexity_bad_inputs(tmp_path: Path) -> None:
+    ctx = EvalContext(base_dir=tmp_path)
+    assert validate_settings("perplexity", {"path": "missing.txt"}, "o")[0].message.startswith("no such file")
+    (tmp_path / "bad.jsonl").write_text('{"body": "x"}\n')
+    with pytest.raises(EvaluationError, match="no string field 'text'"):
+        build_evaluator("perplexity", {"path": "bad.jsonl"}, ctx)
+
+
+# ----------------------------------------------------------------------------- generation length
+
+
+def test_generation_length_hand_computed(lm: dict, tmp_path: Path) -> None:
+    """The add expert answers every addition with three digits, a newline and EOS."""
+    load(lm, "add")
+    ctx = EvalContext()
+    prompts = {"path": str(TINY_DATA / "add_validation.jsonl"), "limit": 12}
+    res = build_evaluator("generation_length", prompts, ctx).evaluate(lm["model"], lm["tok"])
+    assert res.metrics == {"mean_tokens": 4.0, "max_tokens": 4.0, "truncated": 0.0}  # "052\n", EOS not counted
+    res = build_evaluator("generation_length", {**prompts, "stop": ["\n"]}, ctx).evaluate(lm["model"], lm["tok"])
+    assert res.metrics["mean_tokens"] == 3.0  # the answer before the stop string
+    res = build_evaluator("generation_length", {**prompts, "max_new_tokens": 2}, ctx).evaluate(lm["model"], lm["tok"])
+    assert res.metrics == {"mean_tokens": 2.0, "max_tokens": 2.0, "truncated": 1.0}
+    # prompts from an lm-eval task: its 'until' ("\n") is the default stop string
+    ev = build_evaluator("generation_length", {"task": "tinylm_add", "limit": 12}, ctx)
+    assert ev.stop == ["\n"] and len(ev.prompts) == 12
+    assert ev.evaluate(lm["model"], lm["tok"]).metrics["mean_tokens"] == 3.0
+    # a model that never emits EOS runs to max_new_tokens
+    f = tmp_path / "p.txt"
+    f.write_text("hello\nworld there\n")
+    res = build_evaluator("generation_length", {"path": str(f), "max_new_tokens": 5}, ctx).evaluate(uniform_model(lm), lm["tok"])
+    assert res.metrics == {"mean_tokens": 5.0, "max_tokens": 5.0, "truncated": 1.0}
+
+
+def test_generation_length_settings_need_one_source() -> None:
+    got = validate_settings("generation_length", {"max_new_tokens": 8}, "objectives[0].settings")
+    assert "exactly one prompt source" in got[0].message
+    got = validate_settings("generation_length", {"task": "tinylm_ad"}, "objectives[0].settings")
+    assert got[0].path == "objectives[0].settings.task" and "did you mean 'tinylm_add'" in got[0].message
+
+
+# ----------------------------------------------------------------------------- classification
+
+
+def test_classification_accuracy_per_sample_and_npz(digits_zoo: Path, tmp_path: Path) -> None:
+    import torch
+
+    from search.zoo.digits import digits_split, load_mlp
+
+    model = load_mlp(digits_zoo / "low")
+    X, y = digits_split("test")
+    keep = np.isin(y, [0, 1, 2])
+    with torch.no_grad():
+        pred = model(torch.as_tensor(X[keep])).argmax(-1).numpy()
+    ev = build_evaluator("classification", {"split": "test", "labels": [0, 1, 2]}, EvalContext())
+    res = ev.evaluate(model)
+    assert res.metrics["accuracy"] == pytest.approx(float((pred == y[keep]).mean()))
+    assert res.per_sample["digits/test"].tolist() == (pred == y[keep]).astype(float).tolist()
+    assert ev.metric == "accuracy" and res.info["n"] == int(keep.sum())
+    np.savez(tmp_path / "data.npz", X_validation=X[:50], y_validation=y[:50])
+    res2 = build_evaluator("classification", {"dataset": "data.npz"}, EvalContext(base_dir=tmp_path)).evaluate(model)
+    assert res2.per_sample["data/validation"].shape == (50,)
+    assert validate_settings("classification", {"labels": [3, 12]}, "o")[0].message == "digits has labels 0-9; [12] are not among them"
+    assert "no such file" in validate_settings("classification", {"dataset": "x.npz"}, "o")[0].message
+
+
+# ----------------------------------------------------------------------------- configs and imports
+
+
+def test_shipped_configs_validate() -> None:
+    env = {**os.environ}
+    for cfg in ("quickstart", "digits", "digits3"):
+        out = subprocess.run([sys.executable, "-m", "search", "validate", f"configs/{cfg}.yaml"], cwd=REPO, env=env,
+                             capture_output=True, text=True, timeout=120)
+        assert out.returncode == 0, out.stderr
+        assert ": ok (" in out.stdout
+
+
+def test_evaluator_modules_import_light() -> None:
+    code = (
+        "import sys, evaluators, evaluators.lm_eval, evaluators.perplexity, evaluators.generation_length, "
+        "evaluators.classification, evaluators.python, search.zoo.tiny_lm, search.zoo.digits\n"
+        "heavy = [m for m in ('torch', 'transformers', 'lm_eval', 'datasets', 'sklearn') if m in sys.modules]\n"
+        "print(heavy)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"
