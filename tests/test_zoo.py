@@ -8,15 +8,12 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from evaluators import EvalContext, build_evaluator
 
-REPO = Path(__file__).resolve().parents[1]
 TASKS = ("add", "reverse", "sort")
 
 
@@ -176,33 +173,46 @@ def test_digits_uniform_merge_lands_in_between(digits: dict, digits_zoo: Path) -
     assert between
 
 
-def test_digits_build_is_deterministic(tmp_path: Path) -> None:
+def test_digits_build_is_deterministic(tmp_path: Path, digits_zoo: Path) -> None:
     from search.zoo.digits import build_models
 
-    build_models(tmp_path / "one")
-    build_models(tmp_path / "two")
+    build_models(tmp_path / "again")
     for name in ("base", "low", "c"):
-        assert (tmp_path / "one" / name / "model.safetensors").read_bytes() == (tmp_path / "two" / name / "model.safetensors").read_bytes()
+        assert (tmp_path / "again" / name / "model.safetensors").read_bytes() == (digits_zoo / name / "model.safetensors").read_bytes()
 
 
 # ----------------------------------------------------------------------------- building
 
 
+def _build_slowly(root: Path, log: Path) -> None:
+    import time
+
+    from search.zoo import atomic_build
+
+    def build(out: Path) -> None:
+        out.mkdir()
+        (log / f"built-{os.getpid()}").write_text("")
+        time.sleep(0.5)
+        (out / "model").write_text("weights")
+
+    atomic_build(root, build, "v1")
+
+
 def test_concurrent_builders_build_once_and_atomically(tmp_path: Path) -> None:
-    """Two processes asking for the same zoo at once: one builds, the other waits and reuses."""
-    code = (
-        "import json, sys\n"
-        "from search.zoo import zoo_path\n"
-        "p = zoo_path('zoo:digits/low')\n"
-        "print(json.loads((p.parent / '.complete').read_text())['built_at'])\n"
-    )
-    env = {**os.environ, "MERGESEARCH_CACHE": str(tmp_path)}
-    procs = [subprocess.Popen([sys.executable, "-c", code], env=env, cwd=REPO, stdout=subprocess.PIPE, text=True) for _ in range(2)]
-    outs = [p.communicate(timeout=300)[0].strip() for p in procs]
-    assert all(p.returncode == 0 for p in procs)
-    assert outs[0] == outs[1]  # the same build, read by both
-    root = tmp_path / "zoo" / "digits"
-    assert sorted(p.name for p in root.iterdir()) == [".complete", "a", "b", "base", "c", "high", "low"]
+    """Three processes asking for the same problem at once: one builds, the others wait and reuse."""
+    import multiprocessing as mp
+
+    root, log = tmp_path / "zoo" / "prob", tmp_path / "log"
+    log.mkdir()
+    ctx = mp.get_context("fork")
+    procs = [ctx.Process(target=_build_slowly, args=(root, log)) for _ in range(3)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+    assert [p.exitcode for p in procs] == [0, 0, 0]
+    assert len(list(log.iterdir())) == 1
+    assert sorted(p.name for p in root.iterdir()) == [".complete", "model"]
     assert not [p for p in root.parent.iterdir() if ".tmp-" in p.name]
 
 
