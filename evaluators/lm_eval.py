@@ -14,9 +14,10 @@ Settings:
 * ``tasks``: task, group or tag names. The shipped tasks (``evaluators/tasks/``, e.g.
   ``tinylm_add`` / ``tinylm_add_test``) and folders in ``include_path`` are found without
   indexing lm-eval's built-in tasks; that slow index is only built when a name is not local.
-* ``metric``: result key such as ``"exact_match,none"`` (a bare ``"exact_match"`` means its
-  ``none`` filter); default: the first metric of the first task. The objective value is the
-  mean of ``metric`` over the tasks.
+* ``metric``: result key such as ``"exact_match,none"`` (a bare ``"exact_match"`` means the
+  first filter the task reports it under, usually ``none``); default: the first metric of the
+  first task. The objective value is the mean of ``metric`` over the (leaf) tasks, so a group
+  counts each of its subtasks equally.
 * ``limit``: score a subset of this many documents per task. The subset is a seeded random
   choice (``subset: random``, seed ``subset_seed`` or derived from the run seed and the task
   name), the same for every trial of a run, so trials stay comparable; ``subset: first``
@@ -241,7 +242,13 @@ def _split_metric(metric: str) -> tuple[str, str]:
     return name, (filt or "none")
 
 
-def _normalize_metric(metric: str) -> str:
+def _normalize_metric(metric: str, produced: list[str] | None = None) -> str:
+    """``metric,filter``; a bare metric name takes the first filter the task reports it under
+    (``none`` when unknown)."""
+    if "," not in metric and produced:
+        for key in produced:
+            if key.split(",", 1)[0] == metric:
+                return key
     name, filt = _split_metric(metric)
     return f"{name},{filt}"
 
@@ -285,11 +292,10 @@ class LMEvalEvaluator(Evaluator):
                     issues.append((f"tasks[{i}]", f"unknown lm-eval task {t!r}{hint} (shipped and include_path tasks: "
                                    f"{', '.join(sorted(n for n, e in local.items() if e.kind == 'task')[:12])})"))
         if settings.metric and not issues:
-            want = _normalize_metric(settings.metric)
             for t in settings.tasks:
                 entry = local.get(t)
                 produced = entry.produced_metrics() if entry else None
-                if produced is not None and want not in produced:
+                if produced is not None and _normalize_metric(settings.metric, produced) not in produced:
                     issues.append(("metric", f"task {t!r} does not report {settings.metric!r}; it reports: {', '.join(produced)}"))
         return issues
 
@@ -326,7 +332,7 @@ class LMEvalEvaluator(Evaluator):
             metrics = list(getattr(task, "_metric_fn_list", {}))
             self.produced[name] = [f"{m},{f}" for f in filters for m in metrics]
         first = next(iter(self.produced.values()), [])
-        self._metric = _normalize_metric(s.metric) if s.metric else (first[0] if first else "acc,none")
+        self._metric = _normalize_metric(s.metric, first) if s.metric else (first[0] if first else "acc,none")
         self._metric_problem: str | None = None
         for name, prod in self.produced.items():
             if prod and self._metric not in prod:

@@ -149,6 +149,20 @@ def test_local_task_names_resolve_without_indexing_builtin_tasks(monkeypatch: py
     assert issues({"tasks": ["tinylm_add", "tinylm_sort_test", "my_task"], "include_path": [str(tmp_path)]}) == []
 
 
+def test_bare_metric_name_takes_the_filter_the_task_reports(tmp_path: Path) -> None:
+    (tmp_path / "filtered.yaml").write_text(
+        "task: my_filtered\ndataset_path: json\noutput_type: generate_until\ndoc_to_text: '{{q}}'\n"
+        "doc_to_target: '{{a}}'\nmetric_list:\n  - metric: exact_match\n    aggregation: mean\n    higher_is_better: true\n"
+        "filter_list:\n  - name: strict\n    filter:\n      - function: take_first\n"
+    )
+    ok = {"tasks": ["my_filtered"], "include_path": [str(tmp_path)]}
+    assert issues({**ok, "metric": "exact_match"}) == []
+    assert issues({**ok, "metric": "exact_match,strict"}) == []
+    assert issues({**ok, "metric": "exact_match,none"}) == [
+        ("metric", "task 'my_filtered' does not report 'exact_match,none'; it reports: exact_match,strict")
+    ]
+
+
 def test_metric_the_task_does_not_produce_lists_what_it_produces(lm: dict) -> None:
     got = issues({"tasks": ["tinylm_add"], "metric": "acc,none"})
     assert got == [("metric", "task 'tinylm_add' does not report 'acc,none'; it reports: exact_match,none")]

@@ -86,7 +86,11 @@ EXPERT = dict(lr=3e-4, target=0.95, min_steps=100, max_steps=400)
 
 def task_data_dir() -> Path:
     """The shipped lm-eval task folder (YAMLs + jsonl) of the tiny-lm problem."""
-    return Path(__file__).resolve().parents[2] / "evaluators" / "tasks" / "tinylm"
+    import importlib.util
+
+    spec = importlib.util.find_spec("evaluators")  # locate the package without importing it
+    origin = spec.origin if spec and spec.origin else str(Path(__file__).resolve().parents[2] / "evaluators" / "x")
+    return Path(origin).resolve().parent / "tasks" / "tinylm"
 
 
 # ----------------------------------------------------------------------------- the tasks
