@@ -367,7 +367,15 @@ class LMEvalEvaluator(Evaluator):
         if self._lm is None or self._lm_model is not model:
             from lm_eval.models.huggingface import HFLM
 
-            self._lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=self.settings.batch_size, max_length=self.settings.max_length)
+            # HFLM warns that a model object (not a name) was passed: that is the point here
+            hf_log = logging.getLogger("lm_eval.models.huggingface")
+            level = hf_log.level
+            hf_log.setLevel(logging.ERROR)
+            try:
+                self._lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=self.settings.batch_size,
+                                max_length=self.settings.max_length)
+            finally:
+                hf_log.setLevel(level)
             self._lm_model = model
         return self._lm
 
