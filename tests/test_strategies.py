@@ -339,7 +339,7 @@ def test_nsga2_breeds_from_current_population_while_stragglers_run() -> None:
 
 def test_m2n2_archive_parents_and_per_sample() -> None:
     prob = problem(budget=100)
-    s = make("m2n2", prob, seed=0, archive_size=6)
+    s = make("m2n2", prob, seed=0, archive_size=6, min_init=4)
     assert STRATEGIES.get("m2n2").needs_per_sample
     seeds = s.ask(4)
     assert [c.meta.get("seed") for c in seeds] == [n for n, _ in prob.seeds]
@@ -360,7 +360,7 @@ def test_m2n2_archive_parents_and_per_sample() -> None:
     assert len(s.archive) == 6
     assert not s._used_fallback
     # the archive keeps the fittest under resource competition: never the worst newcomer
-    s2 = make("m2n2", prob, seed=0, archive_size=3)
+    s2 = make("m2n2", prob, seed=0, archive_size=3, min_init=4)
     cs = s2.ask(4)
     s2.tell([TrialResult(c, np.array([0.9, 0.9]), np.ones(4)) for c in cs[:3]])
     s2.tell([TrialResult(cs[3], np.array([0.1, 0.1]), np.zeros(4))])
@@ -370,7 +370,9 @@ def test_m2n2_archive_parents_and_per_sample() -> None:
 def test_m2n2_falls_back_to_objective_values() -> None:
     prob = problem()
     s = make("m2n2", prob, seed=0)
-    drive(s, two_accuracies, 20)
+    cands, _ = drive(s, two_accuracies, 30)
+    first = sorted(cands, key=lambda c: c.id)[:20]
+    assert all(c.meta["kind"] != "child" for c in first)  # seeds + random points fill the archive first
     assert s._used_fallback
 
 

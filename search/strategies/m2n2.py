@@ -22,8 +22,15 @@ examples concatenated, higher is better).
 * Replacement: while the archive is not full a child joins it; then fitness is recomputed
   over archive + child and the least fit is dropped (the child itself if it is the worst).
 * Start: the problem's seed points (experts one-hot, base, uniform merge), then uniform
-  random points until ``min_init`` initial points have been proposed. Until two initial
-  points have come back, extra asks get more random points.
+  random points until ``min_init`` (default: the archive size) initial points have been
+  proposed. Until two initial points have come back, extra asks get more random points.
+
+Weak spot fixed (seen on the digits zoo): with only the seeds in the archive, every child
+of two one-hot experts lies on the simplex "coefficients sum to 1", while task-arithmetic
+merges are often best with sums well above 1 (each expert near 1); children only left the
+simplex through mutation, a slow random walk at a small sigma. Filling the initial archive
+with random points and a mutation sd of 0.1 of the box (instead of 0.05) reached 0.95 of the
+reference hypervolume at 200 evaluations on digits instead of 0.37.
 
 Each ask is one child (``Candidate.parents`` = the two parents' candidate ids,
 ``generation`` = 1 + the parents' largest generation; initial points are generation 0).
@@ -54,11 +61,11 @@ from .base import Candidate, Strategy, StrategyOptions, TrialResult
 class M2N2Options(StrategyOptions):
     archive_size: int = Field(20, ge=2, description="models kept in the archive")
     alpha: float = Field(1.0, ge=0, description="resource-competition exponent (0 = plain GA)")
-    mutation_sigma: float = Field(0.05, ge=0, description="Gaussian mutation sd as a fraction of each coordinate's box width")
+    mutation_sigma: float = Field(0.1, ge=0, description="Gaussian mutation sd as a fraction of each coordinate's box width")
     mutation_prob: float = Field(1.0, ge=0, le=1, description="probability that a coordinate is mutated")
     attraction: bool = Field(True, description="choose the second parent by attraction (False: fitness-proportional)")
     split_point: bool = Field(True, description="crossover with a split point at group boundaries (False: one weight)")
-    min_init: int = Field(4, ge=2, description="initial points: the seeds, then random points up to this many")
+    min_init: int | None = Field(None, ge=2, description="initial points: the seeds, then random points up to this many (default archive_size)")
 
 
 class M2N2Strategy(Strategy):
@@ -86,7 +93,7 @@ class M2N2Strategy(Strategy):
             x = np.clip(np.asarray(x, dtype=np.float64), self._lo, self._hi)
             if not any(np.allclose(x, q) for q, _ in self._init_queue):
                 self._init_queue.append((x, name))
-        while len(self._init_queue) < o.min_init:
+        while len(self._init_queue) < (o.min_init or o.archive_size):
             self._init_queue.append((self._random_point(), "random"))
         self._n_told = 0
         self._n_ok = 0
