@@ -287,7 +287,8 @@ def test_recipe_structure_and_that_it_describes_the_exported_weights(ta_export: 
     assert recipe["parameters"] == {"lambda": 0.8}
     assert recipe["dtype"] == "float32"
     slices = recipe["slices"]
-    assert [s["sources"][0]["layer_range"] for s in slices] == [[i, i + 1] for i in range(4)]
+    n_layers = json.loads((tiny_lm / "base" / "config.json").read_text())["num_hidden_layers"]
+    assert [s["sources"][0]["layer_range"] for s in slices] == [[i, i + 1] for i in range(n_layers)]
     for s in slices:
         assert [Path(src["model"]).resolve() for src in s["sources"]] == [(tiny_lm / m).resolve() for m in ("base", *EXPERTS)]
         assert "parameters" not in s["sources"][0]
@@ -305,7 +306,7 @@ def test_recipe_structure_and_that_it_describes_the_exported_weights(ta_export: 
 
     def slice_of(n: str) -> int:
         g = space.groups[space.tensor_group[n]]
-        return 0 if g == "embed" else 3 if g == "head" else space.group_layers[space.tensor_group[n]][0]
+        return 0 if g == "embed" else len(slices) - 1 if g == "head" else space.group_layers[space.tensor_group[n]][0]
 
     coeff = {}
     for n in names:
@@ -329,7 +330,7 @@ def test_card_lists_models_method_coefficients_scores_and_config(ta_export: tupl
     front = yaml.safe_load(card.split("---")[1])
     assert "merge" in front["tags"] and "mergekit" in front["tags"]
     for needle in ["# ta trial 1", "zoo:tiny-lm/base", "expert `sort`", "`task_arithmetic`", "`lambda` = 0.8",
-                   "### weight (searched)", "| layers.02.self_attn |", "| embed |", "| head |",
+                   "### weight (searched)", "| layers.01.self_attn |", "| embed |", "| head |",
                    "Front rank 0", "tinylm_add", "limit=8", "Benchmark contamination", "## Full config",
                    "mergekit_config.yml", "strategy `random`"]:
         assert needle in card, needle
