@@ -1,7 +1,8 @@
 """Search strategies compared on real merges (not a test).
 
-For each problem (by default the digits zoo: 2 experts and a 3-expert variant, layer-wise
-task arithmetic, weights in [0, 1.5]) and each strategy (every registered one; Optuna's
+For each problem (by default the digits zoo: ``configs/digits.yaml``, experts low/high, and
+``configs/digits3.yaml``, experts a/b/c with one objective each; layer-wise task arithmetic,
+weights in [0, 1.5]) and each strategy (every registered one; Optuna's
 default multi-objective sampler and random search are the baselines), ``--seeds`` runs of
 ``max(budgets)`` evaluations each. Candidates are evaluated in-process by one
 ``search.workers.TrialWorker`` per problem (the same code a worker runs: in-place
@@ -61,53 +62,19 @@ QUICK_BUDGETS = (25, 50, 100)
 # ----------------------------------------------------------------------------- problems
 
 
-def digits_problems(config_path: Path) -> dict[str, dict[str, Any]]:
-    """The digits config as given (forced to layer-wise weights in [0, 1.5]) plus, when the
-    zoo has them, a 3-expert variant with one objective per expert."""
+def load_problems(config_paths: list[Path]) -> dict[str, dict[str, Any]]:
+    """Each config as given, forced to layer-wise task arithmetic with weights in [0, 1.5] and
+    one in-process worker thread; the problem is named after the run name."""
     import yaml
 
-    raw = yaml.safe_load(config_path.read_text())
-    raw.setdefault("name", config_path.stem)
-    base = copy.deepcopy(raw)
-    base["merge"] = {**base.get("merge", {}), "method": "task_arithmetic", "granularity": "layer", "search": {"weight": [0.0, 1.5]}}
-    base["workers"] = {"backend": "local", "count": 1, "threads": 1}
-    out = {f"{raw['name']}-{len(base['models']['experts'])}experts": base}
-    three = three_expert_variant(base)
-    if three is not None:
-        out[f"{raw['name']}-3experts"] = three
+    out = {}
+    for path in config_paths:
+        raw = yaml.safe_load(path.read_text())
+        raw.setdefault("name", path.stem)
+        raw["merge"] = {**raw.get("merge", {}), "method": "task_arithmetic", "granularity": "layer", "search": {"weight": [0.0, 1.5]}}
+        raw["workers"] = {"backend": "local", "count": 1, "threads": 1}
+        out[raw["name"]] = raw
     return out
-
-
-def three_expert_variant(cfg: dict[str, Any]) -> dict[str, Any] | None:
-    """Experts a, b, c of the digits zoo, one objective per expert, cloned from the first
-    objective with the label subset of that expert (the evaluator's ``labels`` setting)."""
-    try:
-        from search.zoo import zoo_problem_models
-
-        models = zoo_problem_models().get("digits", ())
-    except Exception:  # noqa: BLE001
-        return None
-    if not {"a", "b", "c"} <= set(models) or len(cfg["models"]["experts"]) == 3:
-        return None
-    try:
-        from search.zoo.digits import EXPERT_LABELS  # label subset per zoo expert
-    except Exception:  # noqa: BLE001
-        EXPERT_LABELS = None
-    obj0 = cfg["objectives"][0]
-    if EXPERT_LABELS is None or "labels" not in obj0.get("settings", {}):
-        return None
-    c = copy.deepcopy(cfg)
-    c["models"]["experts"] = [{"name": e, "path": f"zoo:digits/{e}"} for e in ("a", "b", "c")]
-    objs = []
-    for e in ("a", "b", "c"):
-        o = copy.deepcopy(obj0)
-        o["name"] = f"acc_{e}"
-        o["settings"]["labels"] = list(EXPERT_LABELS[e])
-        if o.get("heldout") is not None:
-            o["heldout"] = {**o["heldout"]}
-        objs.append(o)
-    c["objectives"] = objs
-    return c
 
 
 def global_variant(cfg: dict[str, Any]) -> dict[str, Any]:
@@ -222,7 +189,11 @@ def score_run(ev: Evaluated, run: dict[str, Any], budgets: list[int], ref: np.nd
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--config", default=str(ROOT / "configs" / "digits.yaml"))
+    ap.add_argument(
+        "--configs",
+        default=f"{ROOT / 'configs' / 'digits.yaml'},{ROOT / 'configs' / 'digits3.yaml'}",
+        help="comma-separated config files, one problem each (default: digits 2 and 3 experts)",
+    )
     ap.add_argument("--quick", action="store_true", help="budgets 25,50,100 and 2 seeds")
     ap.add_argument("--budgets", default=None, help="comma-separated evaluation budgets")
     ap.add_argument("--seeds", type=int, default=None)
@@ -241,14 +212,15 @@ def main() -> None:
     n = max(budgets)
     seeds = list(range(args.seeds if args.seeds is not None else (2 if args.quick else 5)))
     names = args.strategies.split(",") if args.strategies else [*STRATEGIES.names(), "map@global"]
-    cfg_path = Path(args.config).resolve()
-    problems = digits_problems(cfg_path)
+    cfg_paths = [Path(c).resolve() for c in args.configs.split(",")]
+    problems = load_problems(cfg_paths)
+    base_dir = cfg_paths[0].parent
     if args.problems:
         problems = {k: v for k, v in problems.items() if k in args.problems.split(",")}
 
     results: dict[str, Any] = {
         "meta": {
-            "config": str(cfg_path.relative_to(ROOT) if cfg_path.is_relative_to(ROOT) else cfg_path),
+            "configs": [str(c.relative_to(ROOT) if c.is_relative_to(ROOT) else c) for c in cfg_paths],
             "budgets": budgets,
             "seeds": seeds,
             "workers": args.workers,
@@ -263,7 +235,7 @@ def main() -> None:
     }
     for pname, cfg_dict in problems.items():
         print(f"== {pname}", flush=True)
-        evs = {"layer": Evaluated(cfg_dict, cfg_path.parent)}
+        evs = {"layer": Evaluated(cfg_dict, base_dir)}
         ev = evs["layer"]
         print(f"   {ev.space.describe()}; objectives {[o.name for o in ev.cfg.objectives]}", flush=True)
         raw_runs: list[tuple[str, int, dict[str, Any], Evaluated]] = []
@@ -271,7 +243,7 @@ def main() -> None:
             strat, opts, e = name, {}, ev
             if name == "map@global":
                 if "global" not in evs:
-                    evs["global"] = Evaluated(global_variant(cfg_dict), cfg_path.parent)
+                    evs["global"] = Evaluated(global_variant(cfg_dict), base_dir)
                 strat, e = "map", evs["global"]
             cls = STRATEGIES.get(strat)
             msgs = cls.check(cls.Options(**opts), {"dim": e.space.dim, "budget": n, "n_experts": len(e.space.experts), "n_objectives": len(e.directions)})
