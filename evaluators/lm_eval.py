@@ -43,12 +43,14 @@ as FAIL with that message.
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import hashlib
 import logging
 import os
 import shutil
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -394,7 +396,7 @@ class LMEvalEvaluator(Evaluator):
         torch.manual_seed(seed)  # only matters for sampling gen_kwargs
         try:
             lm = self._get_lm(model, tokenizer)
-            with torch.no_grad():
+            with torch.no_grad(), _quiet_progress_bars():
                 out = lm_evaluate(
                     lm=lm,
                     task_dict=self.task_dict,
@@ -455,3 +457,32 @@ class LMEvalEvaluator(Evaluator):
     def close(self) -> None:
         self._lm = None
         self._lm_model = None
+
+
+@contextlib.contextmanager
+def _quiet_progress_bars() -> Iterator[None]:
+    """Silence lm-eval's per-trial tqdm bars (request building, generation): a search runs
+    hundreds of evaluations and has its own progress bar. lm-eval passes ``disable=`` itself,
+    so the module-level ``tqdm`` names are swapped for one that forces ``disable=True``."""
+    import importlib
+
+    from tqdm import tqdm as _tqdm
+
+    def silent(*args: Any, **kwargs: Any) -> Any:
+        kwargs["disable"] = True
+        return _tqdm(*args, **kwargs)
+
+    saved = []
+    for name in ("lm_eval.api.task", "lm_eval.models.huggingface", "lm_eval.api.model", "lm_eval.evaluator"):
+        try:
+            mod = importlib.import_module(name)
+        except ImportError:
+            continue
+        if hasattr(mod, "tqdm"):
+            saved.append((mod, mod.tqdm))
+            mod.tqdm = silent
+    try:
+        yield
+    finally:
+        for mod, orig in saved:
+            mod.tqdm = orig

@@ -71,6 +71,9 @@ class PythonEvaluator(Evaluator):
         if isinstance(out, tuple) and len(out) == 2:
             out, per_raw = out
             per = {str(k): np.asarray(v, dtype=np.float32) for k, v in (per_raw or {}).items()}
+            for k, v in per.items():
+                if v.size and not (np.all(np.isfinite(v)) and v.min() >= 0 and v.max() <= 1):
+                    raise EvaluationError(f"{self.settings.function}: per-sample scores {k!r} must lie in [0, 1]")
         if not isinstance(out, dict):
             raise EvaluationError(f"{self.settings.function} returned {type(out).__name__}; expected dict[str, float]")
         metrics = {str(k): float(v) for k, v in out.items()}
