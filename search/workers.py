@@ -300,7 +300,15 @@ class ProcessPool:
 
 
 class RayPool:
-    """One Ray actor per worker (``num_gpus`` per actor from the config)."""
+    """One Ray actor per worker (``num_gpus`` per actor from the config).
+
+    Each actor is given up to ``depth`` (2) trials at once: it runs them one after the other,
+    so it starts the next trial while the controller records the last one (no idle gap of a
+    Ray round trip + a store commit per trial). The next trial's timeout clock starts when
+    the controller sees the previous one finish.
+    """
+
+    depth = 2
 
     def __init__(self, config_yaml: str, base_dir: str | None, workers_cfg: Any):
         import ray
@@ -347,14 +355,15 @@ class RayPool:
         if self._actor_env:
             opts["runtime_env"] = dict(self._actor_env)
         actor = self._cls.options(**opts).remote(*self._args, wid)
-        self._workers[wid] = {"actor": actor, "ready_ref": actor.ready.remote(), "name": wid, "task": None, "ref": None, "since": 0.0}
+        # inflight: [task, ref, started] in submission order; the actor runs them one by one
+        self._workers[wid] = {"actor": actor, "ready_ref": actor.ready.remote(), "name": wid, "inflight": []}
 
     def free_slots(self) -> int:
         self._check_ready()
-        return sum(1 for w in self._workers.values() if w["ready_ref"] is None and w["task"] is None)
+        return sum(self.depth - len(w["inflight"]) for w in self._workers.values() if w["ready_ref"] is None)
 
     def running(self) -> int:
-        return sum(1 for w in self._workers.values() if w["task"] is not None)
+        return sum(len(w["inflight"]) for w in self._workers.values())
 
     def _check_ready(self) -> None:
         pending = [w["ready_ref"] for w in self._workers.values() if w["ready_ref"] is not None]
@@ -372,48 +381,60 @@ class RayPool:
                 w["ready_ref"] = None
 
     def submit(self, task: TrialTask) -> str:
-        wid = next(k for k, w in self._workers.items() if w["ready_ref"] is None and w["task"] is None)
-        w = self._workers[wid]
-        w["task"], w["since"], w["ref"] = task, time.monotonic(), w["actor"].run.remote(task)
+        ready = [w for w in self._workers.values() if w["ready_ref"] is None and len(w["inflight"]) < self.depth]
+        w = min(ready, key=lambda w: len(w["inflight"]))  # an idle worker first
+        now = time.monotonic()
+        w["inflight"].append([task, w["actor"].run.remote(task), now if not w["inflight"] else None])
         return str(w["name"])
 
-    def _replace(self, wid: str) -> None:
+    def _replace(self, wid: str, out: list[tuple[TrialTask, WorkerResult]], reason: str) -> None:
+        """Kill and restart a worker; its queued tasks come back as died (the controller retries them)."""
         w = self._workers.pop(wid)
         try:
             self._ray.kill(w["actor"], no_restart=True)
         except Exception:
             pass
+        for task, _ref, _t in w["inflight"]:
+            out.append((task, WorkerResult(task.number, task.split, error=reason, worker=w["name"], died=True)))
         self._start(wid)
 
     def poll(self, timeout: float = 0.0) -> list[tuple[TrialTask, WorkerResult]]:
-        refs = {w["ref"]: wid for wid, w in self._workers.items() if w["ref"] is not None}
+        refs = {item[1]: wid for wid, w in self._workers.items() for item in w["inflight"]}
         out: list[tuple[TrialTask, WorkerResult]] = []
         if refs:
             done, _ = self._ray.wait(list(refs), num_returns=1, timeout=timeout)
             if done:  # collect everything else that is ready too
                 done, _ = self._ray.wait(list(refs), num_returns=len(refs), timeout=0)
+            now = time.monotonic()
             for ref in done:
                 wid = refs[ref]
-                w = self._workers[wid]
-                task = w["task"]
+                w = self._workers.get(wid)
+                item = next((it for it in w["inflight"] if it[1] == ref), None) if w else None
+                if item is None:  # its worker was replaced while handling an earlier ref of this poll
+                    continue
+                task = item[0]
                 try:
                     res = self._ray.get(ref, timeout=60)
-                    w["task"], w["ref"] = None, None
-                    out.append((task, res))
                 except Exception as e:  # actor died (RayActorError, ActorDiedError, ...)
                     log.warning("worker %s died during trial %d: %s", w["name"], task.number, type(e).__name__)
-                    out.append((task, WorkerResult(task.number, task.split, error=f"worker {w['name']} died", worker=w["name"], died=True)))
-                    self._replace(wid)
+                    self._replace(wid, out, f"worker {w['name']} died")
+                    continue
+                w["inflight"].remove(item)
+                if w["inflight"] and w["inflight"][0][2] is None:
+                    w["inflight"][0][2] = now  # the next queued task starts now
+                out.append((task, res))
         elif timeout:
             time.sleep(min(timeout, 0.05))
         if self.cfg.trial_timeout:
             now = time.monotonic()
             for wid, w in list(self._workers.items()):
-                if w["task"] is not None and now - w["since"] > self.cfg.trial_timeout:
-                    t = w["task"]
+                head = w["inflight"][0] if w["inflight"] else None
+                if head is not None and head[2] is not None and now - head[2] > self.cfg.trial_timeout:
+                    t = head[0]
+                    w["inflight"].pop(0)
                     out.append((t, WorkerResult(t.number, t.split, error=f"timed out after {self.cfg.trial_timeout:g}s", worker=w["name"])))
                     log.warning("trial %d timed out on %s; replacing the worker", t.number, w["name"])
-                    self._replace(wid)
+                    self._replace(wid, out, f"worker {w['name']} was replaced after a time-out")
         return out
 
     def close(self) -> None:

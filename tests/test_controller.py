@@ -189,7 +189,8 @@ def test_ray_worker_killed_mid_trial_is_retried(ray_local: None, toy_root: Path,
     trials = _trials(store, "rkill")
     assert len(trials) == 6 and all(t.state == COMPLETE for t in trials)
     retried = [t for t in trials if t.attempts > 1]
-    assert len(retried) == 1
+    # the killed trial, and possibly the one queued behind it on the same actor (depth 2)
+    assert 1 <= len(retried) <= 2 and all(t.attempts == 2 for t in retried)
 
 
 def test_hanging_evaluator_times_out_and_the_run_finishes(toy_root: Path, tmp_path: Path) -> None:
