@@ -232,7 +232,9 @@ class LMEvalSettings(EvaluatorSettings):
     subset_seed: int | None = Field(None, description="seed of the random subset (default: derived from the run seed)")
     num_fewshot: int | None = Field(None, ge=0)
     fewshot_seed: int = Field(1234, description="few-shot sampler seed, reset before every trial")
-    batch_size: int = Field(32, gt=0)
+    batch_size: int | Literal["auto"] = Field(
+        "auto", description="requests per batch; 'auto' = lm-eval's largest-that-fits search on a GPU, 32 on CPU"
+    )
     max_length: int | None = Field(None, gt=0, description="context length (default: the model's)")
     include_path: list[str] = Field(default_factory=list, description="folders with task YAMLs")
     gen_kwargs: dict[str, Any] | None = Field(None, description="merged into generation tasks' generation_kwargs")
@@ -373,9 +375,13 @@ class LMEvalEvaluator(Evaluator):
             hf_log = logging.getLogger("lm_eval.models.huggingface")
             level = hf_log.level
             hf_log.setLevel(logging.ERROR)
+            from ._common import model_device
+
+            bs = self.settings.batch_size
+            if bs == "auto" and model_device(model).type == "cpu":
+                bs = 32  # lm-eval's auto search probes for out-of-memory errors: only meaningful on a GPU
             try:
-                self._lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=self.settings.batch_size,
-                                max_length=self.settings.max_length)
+                self._lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=bs, max_length=self.settings.max_length)
             finally:
                 hf_log.setLevel(level)
             self._lm_model = model

@@ -172,6 +172,14 @@ def load_model(src: str, cfg: SearchConfig, device: str = "cpu", dtype: str | No
     else:
         from transformers import AutoModelForCausalLM
 
+        if device.startswith("cuda") and cfg.workers.gpus_per_worker > 1:
+            # a worker owning several GPUs of a node spreads the model over them; the
+            # Materializer writes each tensor on the device where it lives
+            model = AutoModelForCausalLM.from_pretrained(
+                path, dtype=dt, trust_remote_code=m.trust_remote_code, device_map="auto"
+            )
+            model.eval()
+            return model
         model = AutoModelForCausalLM.from_pretrained(path, dtype=dt, trust_remote_code=m.trust_remote_code)
     model.to(device)
     model.eval()
