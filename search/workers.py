@@ -402,9 +402,10 @@ class RayPool:
         refs = {item[1]: wid for wid, w in self._workers.items() for item in w["inflight"]}
         out: list[tuple[TrialTask, WorkerResult]] = []
         if refs:
-            done, _ = self._ray.wait(list(refs), num_returns=1, timeout=timeout)
-            if done:  # collect everything else that is ready too
-                done, _ = self._ray.wait(list(refs), num_returns=len(refs), timeout=0)
+            pending = list(refs)
+            done, _ = self._ray.wait(pending, num_returns=len(pending), timeout=0)  # all that are ready
+            if not done and timeout:
+                done, _ = self._ray.wait(pending, num_returns=1, timeout=timeout)
             now = time.monotonic()
             for ref in done:
                 wid = refs[ref]
@@ -423,8 +424,12 @@ class RayPool:
                 if w["inflight"] and w["inflight"][0][2] is None:
                     w["inflight"][0][2] = now  # the next queued task starts now
                 out.append((task, res))
-        elif timeout:
-            time.sleep(min(timeout, 0.05))
+        elif timeout:  # no trial in flight: wait for a worker to come up
+            starting = [w["ready_ref"] for w in self._workers.values() if w["ready_ref"] is not None]
+            if starting:
+                self._ray.wait(starting, num_returns=1, timeout=timeout)
+            else:
+                time.sleep(min(timeout, 0.05))
         if self.cfg.trial_timeout:
             now = time.monotonic()
             for wid, w in list(self._workers.items()):
