@@ -103,25 +103,9 @@ class Evaluated:
         self.eval_s = 0.0
 
     def problem(self, budget: int):
-        from search.strategies import Objective, Problem
+        from search.controller import build_problem
 
-        space, k = self.space, len(self.space.experts)
-        seeds = []
-        if "weight" in space.searched:
-            for i, e in enumerate(space.experts):
-                seeds.append((f"expert:{e}", space.point([1.0 if j == i else 0.0 for j in range(k)])))
-            seeds.append(("base", space.point([0.0] * k)))
-            seeds.append(("uniform", space.point([1.0 / k] * k)))
-        return Problem(
-            lower=space.lower,
-            upper=space.upper,
-            objectives=tuple(Objective(o.name, o.direction, o.weight) for o in self.cfg.objectives),
-            budget=budget,
-            names=space.names,
-            coord_group=space.coord_group,
-            seeds=tuple(seeds),
-            n_experts=k,
-        )
+        return build_problem(self.space, self.cfg, budget)
 
     def __call__(self, x: np.ndarray, number: int, split: str = "search") -> tuple[np.ndarray | None, np.ndarray | None]:
         from search.workers import TrialTask

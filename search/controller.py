@@ -77,6 +77,30 @@ def front_stats(values: np.ndarray, directions: Sequence[str], ref_given: Sequen
     return mask, hv
 
 
+def build_problem(space: Any, cfg: SearchConfig, budget: int | None = None) -> Any:
+    """The strategy's view of a search: bounds, objectives with directions, layer order, and
+    named seed points (each expert one-hot, the base = all zeros, the uniform 1/K merge)."""
+    from .strategies import Objective, Problem
+
+    k = len(space.experts)
+    seeds: list[tuple[str, np.ndarray]] = []
+    if "weight" in space.searched:
+        for i, e in enumerate(space.experts):
+            seeds.append((f"expert:{e}", space.point([1.0 if j == i else 0.0 for j in range(k)])))
+        seeds.append(("base", space.point([0.0] * k)))
+        seeds.append(("uniform", space.point([1.0 / k] * k)))
+    return Problem(
+        lower=space.lower,
+        upper=space.upper,
+        objectives=tuple(Objective(o.name, o.direction, o.weight) for o in cfg.objectives),
+        budget=cfg.strategy.budget if budget is None else budget,
+        names=space.names,
+        coord_group=space.coord_group,
+        seeds=tuple(seeds),
+        n_experts=k,
+    )
+
+
 class Controller:
     def __init__(self, cfg: SearchConfig, store_url: str | None = None, config_path: str | None = None):
         self.cfg = cfg
@@ -105,27 +129,6 @@ class Controller:
             )
         log.info("continuing run %r (%s)", cfg.name, store.counts(study.id))
         return study
-
-    def _problem(self, space: Any) -> Any:
-        from .strategies import Objective, Problem
-
-        k = len(space.experts)
-        seeds: list[tuple[str, np.ndarray]] = []
-        if "weight" in space.searched:
-            for i, e in enumerate(space.experts):
-                seeds.append((f"expert:{e}", space.point([1.0 if j == i else 0.0 for j in range(k)])))
-            seeds.append(("base", space.point([0.0] * k)))
-            seeds.append(("uniform", space.point([1.0 / k] * k)))
-        return Problem(
-            lower=space.lower,
-            upper=space.upper,
-            objectives=tuple(Objective(o.name, o.direction, o.weight) for o in self.cfg.objectives),
-            budget=self.cfg.strategy.budget,
-            names=space.names,
-            coord_group=space.coord_group,
-            seeds=tuple(seeds),
-            n_experts=k,
-        )
 
     # ------------------------------------------------------------------ main loop
     def run(self, fresh: bool = False) -> int:
@@ -156,7 +159,7 @@ class Controller:
         hb = threading.Thread(target=_heartbeat, args=(self.store_url, study.id, owner, hb_stop), daemon=True)
         hb.start()
 
-        problem = self._problem(space)
+        problem = build_problem(space, cfg)
         strategy = STRATEGIES.get(cfg.strategy.name)(problem, cfg.strategy.options, seed=cfg.seed)
         saved = store.latest_strategy_state(study.id)
         seq = 0
