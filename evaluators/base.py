@@ -80,5 +80,5 @@ class Evaluator(ABC):
     def check(cls, settings: EvaluatorSettings, ctx: EvalContext) -> list[tuple[str, str]]:
         return []
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - an optional hook, deliberately a no-op by default
         """Release resources (optional)."""
