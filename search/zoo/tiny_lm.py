@@ -265,6 +265,19 @@ def _accuracies(model: Any, tok: Any, probes: dict[str, list[tuple[str, str]]]) 
     return {k: round(sum(v) / len(v), 4) for k, v in hits.items()}
 
 
+
+def _step(model: Any, opt: Any, lines: Any, enc: Any, rng: Any) -> float:
+    """One clipped AdamW step on a random batch; returns its loss."""
+    import torch
+
+    inp, att, lab = _batch(lines, enc, rng, BATCH)
+    out = model(input_ids=inp, attention_mask=att, labels=lab)
+    opt.zero_grad(set_to_none=True)
+    out.loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    opt.step()
+    return float(out.loss.detach())
+
 def _train(
     model: Any,
     tok: Any,
@@ -297,14 +310,8 @@ def _train(
     step = 0
     while step < max_steps:
         model.train()
-        inp, att, lab = _batch(lines, enc, rng, BATCH)
-        out = model(input_ids=inp, attention_mask=att, labels=lab)
-        opt.zero_grad(set_to_none=True)
-        out.loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
+        loss_v = _step(model, opt, lines, enc, rng)
         sched.step()
-        loss_v = float(out.loss.detach())
         step += 1
         if step >= min_steps and step % CHECK_EVERY == 0:
             model.eval()
@@ -317,13 +324,7 @@ def _train(
         for g in opt.param_groups:
             g["lr"] = g["initial_lr"] * (1 - i / cooldown)
         model.train()
-        inp, att, lab = _batch(lines, enc, rng, BATCH)
-        out = model(input_ids=inp, attention_mask=att, labels=lab)
-        opt.zero_grad(set_to_none=True)
-        out.loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        loss_v = float(out.loss.detach())
+        loss_v = _step(model, opt, lines, enc, rng)
     model.eval()
     if cooldown:
         acc = _accuracies(model, tok, probes)
