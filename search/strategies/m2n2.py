@@ -136,23 +136,13 @@ class M2N2Strategy(Strategy):
         arc = self._archive
         F, f = self._fitness(self._score_rows(arc))
         a = self._pick(f.copy())
-        if self.options.attraction:
-            match = np.maximum(0.0, F - F[a][None, :]).sum(axis=1)
-            match[a] = 0.0
-            if match.sum() <= 0:
-                match = f.copy()
-                match[a] = 0.0
-                if match.sum() <= 0:
-                    match = np.ones(len(arc))
-                    match[a] = 0.0
-            b = self._pick(match)
-        else:
-            p = f.copy()
+        # mate weights, first that is usable: attraction, then fitness, then uniform (never A itself)
+        choices = [np.maximum(0.0, F - F[a][None, :]).sum(axis=1)] if self.options.attraction else []
+        for p in (*choices, f.copy(), np.ones(len(arc))):
             p[a] = 0.0
-            if p.sum() <= 0:
-                p = np.ones(len(arc))
-                p[a] = 0.0
-            b = self._pick(p)
+            if p.sum() > 0:
+                break
+        b = self._pick(p)
         xa, xb = arc[a]["x"], arc[b]["x"]
         w = self._rng.random()
         if self.options.split_point:
