@@ -23,6 +23,10 @@ What it does, in one process and on one device:
    ``dst.copy_(src, non_blocking=True)`` of the model's bytes x K (the bytes a streamed
    merge must move over the bus per trial). On CPU (``--tiny``) the same code path runs
    synchronously and "host->device" is a host copy;
+3c. checks every memory plan against ``resident`` on the device: task_arithmetic with
+   ``streamed`` and ``streamed`` with the base streamed too, ties (density fixed) with
+   ``sparse`` and ``streamed``; the largest absolute difference over all parameters and
+   whether the merged models are bit-identical (``plan_equality`` in the JSON);
 4. runs a small lm-eval generation task with the merged model on the device: the project's
    ``lm_eval`` evaluator on the shipped tiny-lm task data (``evaluators/tasks/tinylm``) with
    the tiny-lm byte tokenizer (the weights are random, so the score is ~0: this checks that
@@ -227,6 +231,60 @@ def bench_plans(
     }
 
 
+def check_plans_equal(
+    model: torch.nn.Module,
+    base: dict[str, torch.Tensor],
+    experts: list[dict[str, torch.Tensor]],
+    granularity: str,
+) -> dict[str, Any]:
+    """Every memory plan against ``resident`` on the same coefficients, on this device.
+
+    task_arithmetic (weights searched): streamed, streamed with the base streamed too;
+    ties (weight searched, density fixed at 0.5): sparse, streamed. Reports the largest
+    absolute difference over all parameters and whether the merged models are bit-identical.
+    """
+    from search.config import MergeConfig
+    from search.merge.materializer import Materializer
+    from search.merge.plan import Plan
+    from search.space import CoefficientSpace
+
+    names = [n for n, _ in model.named_parameters()]
+    K = len(experts)
+    cases = {
+        "task_arithmetic": ({"weight": (0.0, 1.0)}, {}, ["streamed", "streamed+base"]),
+        "ties": ({"weight": (0.0, 1.0)}, {"density": 0.5}, ["sparse", "streamed"]),
+    }
+    out: dict[str, Any] = {}
+    for method, (search, fixed, plans) in cases.items():
+        cfg = MergeConfig(method=method, granularity=granularity, search=search, params=fixed)
+        space = CoefficientSpace.build(names, [f"e{t}" for t in range(K)], cfg)
+        rng = np.random.default_rng(7)
+        xs = [space.lower + rng.random(space.dim) * (space.upper - space.lower) for _ in range(2)]
+        ref: list[dict[str, torch.Tensor]] = []
+        mat = Materializer(model, base, experts, space, method, {}, run_seed=0, plan="resident")
+        for i, x in enumerate(xs):
+            mat.apply(x, trial_number=i)
+            ref.append({n: p.detach().clone() for n, p in model.named_parameters()})
+        del mat
+        for kind in plans:
+            plan: str | Plan = Plan("streamed", stream_base=True) if kind == "streamed+base" else kind
+            mat = Materializer(model, base, experts, space, method, {}, run_seed=0, plan=plan)
+            worst, identical = 0.0, True
+            for i, x in enumerate(xs):
+                mat.apply(x, trial_number=i)
+                for n, p in model.named_parameters():
+                    d = (p.detach().float() - ref[i][n].float()).abs().max().item()
+                    worst = max(worst, d)
+                    identical = identical and torch.equal(p.detach(), ref[i][n])
+            out[f"{method}/{kind}"] = {"plan": mat.plan.describe(), "max_abs_diff": worst, "bit_identical": identical}
+            print(f"plan check {method}/{kind}: max |diff| vs resident {worst:.3g}, bit-identical {identical}", flush=True)
+            del mat
+        del ref
+        if next(model.parameters()).device.type == "cuda":
+            torch.cuda.empty_cache()
+    return out
+
+
 def bench_method(
     method: str,
     search: dict[str, tuple[float, float]],
@@ -401,7 +459,8 @@ def main(argv: list[str] | None = None) -> int:
               f"host->device floor {plans['h2d_floor_s'] * 1e3:.1f} ms)", flush=True)
         if device.type == "cuda":
             torch.cuda.empty_cache()
-        # the streamed plan left a task-arithmetic merge in place: put the ties merge back
+        result["plan_equality"] = check_plans_equal(model, base, experts, "block:4")
+        # the plan checks left another merge in place: put the ties merge back
         mat, _ = bench_method("ties", methods["ties"], model, base, experts, timer, 1, "block:4")
         del mat
     del base, experts
