@@ -49,6 +49,7 @@ import hashlib
 import logging
 import os
 import shutil
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -233,7 +234,7 @@ class LMEvalSettings(EvaluatorSettings):
     num_fewshot: int | None = Field(None, ge=0)
     fewshot_seed: int = Field(1234, description="few-shot sampler seed, reset before every trial")
     batch_size: int | Literal["auto"] = Field(
-        "auto", description="requests per batch; 'auto' = lm-eval's largest-that-fits search on a GPU, 32 on CPU"
+        "auto", description="requests per batch; 'auto' = lm-eval's largest-that-fits search on a GPU (once per worker), 32 on CPU"
     )
     max_length: int | None = Field(None, gt=0, description="context length (default: the model's)")
     include_path: list[str] = Field(default_factory=list, description="folders with task YAMLs")
@@ -384,6 +385,15 @@ class LMEvalEvaluator(Evaluator):
                 self._lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=bs, max_length=self.settings.max_length)
             finally:
                 hf_log.setLevel(level)
+            if bs == "auto":
+                # lm-eval probes again in every generate_until call (forward passes at the
+                # longest context until one fits); the model's shape and the device do not
+                # change between trials, so probe once per worker and keep the size.
+                t0 = time.perf_counter()
+                found = int(self._lm._detect_batch_size())
+                self._lm.batch_size_per_gpu = found
+                log.info("lm_eval: batch size %d (lm-eval's search at the longest context, once per worker: %.1fs)",
+                         found, time.perf_counter() - t0)
             self._lm_model = model
         return self._lm
 

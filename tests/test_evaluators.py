@@ -64,6 +64,25 @@ def test_lm_eval_end_to_end_with_per_sample_scores(lm: dict) -> None:
     assert len(res.info["subset"]["tinylm_add"]) == 40
 
 
+def test_lm_eval_auto_batch_size_is_searched_once_per_worker(lm: dict, monkeypatch: pytest.MonkeyPatch) -> None:
+    """On a GPU 'auto' runs lm-eval's batch-size search; it must run once, not in every trial."""
+    import torch
+    from lm_eval.models.huggingface import HFLM
+
+    import evaluators._common as common
+
+    monkeypatch.setattr(common, "model_device", lambda model: torch.device("cuda"))  # take the GPU path on CPU
+    calls: list[int] = []
+    monkeypatch.setattr(HFLM, "_detect_batch_size", lambda self, requests=None, pos=0: calls.append(1) or 7)
+    load(lm, "add")
+    ev = build_evaluator("lm_eval", {"tasks": ["tinylm_add"], "limit": 10}, EvalContext(seed=0))
+    first = ev.evaluate(lm["model"], lm["tok"])
+    second = ev.evaluate(lm["model"], lm["tok"])
+    assert calls == [1]
+    assert ev._lm.batch_size == 7
+    assert first.metrics == second.metrics and first.metrics["exact_match,none"] >= 0.5
+
+
 def test_lm_eval_per_sample_scores_match_a_plain_greedy_decode(lm: dict) -> None:
     """Per-doc exact match from lm-eval equals decoding the subset's prompts by hand."""
     import torch
