@@ -28,6 +28,7 @@ __all__ = [
     "non_dominated_ranks",
     "hypervolume",
     "igd_plus",
+    "hv_improvement",
 ]
 
 
@@ -153,3 +154,45 @@ def igd_plus(values: np.ndarray, directions: Sequence[str], reference_front: np.
     from pymoo.indicators.igd_plus import IGDPlus
 
     return float(IGDPlus(R)(F))
+
+
+def hv_improvement(front: np.ndarray, cands: np.ndarray, ref: np.ndarray, *, rng: np.random.Generator | None = None,
+                   n_samples: int = 8192) -> np.ndarray:
+    """Hypervolume each candidate would add to ``front``, every objective minimised.
+
+    ``front`` (k, m) and ``cands`` (c, m) are minimisation-signed; ``ref`` (m,) bounds the
+    volume. Two objectives: exact (``vol([y, ref]) - HV({max(f, y)})`` on the sorted front).
+    Three or more: a Monte Carlo estimate with ``n_samples`` shared uniform points in the box
+    ``[min(front, cands), ref]`` (needs ``rng``); candidates are then ranked on the same samples.
+    """
+    F = np.asarray(front, dtype=np.float64).reshape(-1, len(ref))
+    Y = np.asarray(cands, dtype=np.float64)
+    ref = np.asarray(ref, dtype=np.float64)
+    F = F[np.all(F < ref, axis=1)]
+    if len(F):
+        F = F[pareto_mask(F, ["minimize"] * len(ref))]
+    box = np.prod(np.clip(ref - Y, 0.0, None), axis=1)
+    if len(F) == 0:
+        return box
+    if len(ref) == 2:
+        F = F[np.argsort(F[:, 0], kind="stable")]
+        out = np.empty(len(Y))
+        for s in range(0, len(Y), 1024):
+            y = Y[s : s + 1024]
+            p1 = np.minimum(np.maximum(F[None, :, 0], y[:, :1]), ref[0])
+            p2 = np.minimum(np.maximum(F[None, :, 1], y[:, 1:]), ref[1])
+            nxt = np.concatenate([p1[:, 1:], np.full((len(y), 1), ref[0])], axis=1)
+            out[s : s + 1024] = box[s : s + 1024] - np.sum((nxt - p1) * (ref[1] - p2), axis=1)
+        return np.clip(out, 0.0, None)
+    if rng is None:
+        raise ValueError("hv_improvement with 3+ objectives needs rng (Monte Carlo estimate)")
+    lo = np.minimum(F.min(0), Y.min(0))
+    S = lo + rng.random((n_samples, len(ref))) * (ref - lo)
+    free = ~np.any(np.all(F[None, :, :] <= S[:, None, :], axis=2), axis=1)  # not dominated by the front
+    S = S[free]
+    vol = float(np.prod(ref - lo)) / n_samples
+    out = np.empty(len(Y))
+    for s in range(0, len(Y), 256):
+        y = Y[s : s + 256]
+        out[s : s + 256] = np.all(y[:, None, :] <= S[None, :, :], axis=2).sum(1) * vol
+    return out

@@ -1,0 +1,137 @@
+"""A small exact Gaussian process for surrogate-based strategies (numpy + scipy only).
+
+Inputs are expected in the unit cube, targets are standardised internally. Kernel: Matern
+5/2 with one lengthscale per input (ARD) times a signal variance, plus Gaussian noise.
+Hyperparameters (log lengthscales, log signal variance, log noise variance) maximise the
+log marginal likelihood plus weak log-normal priors, by L-BFGS-B with analytic gradients,
+started from the previous fit (warm start) and from a fixed default; deterministic for the
+same data. Between hyperparameter fits :meth:`GaussianProcess.condition` re-factorises
+the kernel matrix only (one Cholesky), which is what "fantasy" observations of pending
+points use.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy.linalg import cho_solve, cholesky, solve_triangular
+from scipy.optimize import minimize
+
+SQRT5 = np.sqrt(5.0)
+#: bounds of (log lengthscale, log signal variance, log noise variance) in standardised units
+LOG_LS = (np.log(0.02), np.log(20.0))
+LOG_SF2 = (np.log(0.05), np.log(20.0))
+LOG_NOISE = (np.log(1e-6), np.log(0.5))
+#: log-normal prior means / sds: lengthscale ~ 0.5 of the cube side, unit signal, small noise
+PRIOR_LS = (np.log(0.5), 1.0)
+PRIOR_SF2 = (0.0, 1.0)
+PRIOR_NOISE = (np.log(1e-3), 2.0)
+
+
+def _sqdist(A: np.ndarray, B: np.ndarray, ls: np.ndarray) -> np.ndarray:
+    a, b = A / ls, B / ls
+    d = (a * a).sum(1)[:, None] + (b * b).sum(1)[None, :] - 2.0 * a @ b.T
+    return np.maximum(d, 0.0)
+
+
+def matern52(A: np.ndarray, B: np.ndarray, ls: np.ndarray, sf2: float) -> np.ndarray:
+    r = np.sqrt(_sqdist(A, B, ls))
+    return sf2 * (1.0 + SQRT5 * r + (5.0 / 3.0) * r * r) * np.exp(-SQRT5 * r)
+
+
+class GaussianProcess:
+    """Exact GP regression on one target. ``theta`` = (log ls_1..d, log sf2, log noise)."""
+
+    def __init__(self, dim: int, theta: np.ndarray | None = None):
+        self.dim = int(dim)
+        self.theta = np.asarray(theta, dtype=np.float64) if theta is not None else self.default_theta(dim)
+        self.X = np.zeros((0, dim))
+        self.y = np.zeros(0)
+        self._mean, self._std = 0.0, 1.0
+
+    @staticmethod
+    def default_theta(dim: int) -> np.ndarray:
+        return np.concatenate([np.full(dim, PRIOR_LS[0]), [PRIOR_SF2[0], PRIOR_NOISE[0]]])
+
+    def _bounds(self) -> list[tuple[float, float]]:
+        return [LOG_LS] * self.dim + [LOG_SF2, LOG_NOISE]
+
+    # ------------------------------------------------------------------ fitting
+    def _nll(self, theta: np.ndarray, X: np.ndarray, y: np.ndarray) -> tuple[float, np.ndarray]:
+        d = self.dim
+        ls, sf2, noise = np.exp(theta[:d]), np.exp(theta[d]), np.exp(theta[d + 1])
+        n = len(y)
+        diff2 = [(X[:, i : i + 1] - X[:, i : i + 1].T) ** 2 / ls[i] ** 2 for i in range(d)]
+        r = np.sqrt(np.maximum(sum(diff2), 0.0))
+        e = np.exp(-SQRT5 * r)
+        Kf = sf2 * (1.0 + SQRT5 * r + (5.0 / 3.0) * r * r) * e
+        K = Kf + (noise + 1e-9) * np.eye(n)
+        try:
+            L = cholesky(K, lower=True)
+        except np.linalg.LinAlgError:
+            return 1e10, np.zeros_like(theta)
+        alpha = cho_solve((L, True), y)
+        nll = 0.5 * y @ alpha + np.log(np.diag(L)).sum() + 0.5 * n * np.log(2 * np.pi)
+        W = cho_solve((L, True), np.eye(n)) - np.outer(alpha, alpha)  # dNLL/dK = W / 2
+        grad = np.empty_like(theta)
+        common = sf2 * (5.0 / 3.0) * (1.0 + SQRT5 * r) * e
+        for i in range(d):
+            grad[i] = 0.5 * np.sum(W * common * diff2[i])
+        grad[d] = 0.5 * np.sum(W * Kf)
+        grad[d + 1] = 0.5 * noise * np.trace(W)
+        # priors (negative log density, up to constants)
+        mu = np.concatenate([np.full(d, PRIOR_LS[0]), [PRIOR_SF2[0], PRIOR_NOISE[0]]])
+        sd = np.concatenate([np.full(d, PRIOR_LS[1]), [PRIOR_SF2[1], PRIOR_NOISE[1]]])
+        z = (theta - mu) / sd
+        nll += 0.5 * float(z @ z)
+        grad += z / sd
+        return float(nll), grad
+
+    def fit(self, X: np.ndarray, y: np.ndarray, *, restarts: bool = True, maxiter: int = 200) -> None:
+        """Fit hyperparameters to (X, y) and condition on them."""
+        X, y = np.asarray(X, dtype=np.float64), np.asarray(y, dtype=np.float64)
+        ys = self._standardise(y)
+        starts = [self.theta]
+        if restarts and not np.allclose(self.theta, self.default_theta(self.dim)):
+            starts.append(self.default_theta(self.dim))
+        best = (np.inf, self.theta)
+        for t0 in starts:
+            res = minimize(self._nll, np.clip(t0, *np.array(self._bounds()).T), args=(X, ys), jac=True, method="L-BFGS-B",
+                           bounds=self._bounds(), options={"maxiter": maxiter})
+            if np.isfinite(res.fun) and res.fun < best[0]:
+                best = (float(res.fun), np.asarray(res.x))
+        self.theta = best[1]
+        self.condition(X, y)
+
+    def _standardise(self, y: np.ndarray) -> np.ndarray:
+        self._mean = float(np.mean(y)) if len(y) else 0.0
+        s = float(np.std(y)) if len(y) > 1 else 1.0
+        self._std = s if s > 1e-12 else 1.0
+        return (y - self._mean) / self._std
+
+    def condition(self, X: np.ndarray, y: np.ndarray) -> None:
+        """Condition on (X, y) with the current hyperparameters (no refit)."""
+        self.X = np.asarray(X, dtype=np.float64)
+        ys = self._standardise(np.asarray(y, dtype=np.float64))
+        d = self.dim
+        ls, sf2, noise = np.exp(self.theta[:d]), np.exp(self.theta[d]), np.exp(self.theta[d + 1])
+        K = matern52(self.X, self.X, ls, sf2) + (noise + 1e-9) * np.eye(len(ys))
+        jitter = 0.0
+        while True:
+            try:
+                self._L = cholesky(K + jitter * np.eye(len(ys)), lower=True)
+                break
+            except np.linalg.LinAlgError:
+                jitter = max(1e-8, 10 * jitter)
+        self._alpha = cho_solve((self._L, True), ys)
+        self.y = np.asarray(y, dtype=np.float64)
+
+    # ------------------------------------------------------------------ prediction
+    def predict(self, Xs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Posterior mean and standard deviation of the latent function, in target units."""
+        d = self.dim
+        ls, sf2 = np.exp(self.theta[:d]), np.exp(self.theta[d])
+        Ks = matern52(np.asarray(Xs, dtype=np.float64), self.X, ls, sf2)
+        mu = Ks @ self._alpha
+        v = solve_triangular(self._L, Ks.T, lower=True)
+        var = np.maximum(sf2 - (v * v).sum(0), 1e-12)
+        return mu * self._std + self._mean, np.sqrt(var) * self._std
