@@ -23,6 +23,7 @@ STRATEGIES: Registry[type[Strategy]] = Registry(
         "map": "search.strategies.map:MAPStrategy",
         "m2n2": "search.strategies.m2n2:M2N2Strategy",
         "optuna": "search.strategies.optuna:OptunaStrategy",
+        "mobo": "search.strategies.mobo:MOBOStrategy",
     },
 )
 
