@@ -584,3 +584,19 @@ def test_mobo_refuses_large_spaces_and_names_the_fix() -> None:
     assert not cls.check(cls.Options(max_dim=400), {"dim": 300})
     with pytest.raises(ValueError, match="max_dim"):
         make("mobo", problem(dim=80))
+
+
+def test_mobo_local_moves_aim_at_the_fronts_gaps() -> None:
+    s = make("mobo", problem(budget=60), seed=0)
+    # a 2-objective front (minimised) with one big empty rectangle, between members 1 and 2
+    F = np.array([[0.0, 1.0], [0.05, 0.95], [0.9, 0.1], [0.95, 0.05], [1.0, 0.0]])
+    U = np.array([[0.1, 0, 0, 0], [0.2, 0, 0, 0], [0.7, 0, 0, 0], [0.8, 0, 0, 0], [0.9, 0, 0, 0]])
+    C = np.array([s._gap_center(U, F) for _ in range(400)])
+    assert np.mean((C[:, 0] >= 0.2 - 1e-12) & (C[:, 0] <= 0.7 + 1e-12)) > 0.95
+    assert np.mean((C[:, 0] > 0.2 + 1e-9) & (C[:, 0] < 0.7 - 1e-9)) > 0.3  # blends fill the gap
+    # three objectives: crowding distance; every member can be drawn, the ends most often
+    F3 = np.array([[0.0, 1.0, 0.5], [0.5, 0.5, 0.5], [0.52, 0.48, 0.5], [1.0, 0.0, 0.5]])
+    U3 = np.eye(4)
+    picks = np.array([np.argmax(s._gap_center(U3, F3)) for _ in range(400)])
+    counts = np.bincount(picks, minlength=4)
+    assert counts.min() > 0 and counts[0] > counts[2] and counts[3] > counts[1]
