@@ -22,8 +22,17 @@ Measured per run, at each budget B in ``--budgets`` (the first B evaluations of 
   chosen on validation is what a user would get);
 * ``igd_plus``: IGD+ of the measured front to the reference front;
 * the reference: the front of all points measured in all runs of that problem, pooled
-  (``ref_hv_val``; the held-out reference is the pooled front's held-out hypervolume).
-  Fractions in the table are hv / ref_hv.
+  (``ref_hv_val``; the held-out reference is the pooled front's held-out hypervolume),
+  including one long reference run (``--reference-strategy``, NSGA-II with a population of
+  100 by default, ``--reference-factor`` x ``--target-budget`` = 20 x 200 = 4000
+  evaluations). Fractions in the table are hv / ref_hv: the pooled front is at least as good
+  as the reference run alone, so these fractions are the stricter ones.
+
+The target check (printed after the table, ``target`` in the JSON): the best project
+strategy's mean hypervolume at the target budget as a fraction of the reference run's (and
+of the pooled front's), and at every budget, in how many seeds the best project strategy
+(by mean) beats each baseline (``--baselines``: random search and Optuna's default sampler)
+run with the same seed.
 
 MAP's initial design (d+1)(d+2) exceeds the small budgets on layer-wise spaces, so its
 numbers at 25-100 are its design phase; ``map@global`` runs MAP in its native setting (one
@@ -31,6 +40,8 @@ coefficient per expert, same objectives, a subspace of the layer-wise box) for r
 
     python bench/bench_strategies.py              # full: budgets 25..500, 5 seeds
     python bench/bench_strategies.py --quick      # budgets 25,50,100, 2 seeds
+    python bench/bench_strategies.py --problems digits --out a.json   # one problem per process,
+    python bench/bench_strategies.py --combine a.json,b.json          # then merged
 Writes bench/results/strategies.json and prints a table.
 """
 
@@ -181,11 +192,27 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="budgets 25,50,100 and 2 seeds")
     ap.add_argument("--budgets", default=None, help="comma-separated evaluation budgets")
     ap.add_argument("--seeds", type=int, default=None)
-    ap.add_argument("--strategies", default=None, help="comma-separated (default: all registered + map@global)")
+    ap.add_argument("--strategies", default=None, help="comma-separated (default: all registered + map@global); options as name:key=value;key=value")
     ap.add_argument("--problems", default=None, help="comma-separated problem names to run (default all)")
     ap.add_argument("--workers", type=int, default=2, help="virtual workers (outstanding candidates)")
+    ap.add_argument("--target-budget", type=int, default=200, help="the budget the target is checked at")
+    ap.add_argument("--reference-factor", type=int, default=20, help="reference run = this x the target budget (0: none)")
+    ap.add_argument("--reference-strategy", default="nsga2:pop_size=100", help="strategy (with options) of the reference run")
+    ap.add_argument("--baselines", default="random,optuna", help="comma-separated baseline strategies (the rest are the project's)")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "strategies.json"))
+    ap.add_argument("--combine", default=None, help="comma-separated result files of earlier runs (e.g. one per problem): merge them into --out and print")
     args = ap.parse_args()
+    if args.combine:
+        parts = [json.loads(Path(f).read_text()) for f in args.combine.split(",")]
+        results = {"meta": {**parts[0]["meta"], "combined_from": args.combine.split(",")}, "problems": {}, "summary": {}, "target": {}}
+        for part in parts:
+            for key in ("problems", "summary", "target"):
+                results[key].update(part.get(key, {}))
+        Path(args.out).write_text(json.dumps(results, indent=1) + "\n")
+        print_table(results, results["meta"]["budgets"])
+        print_target(results["target"])
+        print(f"\nwrote {args.out}")
+        return
 
     import torch
 
@@ -224,7 +251,7 @@ def main() -> None:
         print(f"   {ev.space.describe()}; objectives {[o.name for o in ev.cfg.objectives]}", flush=True)
         raw_runs: list[tuple[str, int, dict[str, Any], Evaluated]] = []
         for name in names:
-            strat, opts, e = name, {}, ev
+            strat, opts, e = parse_strategy(name), parse_options(name), ev
             if name == "map@global":
                 if "global" not in evs:
                     evs["global"] = Evaluated(global_variant(cfg_dict), base_dir)
@@ -242,6 +269,14 @@ def main() -> None:
                 run["eval_s"] = e.eval_s - e0
                 raw_runs.append((name, seed, run, e))
                 print(f"   {name:12s} seed {seed}: {run['seconds']:.1f}s (strategy {run['strategy_s']:.1f}s, eval {run['eval_s']:.1f}s)", flush=True)
+        # the reference run: one long run of a strong strategy (20 x the target budget by default)
+        ref_run = None
+        if args.reference_factor > 0:
+            rname = args.reference_strategy
+            t0 = time.perf_counter()
+            ref_run = run_one(ev, parse_strategy(rname), parse_options(rname), 0, args.reference_factor * args.target_budget, args.workers)
+            print(f"   reference {rname} x{args.reference_factor * args.target_budget}: {time.perf_counter() - t0:.1f}s", flush=True)
+            raw_runs.append((f"reference:{rname}", 0, ref_run, ev))
         # pooled reference front and reference point
         from search.pareto import hypervolume, pareto_mask
 
@@ -262,7 +297,18 @@ def main() -> None:
             H.append(vals if vals is not None else np.full(len(ev.directions), np.nan))
         ref_hv_test = hypervolume(np.asarray(H), ev.directions, ref) if H else 0.0
         runs_out = []
+        ref_run_out = None
+        if ref_run is not None:
+            tb = args.reference_factor * args.target_budget
+            ref_run_out = {
+                "strategy": args.reference_strategy,
+                "evaluations": tb,
+                "hv_val": hypervolume(ref_run["V"], ev.directions, ref),
+                "seconds": round(ref_run.get("strategy_s", 0.0), 2),
+            }
         for name, seed, run, e in raw_runs:
+            if name.startswith("reference:"):
+                continue
             sc = score_run(e, run, budgets, ref, ref_front, {})
             runs_out.append(
                 {
@@ -285,14 +331,31 @@ def main() -> None:
             "ref_hv_val": ref_hv,
             "ref_hv_test": ref_hv_test,
             "ref_front_size": int(len(ref_front)),
+            "reference_run": ref_run_out,
             "evals_per_second": round(ev.n_evals / max(ev.eval_s, 1e-9), 1),
             "runs": runs_out,
         }
     results["summary"] = summarise(results, budgets)
+    results["target"] = check_target(results, budgets, args.target_budget, args.baselines.split(","))
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(results, indent=1) + "\n")
     print_table(results, budgets)
+    print_target(results["target"])
     print(f"\nwrote {args.out}")
+
+
+def parse_strategy(name: str) -> str:
+    """``optuna:sampler=gp;sampler_kwargs={...}`` -> ``optuna`` (options are parsed beside it)."""
+    return name.split(":", 1)[0]
+
+
+def parse_options(name: str) -> dict[str, Any]:
+    """``name:key=value;key=value`` -> options (values parsed as YAML scalars)."""
+    if ":" not in name:
+        return {}
+    import yaml
+
+    return {k: yaml.safe_load(v) for k, v in (kv.split("=", 1) for kv in name.split(":", 1)[1].split(";"))}
 
 
 def _lift(x: np.ndarray, evs: dict[str, Evaluated], ev: Evaluated) -> np.ndarray:
@@ -324,6 +387,56 @@ def summarise(results: dict[str, Any], budgets: list[int]) -> dict[str, Any]:
             rows[name] = row
         out[pname] = rows
     return out
+
+
+def check_target(results: dict[str, Any], budgets: list[int], target_budget: int, baselines: list[str]) -> dict[str, Any]:
+    """The issue's target, per problem: (a) the best project strategy's mean validation HV at
+    ``target_budget`` as a fraction of the reference run's HV (and of the pooled front's);
+    (b) at every budget, the project strategy with the best mean, and in how many seeds its
+    HV beats each baseline's HV of the same seed."""
+    out: dict[str, Any] = {}
+    for pname, p in results["problems"].items():
+        runs = p["runs"]
+        names = [n for n in dict.fromkeys(r["strategy"] for r in runs) if n not in baselines and "@" not in n]
+        hv = {(r["strategy"], r["seed"]): r["hv_val"] for r in runs}
+        seeds = sorted({r["seed"] for r in runs})
+        def mean(n: str, b: int, hv: dict = hv, seeds: list = seeds) -> float:
+            return float(np.mean([hv[(n, s)][str(b)] for s in seeds if (n, s) in hv and str(b) in hv[(n, s)]]))
+
+        t: dict[str, Any] = {"per_budget": {}}
+        ref_run = p.get("reference_run")
+        if target_budget in budgets and names:
+            best = max(names, key=lambda n: mean(n, target_budget))
+            t["at_target"] = {
+                "budget": target_budget,
+                "best_project_strategy": best,
+                "hv": mean(best, target_budget),
+                "fraction_of_reference_run": (mean(best, target_budget) / ref_run["hv_val"]) if ref_run else None,
+                "fraction_of_pooled_front": mean(best, target_budget) / p["ref_hv_val"],
+                "reference_run": ref_run,
+            }
+        for b in budgets:
+            if not names:
+                break
+            best = max(names, key=lambda n: mean(n, b))
+            wins = {bl: int(sum(hv[(best, s)][str(b)] > hv[(bl, s)][str(b)] for s in seeds if (bl, s) in hv and (best, s) in hv)) for bl in baselines
+                    if any((bl, s) in hv for s in seeds)}
+            t["per_budget"][str(b)] = {"best_project_strategy": best, "mean_hv_fraction": mean(best, b) / p["ref_hv_val"], "seeds": len(seeds), "wins": wins}
+        out[pname] = t
+    return out
+
+
+def print_target(target: dict[str, Any]) -> None:
+    for pname, t in target.items():
+        print(f"\n{pname}: target check")
+        a = t.get("at_target")
+        if a:
+            rr = a["reference_run"]
+            frac = f"{a['fraction_of_reference_run']:.3f} of the reference run ({rr['strategy']}, {rr['evaluations']} evaluations)" if rr else "no reference run"
+            print(f"  @{a['budget']}: best project strategy {a['best_project_strategy']}: {frac}; {a['fraction_of_pooled_front']:.3f} of the pooled front")
+        for b, row in t["per_budget"].items():
+            wins = ", ".join(f"beats {bl} in {w}/{row['seeds']} seeds" for bl, w in row["wins"].items())
+            print(f"  @{b}: best project strategy {row['best_project_strategy']} ({row['mean_hv_fraction']:.3f}): {wins}")
 
 
 def print_table(results: dict[str, Any], budgets: list[int]) -> None:
