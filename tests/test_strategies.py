@@ -600,3 +600,20 @@ def test_mobo_local_moves_aim_at_the_fronts_gaps() -> None:
     picks = np.array([np.argmax(s._gap_center(U3, F3)) for _ in range(400)])
     counts = np.bincount(picks, minlength=4)
     assert counts.min() > 0 and counts[0] > counts[2] and counts[3] > counts[1]
+
+
+def test_mobo_batches_mixing_local_and_model_proposals() -> None:
+    """Large asks late in a run: local moves start from the measured front (not the fantasised
+    one), are screened by the model, and every proposal is distinct and in bounds."""
+    prob = problem(budget=200, **UNEVEN)
+    for screen in (16, 0):
+        s = make("mobo", prob, seed=1, local_after=10, screen=screen)
+        drive(s, two_accuracies, 30, workers=1)
+        batch = s.ask(8) + s.ask(8)
+        assert len(batch) == 16
+        assert_candidates(batch, prob)
+        phases = {c.meta["phase"] for c in batch}
+        assert phases == {"local", "model"}
+        assert all(c.meta.get("screened") == (screen or None) for c in batch if c.meta["phase"] == "local")
+        X = np.array([c.x for c in batch])
+        assert len(np.unique(np.round(X, 9), axis=0)) == 16

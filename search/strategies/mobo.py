@@ -21,12 +21,14 @@ dimensions layer-wise merging has (a few to a few dozen coefficients):
    members (several scales, a random subset of coordinates each), then a finer local
    refinement around the best few; the best is proposed.
 5. Local moves: once ``local_after`` results are in, a ``local_fraction`` share of the
-   proposals are small moves from the measured front, not scored by the model: a pair of
-   neighbouring front members is drawn in proportion to the empty rectangle between them
-   (crowding distance with more objectives), and the proposal is a blend of the pair or one
-   of them, with Gaussian noise. Metrics such as accuracy on a few hundred examples are step
-   functions; the GPs smooth the steps out, and late in a run the front improves mostly by
-   such small moves. No GP is fitted for a step made only of local moves.
+   proposals are small moves from the measured front: a pair of neighbouring front members
+   is drawn in proportion to the empty rectangle between them (crowding distance with more
+   objectives), and a move is a blend of the pair or one of them, with Gaussian noise;
+   ``screen`` such moves are drawn and the acquisition above picks one (``screen: 0``
+   proposes a move unscored, and then no GP is fitted for a step made only of moves).
+   Metrics such as accuracy on a few hundred examples are step functions; the GPs smooth
+   the steps out, and late in a run the front improves mostly by such small moves, while
+   the model keeps them off the moves it can already tell are worse.
 6. Batches and asking ahead: a point proposed but not yet told is a "fantasy" observation
    at its predicted mean (kriging believer), so two outstanding proposals do not coincide.
 
@@ -60,6 +62,7 @@ class MOBOOptions(StrategyOptions):
     ref_margin: float = Field(0.0, ge=0.0, description="reference point = worst measured value + this fraction of the measured range, per objective")
     local_fraction: float = Field(0.7, ge=0.0, le=1.0, description="share of proposals, after local_after results, that are unscored local mutations of front members")
     local_after: int = Field(50, ge=0, description="results before local mutations start")
+    screen: int = Field(16, ge=0, description="local moves drawn per local proposal; the model's acquisition picks one (0: unscored)")
     max_dim: int = Field(64, ge=1, description="largest search dimension accepted (GP models degrade far beyond it)")
 
 
@@ -153,10 +156,10 @@ class MOBOStrategy(Strategy):
         span = np.maximum(F.max(0) - F.min(0), 1e-9)
         ref = F.max(0) + self.options.ref_margin * span
         on_front = pareto_mask(F, ["minimize"] * p.n_obj)
-        front_U, front_F = U[on_front], F[on_front]
+        front_U, front_F = U[on_front], F[on_front]  # measured: where local moves start
         local = [len(U) >= self.options.local_after and self._rng.random() < self.options.local_fraction for _ in range(k)]
         pend = [(np.asarray(x) - self._lo) / self._span for x in self._pending.values()]
-        if all(local):  # no model needed
+        if all(local) and not self.options.screen:  # no model needed
             out = []
             for _ in range(k):
                 u = self._local_candidate(front_U, front_F, np.vstack([U_all, *pend]))
@@ -177,22 +180,26 @@ class MOBOStrategy(Strategy):
             gps.append(gp)
         if refit:
             self._fit_n = len(U)
-        # pending proposals as fantasies at their predicted means
-        fU, fF = U, F
+        # pending proposals as fantasies at their predicted means (scoring only)
+        fU, fF, score_F = U, F, front_F
         if pend:
-            fU, fF, front_F = self._fantasise(gps, fU, fF, front_F, np.asarray(pend))
+            fU, fF, score_F = self._fantasise(gps, fU, fF, score_F, np.asarray(pend))
         out: list[Candidate] = []
         for i in range(k):
             taken = np.vstack([U_all, *pend])
-            if local[i]:
+            if local[i] and self.options.screen:
+                C = np.array([self._local_candidate(front_U, front_F, taken) for _ in range(self.options.screen)])
+                sc = self._score(gps, C, score_F, ref)
+                u, info = C[int(np.argmax(sc))], {"phase": "local", "screened": self.options.screen}
+            elif local[i]:
                 u, info = self._local_candidate(front_U, front_F, taken), {"phase": "local"}
             else:
-                u, info = self._best_candidate(gps, front_U, front_F, ref, taken)
+                u, info = self._best_candidate(gps, front_U, score_F, ref, taken)
                 info = {"phase": "model", **info}
             out.append(self._propose(self._lo + u * self._span, info))
             pend.append(u)
             if len(out) < k:
-                fU, fF, front_F = self._fantasise(gps, fU, fF, front_F, u[None, :])
+                fU, fF, score_F = self._fantasise(gps, fU, fF, score_F, u[None, :])
         return out
 
     def _local_candidate(self, front_U: np.ndarray, front_F: np.ndarray, taken: np.ndarray) -> np.ndarray:
