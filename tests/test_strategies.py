@@ -256,7 +256,7 @@ def test_mixed_directions(name: str) -> None:
 # Fraction of the true hypervolume reached within the budget (80 evaluations, 2 workers,
 # seed 0). Thresholds sit below the worst of 5 seeds measured when they were set
 # (random 0.44, sobol 0.45, cmaes 0.52, nsga2 0.58, map 0.95, m2n2 0.71, optuna/TPE 0.76,
-# mobo 0.92).
+# mobo 0.95).
 HV_FRACTION = {
     "random": 0.35,
     "sobol": 0.35,
@@ -265,7 +265,7 @@ HV_FRACTION = {
     "map": 0.85,
     "m2n2": 0.60,
     "optuna": 0.65,
-    "mobo": 0.85,
+    "mobo": 0.88,
 }
 
 
@@ -564,7 +564,8 @@ def test_mobo_phases_fantasies_and_failures() -> None:
     by_id = sorted(cands, key=lambda c: c.id)
     assert [c.meta.get("seed") for c in by_id[:4]] == ["expert:a", "expert:b", "base", "uniform"]  # seeds first
     phases = [c.meta["phase"] for c in by_id]
-    assert phases[:6] == ["init"] * 6 and "model" in phases and "local" in phases
+    assert phases[:5] == ["init"] * 5 and phases[5] != "init"  # the 4 seeds and one Sobol point
+    assert "model" in phases and "local" in phases
     assert all(c.meta["phase"] != "local" for c in cands[:20])
     assert all("predicted" in c.meta and len(c.meta["predicted"]) == 2 for c in cands if c.meta["phase"] == "model")
     # outstanding proposals are fantasised: a batch holds distinct points
@@ -573,7 +574,7 @@ def test_mobo_phases_fantasies_and_failures() -> None:
     assert len(np.unique(np.round(X, 9), axis=0)) == len(X)
     assert sum(y is None for y in s._Y) == len(cands) // 7  # failed trials recorded (and never proposed again)
     # model proposals beat the initial design on the front
-    init_hv = hypervolume(V[:6][np.all(np.isfinite(V[:6]), axis=1)], ["maximize", "maximize"], [0, 0])
+    init_hv = hypervolume(V[:5][np.all(np.isfinite(V[:5]), axis=1)], ["maximize", "maximize"], [0, 0])
     assert hypervolume(V[np.all(np.isfinite(V), axis=1)], ["maximize", "maximize"], [0, 0]) > init_hv + 0.1 * TRUE_HV
 
 
@@ -617,3 +618,9 @@ def test_mobo_batches_mixing_local_and_model_proposals() -> None:
         assert all(c.meta.get("screened") == (screen or None) for c in batch if c.meta["phase"] == "local")
         X = np.array([c.x for c in batch])
         assert len(np.unique(np.round(X, 9), axis=0)) == 16
+
+
+def test_mobo_single_objective_finds_the_optimum() -> None:
+    prob = problem(budget=60, objectives=(Objective("acc_a"),))
+    _, V = drive(make("mobo", prob, seed=0, local_after=15), lambda x: two_accuracies(x)[:1], 40)
+    assert V.max() >= 0.99 * _sig(3)  # the best accuracy of acc_a is sigmoid(3), at x = A1

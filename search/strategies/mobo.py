@@ -4,7 +4,8 @@ Model-based search for the budgets merging allows (tens to hundreds of evaluatio
 dimensions layer-wise merging has (a few to a few dozen coefficients):
 
 1. Initial design: the problem's seed points (each expert alone, the base, the uniform
-   merge) then scrambled Sobol points, ``n_init`` in all.
+   merge) then scrambled Sobol points, ``n_init`` in all (default: the seeds and one Sobol
+   point; the model takes over early, which is what wins at 25-50 evaluations).
 2. One GP per objective (:mod:`search.strategies.gp`: Matern 5/2, ARD lengthscales, fitted
    noise) on the coefficients scaled to the unit cube; objectives are minimisation-signed,
    so a direction is never lost. Hyperparameters are refitted after every result early on,
@@ -34,9 +35,9 @@ dimensions layer-wise merging has (a few to a few dozen coefficients):
 
 Failed results (no values, NaN, inf) stay out of the models: a failure (a crash, a
 timeout, an out-of-memory) usually says nothing about the objectives there, and a fake
-worst value would bend the surrogate around it. A failed point is never proposed again. ``state_dict`` holds every observation, the pending points, the fitted
-hyperparameters and the random state, so a resumed run proposes exactly what the
-uninterrupted run would have.
+worst value would bend the surrogate around it. A failed point is never proposed again.
+``state_dict`` holds every observation, the pending points, the fitted hyperparameters and
+the random state, so a resumed run proposes exactly what the uninterrupted run would have.
 """
 
 from __future__ import annotations
@@ -55,13 +56,13 @@ from .gp import GaussianProcess
 
 
 class MOBOOptions(StrategyOptions):
-    n_init: int | None = Field(None, ge=2, description="initial design size incl. seed points (default max(dim + 2, seeds + 2), at most budget / 4)")
+    n_init: int | None = Field(None, ge=2, description="initial design size incl. seed points (default: the seeds + 1 Sobol point, or dim + 1 without seeds; at most budget / 4)")
     beta: float = Field(1.0, ge=0.0, description="optimism of the acquisition: the prediction used is mean - beta * sd (minimised)")
     n_candidates: int = Field(2048, ge=64, description="candidate points scored per proposal")
     include_seeds: bool = Field(True, description="start with the problem's seed points (experts, base, uniform)")
     ref_margin: float = Field(0.0, ge=0.0, description="reference point = worst measured value + this fraction of the measured range, per objective")
-    local_fraction: float = Field(0.7, ge=0.0, le=1.0, description="share of proposals, after local_after results, that are unscored local mutations of front members")
-    local_after: int = Field(50, ge=0, description="results before local mutations start")
+    local_fraction: float = Field(0.7, ge=0.0, le=1.0, description="share of proposals, after local_after results, that are small moves from the measured front")
+    local_after: int = Field(50, ge=0, description="results before local moves start")
     screen: int = Field(16, ge=0, description="local moves drawn per local proposal; the model's acquisition picks one (0: unscored)")
     max_dim: int = Field(64, ge=1, description="largest search dimension accepted (GP models degrade far beyond it)")
 
@@ -82,7 +83,7 @@ class MOBOStrategy(Strategy):
         self._span = np.where(self._hi > self._lo, self._hi - self._lo, 1.0)
         self._rng = np.random.default_rng(self.seed)
         seeds = [(name, np.clip(np.asarray(x, dtype=np.float64), self._lo, self._hi)) for name, x in p.seeds] if self.options.include_seeds else []
-        n_init = self.options.n_init or max(p.dim + 2, len(seeds) + 2)
+        n_init = self.options.n_init or (len(seeds) + 1 if seeds else max(4, p.dim + 1))
         n_init = max(2, min(n_init, max(len(seeds) + 1, p.budget // 4))) if self.options.n_init is None else n_init
         self._init: list[tuple[str, np.ndarray]] = seeds[:n_init]
         if n_init > len(self._init):
