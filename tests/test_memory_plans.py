@@ -272,7 +272,8 @@ def sharded_models(tmp_path_factory):
 def test_startup_peak_memory_with_sharded_checkpoints(sharded_models, method, plan):
     """Bound: the start-up peak grows by at most what the plan holds + 4 x the largest
     tensor's float32 bytes (the transients of one tensor: its checkpoint copy / task vector,
-    |tau|, a partition copy and masks) + 32 MiB of allocator slack. Holding the K expert
+    |tau|, a partition copy and masks) + 48 MiB of allocator slack (ties/sparse once grew by
+    35 MiB more than held + transients on a clean CI run; 32 MiB was too tight). Holding the K expert
     models (or their state dicts) whole would add K x model bytes (3x here, where the
     largest tensor, the 8000 x 384 embedding, is 23 % of the model)."""
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
@@ -284,7 +285,7 @@ def test_startup_peak_memory_with_sharded_checkpoints(sharded_models, method, pl
     assert r["plan"] == plan
     M = r["model_bytes"]
     growth = r["peak"] - r["before_rss"]  # an upper bound of the build's own growth
-    bound = r["held"] + 4 * r["largest"] + 32 * MiB
+    bound = r["held"] + 4 * r["largest"] + 48 * MiB
     assert bound < r["held"] + 3 * M  # the bound does separate it from holding the experts whole
     assert growth <= bound, f"start-up grew by {growth / MiB:.0f} MiB; bound {bound / MiB:.0f} MiB ({r})"
     if plan == "sparse":  # density 0.1: bitmask + values, ~0.13 of each dense float32 task vector
