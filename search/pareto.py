@@ -161,7 +161,8 @@ def hv_improvement(front: np.ndarray, cands: np.ndarray, ref: np.ndarray, *, rng
     """Hypervolume each candidate would add to ``front``, every objective minimised.
 
     ``front`` (k, m) and ``cands`` (c, m) are minimisation-signed; ``ref`` (m,) bounds the
-    volume. Two objectives: exact (``vol([y, ref]) - HV({max(f, y)})`` on the sorted front).
+    volume. One objective: exact (how far below the best value). Two objectives: exact
+    (``vol([y, ref]) - HV({max(f, y)})`` on the sorted front).
     Three or more: a Monte Carlo estimate with ``n_samples`` shared uniform points in the box
     ``[min(front, cands), ref]`` (needs ``rng``); candidates are then ranked on the same samples.
     """
@@ -174,6 +175,8 @@ def hv_improvement(front: np.ndarray, cands: np.ndarray, ref: np.ndarray, *, rng
     box = np.prod(np.clip(ref - Y, 0.0, None), axis=1)
     if len(F) == 0:
         return box
+    if len(ref) == 1:
+        return np.clip(F[:, 0].min() - Y[:, 0], 0.0, None)
     if len(ref) == 2:
         F = F[np.argsort(F[:, 0], kind="stable")]
         out = np.empty(len(Y))

@@ -551,6 +551,8 @@ def test_hv_improvement_exact_in_2d_and_close_in_3d() -> None:
         est = hv_improvement(F, Y, ref, rng=rng, n_samples=100_000)
         assert np.abs(est - exact).max() <= tol * max(1.0, exact.max()), m
         assert np.all(est >= 0)
+    # one objective: how far below the best
+    assert np.allclose(hv_improvement(np.array([[0.3], [0.5]]), np.array([[0.1], [0.4], [0.9]]), np.array([1.0])), [0.2, 0.0, 0.0])
     # no front yet: the box each candidate dominates
     assert np.allclose(hv_improvement(np.zeros((0, 2)), np.array([[0.2, 0.5]]), np.array([1.0, 1.0])), [0.8 * 0.5])
     with pytest.raises(ValueError, match="rng"):
