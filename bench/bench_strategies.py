@@ -257,7 +257,7 @@ def main() -> None:
                     evs["global"] = Evaluated(global_variant(cfg_dict), base_dir)
                 strat, e = "map", evs["global"]
             cls = STRATEGIES.get(strat)
-            msgs = cls.check(cls.Options(**opts), {"dim": e.space.dim, "budget": n, "n_experts": len(e.space.experts), "n_objectives": len(e.directions)})
+            msgs = cls.check(cls.Options(**opts), e.problem(n).info())
             if msgs:
                 print(f"   {name}: skipped: {msgs[0]}", flush=True)
                 continue

@@ -116,6 +116,10 @@ class Problem:
         signs = np.array([o.sign for o in self.objectives])
         return np.asarray(values, dtype=np.float64) * signs
 
+    def info(self) -> dict[str, Any]:
+        """What :meth:`Strategy.check` is told about this problem."""
+        return {"dim": self.dim, "budget": self.budget, "n_experts": self.n_experts, "n_objectives": self.n_obj}
+
     def scalarize(self, values: np.ndarray) -> np.ndarray:
         """Weighted sum of minimization-signed values (smaller is better)."""
         w = np.array([o.weight for o in self.objectives])
@@ -140,6 +144,14 @@ class Strategy(ABC):
         self.problem = problem
         self.options = options if isinstance(options, StrategyOptions) else self.Options(**(options or {}))
         self.seed = int(seed)
+        self._refuse_unfit_options()
+
+    def _refuse_unfit_options(self) -> None:
+        """Hook: raise ``ValueError("<name>: ...")`` when :meth:`check` rejects the options for
+        this problem (the same messages ``search validate`` prints)."""
+        msgs = self.check(self.options, self.problem.info())
+        if msgs:
+            raise ValueError(f"{self.name}: " + "; ".join(msgs))
 
     @abstractmethod
     def ask(self, n: int) -> list[Candidate]: ...

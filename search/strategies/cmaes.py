@@ -106,8 +106,6 @@ class CMAESStrategy(Strategy):
         super().__init__(problem, options, seed)
         o: CMAESOptions = self.options  # type: ignore[assignment]
         d = problem.dim
-        if o.weights is not None and len(o.weights) != problem.n_obj:
-            raise ValueError(f"cmaes: {len(o.weights)} weights given for {problem.n_obj} objectives")
         self._w = np.asarray(o.weights if o.weights is not None else [ob.weight for ob in problem.objectives], dtype=np.float64)
         self._signs = np.array([ob.sign for ob in problem.objectives])
         self._lo = np.asarray(problem.lower, dtype=np.float64)

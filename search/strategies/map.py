@@ -716,6 +716,9 @@ class MAPStrategy(Strategy):
         self._nested = s["nested"]
 
     # ------------------------------------------------------------------ validation
+    def _refuse_unfit_options(self) -> None:
+        """``__init__`` refuses with field-path ConfigErrors, from the expert points it finds."""
+
     @classmethod
     def check(cls, options: StrategyOptions, problem_info: dict[str, Any]) -> list[str]:
         o: MAPOptions = options  # type: ignore[assignment]

@@ -75,9 +75,6 @@ class MOBOStrategy(Strategy):
 
     def __init__(self, problem, options=None, seed: int = 0):
         super().__init__(problem, options, seed)
-        msgs = self.check(self.options, {"dim": problem.dim})
-        if msgs:
-            raise ValueError("mobo: " + "; ".join(msgs))
         p = problem
         self._lo, self._hi = np.asarray(p.lower, dtype=np.float64), np.asarray(p.upper, dtype=np.float64)
         self._span = np.where(self._hi > self._lo, self._hi - self._lo, 1.0)

@@ -75,9 +75,6 @@ class OptunaStrategy(Strategy):
 
     def __init__(self, problem, options=None, seed: int = 0):
         super().__init__(problem, options, seed)
-        msgs = self.check(self.options, {"n_objectives": problem.n_obj})
-        if msgs:
-            raise ValueError("optuna: " + "; ".join(msgs))
         names = list(problem.names) if problem.names and len(set(problem.names)) == problem.dim else []
         self._names = names or [f"x{i:04d}" for i in range(problem.dim)]
         self._sampler_seed = derive_seed("optuna", self.seed) % (2**32)
