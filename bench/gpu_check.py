@@ -184,6 +184,16 @@ def h2d_floor(nbytes: int, dtype: torch.dtype, device: torch.device, timer: Time
     return {**_stats(times), "bytes": n * src.element_size(), "pinned": pin, "GBps": n * src.element_size() / med / 1e9}
 
 
+def build_space(model: torch.nn.Module, n_experts: int, method: str, granularity: str, search: dict[str, tuple[float, float]],
+                params: dict[str, Any] | None = None) -> Any:
+    """The coefficient space of ``model``'s parameters for ``n_experts`` experts e0, e1, ..."""
+    from search.config import MergeConfig
+    from search.space import CoefficientSpace
+
+    cfg = MergeConfig(method=method, granularity=granularity, search=search, params=params or {})
+    return CoefficientSpace.build([n for n, _ in model.named_parameters()], [f"e{t}" for t in range(n_experts)], cfg)
+
+
 def bench_plans(
     model: torch.nn.Module,
     base: dict[str, torch.Tensor],
@@ -196,16 +206,13 @@ def bench_plans(
     resident: dict[str, Any],
 ) -> dict[str, Any]:
     """Plan (b) ``streamed`` vs plan (a) ``resident`` (from ``resident``) and the transfer floor."""
-    from search.config import MergeConfig
     from search.merge.materializer import Materializer
-    from search.space import CoefficientSpace
 
     device = next(model.parameters()).device
     K = len(experts)
     h2d = h2d_floor(mbytes, dtype, device, timer, reps)
     h2d_floor_s = h2d["median_s"] * K
-    names = [n for n, _ in model.named_parameters()]
-    space = CoefficientSpace.build(names, [f"e{t}" for t in range(K)], MergeConfig(method="task_arithmetic", granularity=granularity, search={"weight": (0.0, 1.0)}))
+    space = build_space(model, K, "task_arithmetic", granularity, {"weight": (0.0, 1.0)})
     t0 = time.perf_counter()
     mat = Materializer(model, base, experts, space, "task_arithmetic", {}, run_seed=0, plan="streamed")
     timer.sync()
@@ -243,12 +250,9 @@ def check_plans_equal(
     ties (weight searched, density fixed at 0.5): sparse, streamed. Reports the largest
     absolute difference over all parameters and whether the merged models are bit-identical.
     """
-    from search.config import MergeConfig
     from search.merge.materializer import Materializer
     from search.merge.plan import Plan
-    from search.space import CoefficientSpace
 
-    names = [n for n, _ in model.named_parameters()]
     K = len(experts)
     cases = {
         "task_arithmetic": ({"weight": (0.0, 1.0)}, {}, ["streamed", "streamed+base"]),
@@ -256,8 +260,7 @@ def check_plans_equal(
     }
     out: dict[str, Any] = {}
     for method, (search, fixed, plans) in cases.items():
-        cfg = MergeConfig(method=method, granularity=granularity, search=search, params=fixed)
-        space = CoefficientSpace.build(names, [f"e{t}" for t in range(K)], cfg)
+        space = build_space(model, K, method, granularity, search, fixed)
         rng = np.random.default_rng(7)
         xs = [space.lower + rng.random(space.dim) * (space.upper - space.lower) for _ in range(2)]
         ref: list[dict[str, torch.Tensor]] = []
@@ -295,12 +298,9 @@ def bench_method(
     reps: int,
     granularity: str,
 ) -> tuple[Any, dict[str, Any]]:
-    from search.config import MergeConfig
     from search.merge.materializer import Materializer
-    from search.space import CoefficientSpace
 
-    names = [n for n, _ in model.named_parameters()]
-    space = CoefficientSpace.build(names, [f"e{t}" for t in range(len(experts))], MergeConfig(method=method, granularity=granularity, search=search))
+    space = build_space(model, len(experts), method, granularity, search)
     t0 = time.perf_counter()
     mat = Materializer(model, base, experts, space, method, {}, run_seed=0, plan="resident")
     timer.sync()
