@@ -395,8 +395,8 @@ def summarise(results: dict[str, Any], budgets: list[int]) -> dict[str, Any]:
 
 def check_target(results: dict[str, Any], budgets: list[int], target_budget: int, baselines: list[str]) -> dict[str, Any]:
     """The issue's target, per problem: (a) the best project strategy's mean validation HV at
-    ``target_budget`` as a fraction of the reference run's HV (and of the pooled front's);
-    (b) at every budget, the project strategy with the best mean, and in how many seeds its
+    ``target_budget`` as a fraction of the reference run's HV (and of the pooled front's), and
+    its held-out HV as a fraction of the reference run's held-out HV; (b) at every budget, the project strategy with the best mean, and in how many seeds its
     HV beats each baseline's HV of the same seed."""
     out: dict[str, Any] = {}
     for pname, p in results["problems"].items():

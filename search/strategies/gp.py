@@ -50,7 +50,12 @@ class GaussianProcess:
 
     @staticmethod
     def default_theta(dim: int) -> np.ndarray:
+        """The prior means: the fit's fixed start."""
         return np.concatenate([np.full(dim, PRIOR_LS[0]), [PRIOR_SF2[0], PRIOR_NOISE[0]]])
+
+    @staticmethod
+    def _prior_sd(dim: int) -> np.ndarray:
+        return np.concatenate([np.full(dim, PRIOR_LS[1]), [PRIOR_SF2[1], PRIOR_NOISE[1]]])
 
     def _bounds(self) -> list[tuple[float, float]]:
         return [LOG_LS] * self.dim + [LOG_SF2, LOG_NOISE]
@@ -79,9 +84,8 @@ class GaussianProcess:
         grad[d] = 0.5 * np.sum(W * Kf)
         grad[d + 1] = 0.5 * noise * np.trace(W)
         # priors (negative log density, up to constants)
-        mu = np.concatenate([np.full(d, PRIOR_LS[0]), [PRIOR_SF2[0], PRIOR_NOISE[0]]])
-        sd = np.concatenate([np.full(d, PRIOR_LS[1]), [PRIOR_SF2[1], PRIOR_NOISE[1]]])
-        z = (theta - mu) / sd
+        sd = self._prior_sd(d)
+        z = (theta - self.default_theta(d)) / sd
         nll += 0.5 * float(z @ z)
         grad += z / sd
         return float(nll), grad

@@ -265,7 +265,6 @@ def _accuracies(model: Any, tok: Any, probes: dict[str, list[tuple[str, str]]]) 
     return {k: round(sum(v) / len(v), 4) for k, v in hits.items()}
 
 
-
 def _step(model: Any, opt: Any, lines: Any, enc: Any, rng: Any) -> float:
     """One clipped AdamW step on a random batch; returns its loss."""
     import torch
@@ -277,6 +276,7 @@ def _step(model: Any, opt: Any, lines: Any, enc: Any, rng: Any) -> float:
     torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
     opt.step()
     return float(out.loss.detach())
+
 
 def _train(
     model: Any,
