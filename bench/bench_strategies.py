@@ -120,7 +120,8 @@ class Evaluated:
 
         return build_problem(self.space, self.cfg, budget)
 
-    def __call__(self, x: np.ndarray, number: int, split: str = "search") -> tuple[np.ndarray | None, np.ndarray | None]:
+    def __call__(self, x: np.ndarray, number: int, split: str = "search") -> tuple[np.ndarray | None, np.ndarray | None, dict[int, np.ndarray] | None]:
+        """(values, per-example scores, per-example margins by objective); Nones for a failed trial."""
         from search.workers import TrialTask
 
         t0 = time.perf_counter()
@@ -128,9 +129,9 @@ class Evaluated:
         self.eval_s += time.perf_counter() - t0
         self.n_evals += 1
         if not r.ok:
-            return None, None
+            return None, None, None
         per = np.concatenate([np.asarray(v).ravel() for v in r.per_sample.values()]) if r.per_sample else None
-        return np.asarray(r.values, dtype=np.float64), per
+        return np.asarray(r.values, dtype=np.float64), per, r.margins or None
 
 
 def run_one(ev: Evaluated, strategy: str, options: dict[str, Any], seed: int, n: int, workers: int) -> dict[str, Any]:
@@ -145,13 +146,13 @@ def run_one(ev: Evaluated, strategy: str, options: dict[str, Any], seed: int, n:
     X, V, failed = [], [], 0
     while len(X) < n:
         c = pending.pop(0)
-        vals, per = ev(c.x, len(X))
+        vals, per, margins = ev(c.x, len(X))
         if vals is None:
             failed += 1
         X.append(np.asarray(c.x, dtype=np.float64))
         V.append(vals if vals is not None else np.full(prob.n_obj, np.nan))
         t0 = time.perf_counter()
-        s.tell([TrialResult(c, vals, per)])
+        s.tell([TrialResult(c, vals, per, margins=margins)])
         if len(X) + len(pending) < n:
             pending += s.ask(1)
         t_strat += time.perf_counter() - t0
@@ -174,7 +175,7 @@ def score_run(ev: Evaluated, run: dict[str, Any], budgets: list[int], ref: np.nd
         H = []
         for i in idx:
             if int(i) not in heldout:
-                vals, _ = ev(X[i], 1_000_000 + int(i), split="heldout")
+                vals, _, _ = ev(X[i], 1_000_000 + int(i), split="heldout")
                 heldout[int(i)] = vals if vals is not None else np.full(len(ev.directions), np.nan)
             H.append(heldout[int(i)])
         out["hv_test"][b] = hypervolume(np.asarray(H), ev.directions, ref) if H else 0.0
@@ -295,7 +296,7 @@ def main() -> None:
         # held-out values of the pooled front (evaluated in the layer-wise space: global points are in it too)
         H = []
         for i in np.flatnonzero(mask):
-            vals, _ = ev(allX[i], 2_000_000 + int(i), split="heldout")
+            vals, _, _ = ev(allX[i], 2_000_000 + int(i), split="heldout")
             H.append(vals if vals is not None else np.full(len(ev.directions), np.nan))
         ref_hv_test = hypervolume(np.asarray(H), ev.directions, ref) if H else 0.0
         runs_out = []

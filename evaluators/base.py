@@ -49,11 +49,19 @@ class EvalContext:
 
 @dataclass
 class EvalResult:
-    """Named metrics; optional per-example scores in [0, 1] keyed by task/subset."""
+    """Named metrics; optional per-example scores in [0, 1] keyed by task/subset.
+
+    ``margins``: for a metric that is a fraction of examples right (an accuracy), the
+    per-example margins behind it, keyed by the metric's name: ``metrics[k] ==
+    mean(margins[k] > 0)`` exactly (for a classifier: the true class's logit minus the
+    largest other logit). Margins are smooth in the merge coefficients where the accuracy
+    is a step function, so model-based strategies (``mobo``) predict the accuracy from them.
+    """
 
     metrics: dict[str, float]
     per_sample: dict[str, np.ndarray] | None = None
     info: dict[str, Any] = field(default_factory=dict)
+    margins: dict[str, np.ndarray] | None = None
 
 
 class EvaluationError(Exception):

@@ -15,7 +15,9 @@ The model is called as ``model(X)`` on a float tensor of shape (n, features) in 
 dtype and device, in batches of ``batch_size``; it returns logits (n, classes).
 
 Per-sample: ``per_sample["<dataset>/<split>"]`` is the per-example correctness (0/1) of the
-scored examples, in dataset order (M2N2 uses it).
+scored examples, in dataset order (M2N2 uses it); ``margins["accuracy"]`` the per-example
+margins (the true class's logit minus the largest other one; positive exactly where the
+argmax is right, ties included), which ``mobo`` models instead of the accuracy's steps.
 
 Failures: an exception in the forward pass, logits of the wrong shape, or a NaN/inf metric
 raise :class:`~evaluators.base.EvaluationError`; the trial is recorded as FAIL.
@@ -129,8 +131,14 @@ class ClassificationEvaluator(Evaluator):
         if not torch.isfinite(out).all():
             raise EvaluationError(f"classification on {self.key}: the model produced NaN/inf logits; the merge is probably broken")
         yt = torch.as_tensor(self.y)
+        rows = torch.arange(len(yt))
+        true_logit = out[rows, yt].double()
+        others = out.double().clone()
+        others[rows, yt] = -torch.inf
+        margin = (true_logit - others.max(-1).values).numpy()
         correct = (out.argmax(-1) == yt).numpy().astype(np.float64)
+        margin = np.where(correct > 0, np.maximum(margin, np.finfo(np.float64).tiny), np.minimum(margin, 0.0))
         nll = float(torch.nn.functional.cross_entropy(out.double(), yt))
         metrics = {"accuracy": float(correct.mean()), "nll": nll}
         require_finite(metrics, f"classification on {self.key}")
-        return EvalResult(metrics=metrics, per_sample={self.key: correct}, info={"n": len(self.y)})
+        return EvalResult(metrics=metrics, per_sample={self.key: correct}, info={"n": len(self.y)}, margins={"accuracy": margin})

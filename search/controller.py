@@ -233,7 +233,7 @@ class Controller:
                             orig = seen[k]
                             if orig in results_by_number:
                                 r = results_by_number[orig]
-                                strategy.tell([TrialResult(cand, r.values, r.per_sample, r.error)])
+                                strategy.tell([TrialResult(cand, r.values, r.per_sample, r.error, r.margins)])
                             else:
                                 waiting_dups.setdefault(orig, []).append(cand)
                             continue
@@ -274,9 +274,9 @@ class Controller:
                         n_fail += 1
                         log.warning("trial %d failed: %s", task.number, res.error)
                     per = np.concatenate([v.ravel() for v in res.per_sample.values()]) if res.per_sample else None
-                    tr = TrialResult(cand, np.asarray(res.values) if ok else None, per, res.error)
+                    tr = TrialResult(cand, np.asarray(res.values) if ok else None, per, res.error, res.margins if ok and res.margins else None)
                     results_by_number[task.number] = tr
-                    batch = [tr] + [TrialResult(d, tr.values, tr.per_sample, tr.error) for d in waiting_dups.pop(task.number, [])]
+                    batch = [tr] + [TrialResult(d, tr.values, tr.per_sample, tr.error, tr.margins) for d in waiting_dups.pop(task.number, [])]
                     strategy.tell(batch)
                     store.finish_trial(
                         tid,

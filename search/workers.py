@@ -48,6 +48,7 @@ class WorkerResult:
     values: list[float] | None = None
     evaluations: list[dict[str, Any]] = field(default_factory=list)
     per_sample: dict[str, np.ndarray] = field(default_factory=dict)
+    margins: dict[int, np.ndarray] = field(default_factory=dict)  # objective index -> per-example margins
     error: str | None = None
     worker: str = ""
     materialize_s: float | None = None
@@ -157,6 +158,8 @@ class TrialWorker:
                 values.append(v)
                 for key, arr in (out.per_sample or {}).items():
                     res.per_sample[f"{o.name}/{key}"] = np.asarray(arr, dtype=np.float32)
+                if out.margins and ev.metric in out.margins:
+                    res.margins[len(values) - 1] = np.asarray(out.margins[ev.metric], dtype=np.float64)
             res.evaluate_s = time.perf_counter() - t1
             res.values = values
         except Exception as e:  # a failed trial is data, not a crash

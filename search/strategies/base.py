@@ -78,12 +78,16 @@ class TrialResult:
     ``values``: raw objective values in objective order, or None if the trial failed.
     ``per_sample``: per-example scores in [0, 1] (higher is better), concatenated over
     objectives, for strategies that use them (M2N2); None when evaluators give none.
+    ``margins``: objective index -> per-example margins with ``values[i] == mean(margins[i]
+    > 0)`` (accuracies whose evaluator reports them; ``mobo`` models them); None or missing
+    keys when evaluators give none.
     """
 
     candidate: Candidate
     values: np.ndarray | None
     per_sample: np.ndarray | None = None
     error: str | None = None
+    margins: dict[int, np.ndarray] | None = None
 
     @property
     def ok(self) -> bool:

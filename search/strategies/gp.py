@@ -139,3 +139,47 @@ class GaussianProcess:
         v = solve_triangular(self._L, Ks.T, lower=True)
         var = np.maximum(sf2 - (v * v).sum(0), 1e-12)
         return mu * self._std + self._mean, np.sqrt(var) * self._std
+
+
+class SharedKernelGP:
+    """Independent GPs on many targets (columns of ``Y``) that share one kernel.
+
+    For per-example margins: hundreds of targets of the same inputs, each a smooth function
+    of the coefficients. One Cholesky serves all columns; each column is standardised on its
+    own. The shared hyperparameters are fitted (:meth:`fit`) on the targets' first principal
+    component (the direction most of their variation shares), by :class:`GaussianProcess`.
+    """
+
+    def __init__(self, dim: int, theta: np.ndarray | None = None):
+        self.gp = GaussianProcess(dim, theta)
+
+    @property
+    def theta(self) -> np.ndarray:
+        return self.gp.theta
+
+    def fit(self, X: np.ndarray, Y: np.ndarray, *, restarts: bool = True) -> None:
+        """Fit the shared hyperparameters, then condition on (X, Y)."""
+        Z = self._standardise(np.asarray(Y, dtype=np.float64))
+        if len(Z) > 1 and np.any(Z):
+            u, s, _ = np.linalg.svd(Z, full_matrices=False)
+            self.gp.fit(X, u[:, 0] * s[0], restarts=restarts)
+        self.condition(X, Y)
+
+    def _standardise(self, Y: np.ndarray) -> np.ndarray:
+        self._mean = Y.mean(0) if len(Y) else np.zeros(Y.shape[1])
+        sd = Y.std(0) if len(Y) > 1 else np.ones(Y.shape[1])
+        self._std = np.where(sd > 1e-12, sd, 1.0)
+        return (Y - self._mean) / self._std
+
+    def condition(self, X: np.ndarray, Y: np.ndarray) -> None:
+        """Condition every column on (X, Y) with the current shared hyperparameters."""
+        Z = self._standardise(np.asarray(Y, dtype=np.float64))
+        self.gp.condition(X, np.zeros(len(Z)))  # the factorisation only
+        self._alpha = cho_solve((self.gp._L, True), Z)
+
+    def predict_mean(self, Xs: np.ndarray) -> np.ndarray:
+        """Posterior means (len(Xs), n_targets) in target units."""
+        d = self.gp.dim
+        ls, sf2 = np.exp(self.theta[:d]), np.exp(self.theta[d])
+        Ks = matern52(np.asarray(Xs, dtype=np.float64), self.gp.X, ls, sf2)
+        return (Ks @ self._alpha) * self._std + self._mean

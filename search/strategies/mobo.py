@@ -10,6 +10,17 @@ dimensions layer-wise merging has (a few to a few dozen coefficients):
    noise) on the coefficients scaled to the unit cube; objectives are minimisation-signed,
    so a direction is never lost. Hyperparameters are refitted after every result early on,
    then every ``n/25`` results; between refits the GPs only re-condition on new data.
+   Accuracies whose evaluator reports per-example margins (``TrialResult.margins``, e.g.
+   the true class's logit minus the best other one) are predicted from those instead
+   (``margins``, on by default): one GP per example, all sharing a kernel fitted on the
+   margins' first principal component, and the predicted accuracy is the fraction of
+   examples with a positive predicted margin. An accuracy on a few hundred examples is a
+   step function of the coefficients that a GP on the accuracy smooths away (its steps are
+   what separates a good front member from a lucky one); the margins are smooth, so their
+   model predicts the steps. On the digits benchmark this takes mobo at 200 evaluations
+   from 0.97 to 1.0 of a 4000-evaluation NSGA-II run (2 objectives) and from 0.90 to 1.05
+   (3 objectives). The value GP still gives the prediction's uncertainty, scaled by the
+   smaller ``margin_beta``.
 3. Acquisition: the hypervolume the optimistic prediction ``mean - beta * sd`` (every
    objective minimised) would add to the measured front (SMS-EGO's criterion, as in
    Ponweiser et al. 2008), exact for two objectives and a shared-sample Monte Carlo
@@ -22,7 +33,8 @@ dimensions layer-wise merging has (a few to a few dozen coefficients):
    members (several scales, a random subset of coordinates each), then a finer local
    refinement around the best few; the best is proposed.
 5. Local moves: once ``local_after`` results are in, a ``local_fraction`` share of the
-   proposals are small moves from the measured front: a pair of neighbouring front members
+   proposals (0.7; none when every objective is predicted from margins, whose model
+   already resolves the steps) are small moves from the measured front: a pair of neighbouring front members
    is drawn in proportion to the empty rectangle between them (crowding distance with more
    objectives), and a move is a blend of the pair or one of them, with Gaussian noise;
    ``screen`` such moves are drawn and the acquisition above picks one (``screen: 0``
@@ -52,7 +64,7 @@ from pydantic import Field
 
 from ..pareto import hv_improvement, pareto_mask
 from .base import Candidate, Strategy, StrategyOptions, TrialResult
-from .gp import GaussianProcess
+from .gp import GaussianProcess, SharedKernelGP
 
 
 class MOBOOptions(StrategyOptions):
@@ -61,10 +73,12 @@ class MOBOOptions(StrategyOptions):
     n_candidates: int = Field(2048, ge=64, description="candidate points scored per proposal")
     include_seeds: bool = Field(True, description="start with the problem's seed points (experts, base, uniform)")
     ref_margin: float = Field(0.0, ge=0.0, description="reference point = worst measured value + this fraction of the measured range, per objective")
-    local_fraction: float = Field(0.7, ge=0.0, le=1.0, description="share of proposals, after local_after results, that are small moves from the measured front")
+    local_fraction: float | None = Field(None, ge=0.0, le=1.0, description="share of proposals, after local_after results, that are small moves from the measured front (default: 0.7, or 0 when every objective is predicted from margins)")
     local_after: int = Field(50, ge=0, description="results before local moves start")
     screen: int = Field(16, ge=0, description="local moves drawn per local proposal; the model's acquisition picks one (0: unscored)")
     max_dim: int = Field(64, ge=1, description="largest search dimension accepted (GP models degrade far beyond it)")
+    margins: bool = Field(True, description="predict an accuracy from its per-example margins when the evaluator reports them")
+    margin_beta: float = Field(0.1, ge=0.0, description="optimism (as beta) for accuracies predicted from margins: their mean is sharp, so less is needed")
 
 
 class MOBOStrategy(Strategy):
@@ -93,6 +107,8 @@ class MOBOStrategy(Strategy):
         self._next_id = 0
         self._X: list[np.ndarray] = []  # told points (real units)
         self._Y: list[np.ndarray | None] = []  # raw values, None = failed
+        self._M: list[dict[int, np.ndarray] | None] = []  # per-example margins by objective (successful results)
+        self._mthetas: list[np.ndarray | None] = [None] * p.n_obj
         self._pending: dict[int, np.ndarray] = {}
         self._thetas: list[np.ndarray | None] = [None] * p.n_obj
         self._fit_n = -1  # number of observations at the last hyperparameter fit
@@ -133,6 +149,7 @@ class MOBOStrategy(Strategy):
             x = self._pending.pop(cid, None)
             self._X.append(np.asarray(r.candidate.x if x is None else x, dtype=np.float64))
             self._Y.append(np.asarray(r.values, dtype=np.float64).copy() if r.ok else None)
+            self._M.append({int(j): np.asarray(m, dtype=np.float64).ravel().copy() for j, m in r.margins.items()} if r.ok and r.margins else None)
             self._next_id = max(self._next_id, cid + 1)
 
     # ------------------------------------------------------------------ the model step
@@ -143,6 +160,23 @@ class MOBOStrategy(Strategy):
         ok = np.array([y is not None for y in self._Y])
         F = self.problem.minimization(np.asarray([y for y in self._Y if y is not None]))
         return U, U[ok], F
+
+    def _margin_data(self) -> dict[int, np.ndarray]:
+        """Objective -> margins of every successful result (rows in result order), for the
+        objectives whose every successful result came with margins of one length that give
+        its value back (``value == mean(margins > 0)``); others are modelled by value."""
+        if not self.options.margins:
+            return {}
+        ok = [(y, m) for y, m in zip(self._Y, self._M, strict=True) if y is not None]
+        out = {}
+        for j in range(self.problem.n_obj):
+            rows = [m.get(j) if m else None for _, m in ok]
+            if not rows or any(r is None or len(r) != len(rows[0]) or len(r) == 0 for r in rows):
+                continue
+            Mj = np.vstack(rows)
+            if np.allclose((Mj > 0).mean(1), [y[j] for y, _ in ok], rtol=0.0, atol=1e-9):
+                out[j] = Mj
+        return out
 
     def _refit_due(self, n: int) -> bool:
         step = 1 if n <= 50 else math.ceil(n / 25)
@@ -155,7 +189,11 @@ class MOBOStrategy(Strategy):
         ref = F.max(0) + self.options.ref_margin * span
         on_front = pareto_mask(F, ["minimize"] * p.n_obj)
         front_U, front_F = U[on_front], F[on_front]  # measured: where local moves start
-        local = [len(U) >= self.options.local_after and self._rng.random() < self.options.local_fraction for _ in range(k)]
+        margin_data = self._margin_data()
+        lf = self.options.local_fraction
+        if lf is None:
+            lf = 0.0 if len(margin_data) == p.n_obj else 0.7
+        local = [len(U) >= self.options.local_after and self._rng.random() < lf for _ in range(k)]
         pend = [(np.asarray(x) - self._lo) / self._span for x in self._pending.values()]
         if all(local) and not self.options.screen:  # no model needed
             out = []
@@ -176,6 +214,16 @@ class MOBOStrategy(Strategy):
                     gp.condition(U, F[:, j])
             self._thetas[j] = gp.theta.copy()
             gps.append(gp)
+        for j, Mj in margin_data.items():
+            mgp = SharedKernelGP(p.dim, self._mthetas[j])
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                if refit or self._mthetas[j] is None:
+                    mgp.fit(U, Mj, restarts=True)
+                else:
+                    mgp.condition(U, Mj)
+            self._mthetas[j] = mgp.theta.copy()
+            gps[j] = _MarginPredictor(gps[j], mgp, U, Mj, p.objectives[j].sign)
         if refit:
             self._fit_n = len(U)
         # pending proposals as fantasies at their predicted means (scoring only)
@@ -252,7 +300,8 @@ class MOBOStrategy(Strategy):
 
     def _score(self, gps, C, front_F, ref) -> np.ndarray:
         pred = [gp.predict(C) for gp in gps]
-        lcb = np.column_stack([m - self.options.beta * s for m, s in pred])
+        betas = [self.options.margin_beta if isinstance(gp, _MarginPredictor) else self.options.beta for gp in gps]
+        lcb = np.column_stack([m - b * s for (m, s), b in zip(pred, betas, strict=True)])
         hvi = hv_improvement(front_F, lcb, ref, rng=self._rng)
         if np.any(hvi > 0):
             return hvi
@@ -293,6 +342,8 @@ class MOBOStrategy(Strategy):
             "pending": {int(k): v.copy() for k, v in self._pending.items()},
             "init": [(name, x.copy()) for name, x in self._init],
             "thetas": [None if t is None else t.copy() for t in self._thetas],
+            "M": [None if m is None else {int(j): v.copy() for j, v in m.items()} for m in self._M],
+            "mthetas": [None if t is None else t.copy() for t in self._mthetas],
             "fit_n": self._fit_n,
             "rng": self._rng.bit_generator.state,
         }
@@ -304,5 +355,33 @@ class MOBOStrategy(Strategy):
         self._pending = {int(k): np.asarray(v, dtype=np.float64) for k, v in state["pending"].items()}
         self._init = [(name, np.asarray(x, dtype=np.float64)) for name, x in state["init"]]
         self._thetas = [None if t is None else np.asarray(t, dtype=np.float64) for t in state["thetas"]]
+        self._M = [None if m is None else {int(j): np.asarray(v, dtype=np.float64) for j, v in m.items()} for m in state.get("M", [None] * len(self._X))]
+        self._mthetas = [None if t is None else np.asarray(t, dtype=np.float64) for t in state.get("mthetas", [None] * self.problem.n_obj)]
         self._fit_n = int(state["fit_n"])
         self._rng.bit_generator.state = state["rng"]
+
+
+class _MarginPredictor:
+    """An accuracy objective predicted from its per-example margins.
+
+    The mean is the fraction of examples whose predicted margin (a :class:`SharedKernelGP`
+    over all examples) is positive, signed like the objective's minimised values; the
+    standard deviation (for the acquisition's optimism) is the value GP's. ``condition``
+    adds fantasy rows the way :meth:`GaussianProcess.condition` does: the margins of the new
+    points are the margin model's own predictions."""
+
+    def __init__(self, gp: GaussianProcess, mgp: SharedKernelGP, U: np.ndarray, M: np.ndarray, sign: float):
+        self.gp, self.mgp, self.U, self.M, self.sign = gp, mgp, U, M, sign
+
+    def predict(self, C: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        _, sd = self.gp.predict(C)
+        acc = (self.mgp.predict_mean(C) > 0).mean(axis=1)
+        return self.sign * acc, sd
+
+    def condition(self, U: np.ndarray, y: np.ndarray) -> None:
+        self.gp.condition(U, y)
+        new = U[len(self.U):]
+        if len(new):
+            self.M = np.vstack([self.M, self.mgp.predict_mean(new)])
+            self.U = U
+            self.mgp.condition(self.U, self.M)
