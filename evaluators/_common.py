@@ -68,3 +68,20 @@ def model_device(model: Any) -> Any:
     for p in model.parameters():
         return p.device
     return torch.device("cpu")
+
+
+def argmax_margins(scores: Any, gold: Any) -> Any:
+    """Per-example margins of an argmax prediction: ``scores[i, gold[i]]`` minus the best other
+    score, nudged so that ``margin > 0`` exactly where ``argmax(scores[i]) == gold[i]``
+    (numpy's argmax takes the first maximum, so a tie is right only when gold comes first)."""
+    import numpy as np
+
+    S = np.asarray(scores, dtype=np.float64)
+    g = np.asarray(gold, dtype=np.int64)
+    rows = np.arange(len(g))
+    true = S[rows, g]
+    others = S.copy()
+    others[rows, g] = -np.inf
+    margin = true - others.max(axis=1) if S.shape[1] > 1 else np.full(len(g), np.inf)
+    right = S.argmax(axis=1) == g
+    return np.where(right, np.maximum(margin, np.finfo(np.float64).tiny), np.minimum(margin, 0.0))

@@ -30,7 +30,7 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import Field, field_validator
 
-from ._common import model_device, require_finite
+from ._common import argmax_margins, model_device, require_finite
 from .base import EvalContext, EvalResult, EvaluationError, Evaluator, EvaluatorSettings
 
 BUILTIN_DATASETS = ("digits",)
@@ -131,13 +131,8 @@ class ClassificationEvaluator(Evaluator):
         if not torch.isfinite(out).all():
             raise EvaluationError(f"classification on {self.key}: the model produced NaN/inf logits; the merge is probably broken")
         yt = torch.as_tensor(self.y)
-        rows = torch.arange(len(yt))
-        true_logit = out[rows, yt].double()
-        others = out.double().clone()
-        others[rows, yt] = -torch.inf
-        margin = (true_logit - others.max(-1).values).numpy()
         correct = (out.argmax(-1) == yt).numpy().astype(np.float64)
-        margin = np.where(correct > 0, np.maximum(margin, np.finfo(np.float64).tiny), np.minimum(margin, 0.0))
+        margin = argmax_margins(out.numpy(), self.y)
         nll = float(torch.nn.functional.cross_entropy(out.double(), yt))
         metrics = {"accuracy": float(correct.mean()), "nll": nll}
         require_finite(metrics, f"classification on {self.key}")

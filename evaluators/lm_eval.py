@@ -29,7 +29,10 @@ Settings:
 
 Result: ``metrics[self.metric]`` is the objective value; ``metrics["<task>/<key>"]`` has every
 per-task metric; ``per_sample[<task>]`` holds per-document scores (in doc order of the subset)
-when the metric's per-document values lie in [0, 1] (exact match, accuracy).
+when the metric's per-document values lie in [0, 1] (exact match, accuracy). For
+multiple-choice ``acc``, ``margins[metric]`` holds each document's gold-choice loglikelihood
+minus the best other choice's (when the objective is exactly the fraction of them that are
+positive: one task, or tasks of equal size), which ``mobo`` models instead of the accuracy.
 
 Guards (``check``): unknown task names get close-name suggestions; objectives on well-known
 public benchmark test sets (MMLU, GSM8K, ARC, HellaSwag, ...) are refused during the search
@@ -240,6 +243,42 @@ class LMEvalSettings(EvaluatorSettings):
     include_path: list[str] = Field(default_factory=list, description="folders with task YAMLs")
     gen_kwargs: dict[str, Any] | None = Field(None, description="merged into generation tasks' generation_kwargs")
     confirm_run_unsafe_code: bool = Field(False, description="allow tasks that execute model-written code")
+
+
+def _choice_margins(samples: dict[str, list[dict[str, Any]]], tasks: list[str], metric: str, filt: str) -> Any:
+    """Per-document margins behind multiple-choice ``acc``: the gold choice's loglikelihood
+    minus the best other choice's, for every task in ``tasks`` (doc order), or None where they
+    would not give the metric back: another metric, a document with several gold answers or
+    no loglikelihoods, a margin whose sign disagrees with lm-eval's own ``acc``."""
+    import numpy as np
+
+    from ._common import argmax_margins
+
+    if metric != "acc":
+        return None
+    parts = []
+    for name in tasks:
+        rows = sorted((r for r in samples.get(name, []) if r.get("filter") == filt), key=lambda r: r["doc_id"])
+        if not rows:
+            return None
+        try:
+            lls = [[float(resp[0]) for resp in r["filtered_resps"]] for r in rows]
+            gold = [r["target"] for r in rows]
+            acc = np.array([float(r["acc"]) for r in rows])
+        except (KeyError, TypeError, ValueError, IndexError):
+            return None
+        if any(not isinstance(g, (int, np.integer)) or not 0 <= g < len(ll) for g, ll in zip(gold, lls, strict=True)):
+            return None
+        if len({len(ll) for ll in lls}) != 1:  # ragged choice lists: one document at a time
+            m = np.concatenate([argmax_margins([ll], [g]) for ll, g in zip(lls, gold, strict=True)])
+        else:
+            m = argmax_margins(lls, gold)
+        if not np.array_equal(m > 0, acc > 0.5):
+            return None
+        parts.append(m)
+    if len({len(m) for m in parts}) != 1:  # the objective averages tasks: only equal sizes weigh documents equally
+        return None
+    return np.concatenate(parts)
 
 
 def _split_metric(metric: str) -> tuple[str, str]:
@@ -464,11 +503,15 @@ class LMEvalEvaluator(Evaluator):
                 continue
             if len(vals) and np.all(np.isfinite(vals)) and vals.min() >= 0.0 and vals.max() <= 1.0:
                 per_sample[name] = vals
+        margins = _choice_margins(out.get("samples") or {}, list(self.tasks), mname, filt)
+        if margins is not None and abs(float((margins > 0).mean()) - metrics[self._metric]) > 1e-9:
+            margins = None  # the objective is not the fraction of these examples right (e.g. a group's weighting)
         info = {
             "n_docs": {n: len(self.samples.get(n, [])) or self.n_docs[n] for n in self.tasks},
             "subset": {n: idx for n, idx in self.samples.items()},
         }
-        return EvalResult(metrics=metrics, per_sample=per_sample or None, info=info)
+        return EvalResult(metrics=metrics, per_sample=per_sample or None, info=info,
+                          margins={self._metric: margins} if margins is not None else None)
 
     def close(self) -> None:
         self._lm = None

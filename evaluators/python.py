@@ -7,7 +7,10 @@ Settings::
     kwargs: {}                             # extra keyword arguments
 
 The function returns ``dict[str, float]``, or ``(metrics, per_sample)`` where ``per_sample``
-maps a name to per-example scores in [0, 1] (M2N2 uses them). Nothing from a config runs
+maps a name to per-example scores in [0, 1] (M2N2 uses them), or ``(metrics, per_sample,
+margins)`` where ``margins`` maps an accuracy-like metric to per-example margins with
+``metrics[k] == mean(margins[k] > 0)`` (e.g. the true class's logit minus the best other;
+``mobo`` predicts the metric from them). Nothing from a config runs
 unless the config names ``module:function`` here (or in ``models.factory``). A function that
 raises, or returns a NaN/inf metric, fails the trial with that message; the run goes on.
 """
@@ -68,6 +71,10 @@ class PythonEvaluator(Evaluator):
     def evaluate(self, model: Any, tokenizer: Any, seed: int = 0) -> EvalResult:
         out = self._fn(model, tokenizer, **self.settings.kwargs)
         per: dict[str, np.ndarray] | None = None
+        margins_raw: dict[str, Any] | None = None
+        if isinstance(out, tuple) and len(out) == 3:
+            out, per_raw, margins_raw = out
+            out = (out, per_raw)
         if isinstance(out, tuple) and len(out) == 2:
             out, per_raw = out
             per = {str(k): np.asarray(v, dtype=np.float32) for k, v in (per_raw or {}).items()}
@@ -84,4 +91,15 @@ class PythonEvaluator(Evaluator):
         from ._common import require_finite
 
         require_finite({self.metric: metrics[self.metric]}, self.settings.function)
-        return EvalResult(metrics=metrics, per_sample=per)
+        margins: dict[str, np.ndarray] = {}
+        for k, v in (margins_raw or {}).items():
+            m = np.asarray(v, dtype=np.float64).ravel()
+            if str(k) not in metrics:
+                raise EvaluationError(f"{self.settings.function}: margins for {k!r}, which is not a returned metric")
+            if not m.size or np.isnan(m).any() or abs(float((m > 0).mean()) - metrics[str(k)]) > 1e-9:
+                raise EvaluationError(
+                    f"{self.settings.function}: margins[{k!r}] must be per-example margins with {k} == mean(margins > 0) "
+                    f"(got mean {float((m > 0).mean()) if m.size else float('nan'):.6g} for {k} = {metrics[str(k)]:.6g}); return no margins for other metrics"
+                )
+            margins[str(k)] = m
+        return EvalResult(metrics=metrics, per_sample=per or None, margins=margins or None)

@@ -212,3 +212,27 @@ def test_runtime_env_working_dir_goes_to_the_job_and_resolves_against_the_config
     assert job == {"working_dir": str(tmp_path.resolve())} and actor == {"env_vars": {"A": "1"}}
     assert _split_runtime_env({"env_vars": {"A": "1"}}, str(tmp_path)) == (None, {"env_vars": {"A": "1"}})
     assert _split_runtime_env(None, None) == (None, None)
+
+
+def test_mobo_gets_the_classifiers_margins_through_the_controller(digits_zoo: Path, tmp_path: Path) -> None:
+    """The classification evaluator's per-example margins reach the strategy: they are in the
+    saved mobo state, one row per finished trial, and give each trial's accuracies back."""
+    import pickle
+
+    cfg = yaml.safe_load((REPO / "configs" / "digits.yaml").read_text())
+    cfg["strategy"] = {"name": "mobo", "budget": 8}
+    cfg["store"] = str(tmp_path / "digits.db")
+    path = _write(tmp_path, cfg)
+    assert launch(str(path)) == 0
+    trials = _trials(tmp_path / "digits.db", "digits")
+    st = Store.open(str(tmp_path / "digits.db"), readonly=True)
+    try:
+        state = pickle.loads(st.latest_strategy_state(st.study("digits").id)[2])
+    finally:
+        st.close()
+    assert len(state["M"]) == len(trials) == 8
+    by_x = {tuple(np.round(t.candidate["x"], 12)): t.values for t in trials}
+    for x, m in zip(state["X"], state["M"], strict=True):
+        values = by_x[tuple(np.round(x, 12))]
+        assert sorted(m) == [0, 1] and len(m[0]) + len(m[1]) == 359  # the validation split's 0-4s and 5-9s
+        assert [float((m[j] > 0).mean()) for j in (0, 1)] == pytest.approx(values, abs=1e-7)

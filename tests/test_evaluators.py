@@ -108,6 +108,61 @@ def test_lm_eval_per_sample_scores_match_a_plain_greedy_decode(lm: dict) -> None
     assert res.per_sample["tinylm_add"].tolist() == expect
 
 
+def _mc_task(folder: Path, name: str, n: int, seed: int) -> None:
+    """A multiple-choice addition task (4 choices, the sum among near misses) for the tiny LM."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for _ in range(n):
+        a, b = (int(v) for v in rng.integers(10, 50, 2))
+        choices = [f"{a + b + d:03d}" for d in (0, 1, -10, 11)]
+        gold = int(rng.integers(4))
+        choices[0], choices[gold] = choices[gold], choices[0]
+        rows.append({"prompt": f"{a}+{b}=", "choices": choices, "gold": gold})
+    (folder / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (folder / f"{name}.yaml").write_text(
+        f"task: {name}\ndataset_path: json\ndataset_kwargs:\n  data_files:\n    validation: {folder / name}.jsonl\n"
+        "validation_split: validation\noutput_type: multiple_choice\ndoc_to_text: '{{prompt}}'\n"
+        "doc_to_choice: '{{choices}}'\ndoc_to_target: '{{gold}}'\ntarget_delimiter: ''\n"
+        "metric_list:\n  - metric: acc\n    aggregation: mean\n    higher_is_better: true\n"
+        "  - metric: acc_norm\n    aggregation: mean\n    higher_is_better: true\n"
+    )
+
+
+def test_lm_eval_multiple_choice_margins(lm: dict, tmp_path: Path) -> None:
+    """Multiple-choice acc comes with per-document margins: the gold choice's loglikelihood
+    (checked against a direct forward pass) minus the best other one's, positive exactly where
+    lm-eval counts the document right; none where they would not give the objective back."""
+    import torch
+
+    load(lm, "reverse")  # an expert of another task: some sums right, some wrong
+    _mc_task(tmp_path, "mc_a", 24, 0)
+    _mc_task(tmp_path, "mc_b", 24, 1)
+    _mc_task(tmp_path, "mc_c", 10, 2)
+    ctx = EvalContext(base_dir=tmp_path)
+    res = build_evaluator("lm_eval", {"tasks": ["mc_a", "mc_b"], "metric": "acc", "include_path": ["."]}, ctx).evaluate(lm["model"], lm["tok"])
+    m = res.margins["acc,none"]
+    per = np.concatenate([res.per_sample["mc_a"], res.per_sample["mc_b"]])
+    assert m.shape == (48,) and 0 < per.mean() < 1
+    assert ((m > 0) == (per > 0.5)).all() and (m > 0).mean() == pytest.approx(res.metrics["acc,none"], abs=1e-12)
+    row = json.loads((tmp_path / "mc_a.jsonl").read_text().splitlines()[0])
+    tok = lm["tok"]
+    lls = []
+    for choice in row["choices"]:
+        ctx_ids = tok(row["prompt"])["input_ids"]
+        ids = torch.tensor([tok(row["prompt"] + choice)["input_ids"]])
+        with torch.no_grad():
+            logp = torch.log_softmax(lm["model"](ids).logits[0, :-1].double(), -1)
+        cont = ids[0, len(ctx_ids):]
+        lls.append(float(logp[torch.arange(len(ctx_ids) - 1, ids.shape[1] - 1), cont].sum()))
+    gold = row["gold"]
+    assert m[0] == pytest.approx(lls[gold] - max(v for i, v in enumerate(lls) if i != gold), abs=1e-4)
+    # tasks of unequal size (the objective weighs tasks, not documents) and acc_norm: no margins
+    unequal = build_evaluator("lm_eval", {"tasks": ["mc_a", "mc_c"], "metric": "acc", "include_path": ["."]}, ctx)
+    assert unequal.evaluate(lm["model"], lm["tok"]).margins is None
+    norm = build_evaluator("lm_eval", {"tasks": ["mc_a"], "metric": "acc_norm", "include_path": ["."]}, ctx)
+    assert norm.evaluate(lm["model"], lm["tok"]).margins is None
+
+
 def test_lm_eval_sees_in_place_weight_changes(lm: dict) -> None:
     """Nothing lm-eval caches goes stale: after the weights change in place, the same evaluator
     gives exactly what a freshly built one gives on the changed model."""
@@ -281,6 +336,8 @@ def test_python_evaluator_nan_fails_and_results_pass_through(tmp_path: Path, mon
     mod.write_text(
         "def nan(model, tokenizer):\n    return {'score': float('nan')}\n"
         "def ok(model, tokenizer, scale=1.0):\n    return {'score': 0.5 * scale}, {'set': [1, 0]}\n"
+        "def margins(model, tokenizer, m=(0.3, -1.0, 2.0, 0.0), acc=None):\n"
+        "    return {'acc': sum(v > 0 for v in m) / len(m) if acc is None else acc}, None, {'acc': list(m)}\n"
     )
     monkeypatch.syspath_prepend(str(tmp_path))
     ev = build_evaluator("python", {"function": "my_scores:nan", "metric": "score"}, EvalContext())
@@ -292,6 +349,12 @@ def test_python_evaluator_nan_fails_and_results_pass_through(tmp_path: Path, mon
     ev = build_evaluator("python", {"function": "my_scores:ok", "metric": "nope"}, EvalContext())
     with pytest.raises(EvaluationError, match="no metric 'nope'"):
         ev.evaluate(None, None)
+    # margins: passed on when they give the metric back, refused with the rule otherwise
+    res = build_evaluator("python", {"function": "my_scores:margins", "metric": "acc"}, EvalContext()).evaluate(None, None)
+    assert res.metrics == {"acc": 0.5} and res.margins["acc"].tolist() == [0.3, -1.0, 2.0, 0.0] and res.per_sample is None
+    bad = build_evaluator("python", {"function": "my_scores:margins", "metric": "acc", "kwargs": {"acc": 0.75}}, EvalContext())
+    with pytest.raises(EvaluationError, match=r"acc == mean\(margins > 0\)"):
+        bad.evaluate(None, None)
 
 
 # ----------------------------------------------------------------------------- perplexity
@@ -405,6 +468,22 @@ def test_classification_accuracy_per_sample_and_npz(digits_zoo: Path, tmp_path: 
     assert res.metrics["accuracy"] == pytest.approx(float((pred == y[keep]).mean()))
     assert res.per_sample["digits/test"].tolist() == (pred == y[keep]).astype(float).tolist()
     assert ev.metric == "accuracy" and res.info["n"] == int(keep.sum())
+    # margins: the true logit minus the best other; positive exactly where the argmax is right
+    with torch.no_grad():
+        logits = model(torch.as_tensor(X[keep])).double().numpy()
+    m = res.margins["accuracy"]
+    true = logits[np.arange(len(m)), y[keep]]
+    logits[np.arange(len(m)), y[keep]] = -np.inf
+    assert np.allclose(m, true - logits.max(1), atol=1e-5)
+    assert ((m > 0).mean() == res.metrics["accuracy"]) and ((m > 0) == (pred == y[keep])).all()
+    # ties: constant logits make argmax pick class 0, so only the 0s are right
+    zero = torch.nn.Linear(64, 10)
+    with torch.no_grad():
+        zero.weight.zero_()
+        zero.bias.zero_()
+    flat = ev.evaluate(zero)
+    assert (flat.margins["accuracy"] > 0).tolist() == (y[keep] == 0).tolist()
+    assert flat.metrics["accuracy"] == pytest.approx(float((y[keep] == 0).mean()))
     np.savez(tmp_path / "data.npz", X_validation=X[:50], y_validation=y[:50])
     res2 = build_evaluator("classification", {"dataset": "data.npz"}, EvalContext(base_dir=tmp_path)).evaluate(model)
     assert res2.per_sample["data/validation"].shape == (50,)

@@ -626,3 +626,71 @@ def test_mobo_single_objective_finds_the_optimum() -> None:
     prob = problem(budget=60, objectives=(Objective("acc_a"),))
     _, V = drive(make("mobo", prob, seed=0, local_after=15), lambda x: two_accuracies(x)[:1], 40)
     assert V.max() >= 0.99 * _sig(3)  # the best accuracy of acc_a is sigmoid(3), at x = A1
+
+
+# ----------------------------------------------------------------------------- mobo on margins
+
+_mrng = np.random.default_rng(7)
+#: per objective, 150 examples; example e is right inside a ball around its own centre near
+#: A1 (objective 0) or A2 (objective 1): an accuracy that is a step function of x
+_CENTRES = [a + _mrng.normal(0, 0.35, (150, D)) for a in (A1, A2)]
+_RADII = [_mrng.uniform(0.7, 1.3, 150) for _ in range(2)]
+
+
+def ball_margins(x: np.ndarray) -> dict[int, np.ndarray]:
+    return {j: _RADII[j] ** 2 - ((x - _CENTRES[j]) ** 2).sum(1) for j in range(2)}
+
+
+def ball_accuracies(x: np.ndarray) -> np.ndarray:
+    return np.array([(m > 0).mean() for m in ball_margins(x).values()])
+
+
+def drive_margins(strategy, n_evals: int, margins=ball_margins) -> np.ndarray:
+    pending, V = strategy.ask(2), []
+    while len(V) < n_evals:
+        c = pending.pop(0)
+        V.append(ball_accuracies(c.x))
+        strategy.tell([TrialResult(c, V[-1], margins=margins(c.x))])
+        if len(V) + len(pending) < n_evals:
+            pending += strategy.ask(1)
+    return np.array(V)
+
+
+def test_mobo_predicts_accuracies_from_margins() -> None:
+    """Per-example margins make the accuracy's steps predictable: the margin model finds a
+    better front than the value GPs with the same seed and budget, and its predictions are
+    fractions of examples."""
+    prob = problem(budget=60)
+    hv = {}
+    for use in (True, False):
+        s = make("mobo", prob, seed=0, margins=use)
+        V = drive_margins(s, 40)
+        hv[use] = hypervolume(V, ["maximize", "maximize"], [0, 0])
+        assert sorted(s._margin_data()) == ([0, 1] if use else [])
+    assert hv[True] > hv[False] * 1.1, hv
+    # the model's predictions are fractions of the 150 examples
+    s = make("mobo", prob, seed=0)
+    drive_margins(s, 20)
+    c = s.ask(1)[0]
+    assert c.meta["phase"] == "model"
+    assert all(abs(v * 150 - round(v * 150)) < 1e-9 for v in c.meta["predicted"])
+
+
+def test_mobo_ignores_margins_that_do_not_give_the_value_back() -> None:
+    s = make("mobo", problem(budget=40), seed=0)
+    # margins of objective 0 flipped: mean(m > 0) is not its value; objective 1 has none at first
+    drive_margins(s, 12, margins=lambda x: {0: -ball_margins(x)[0], 1: ball_margins(x)[1]})
+    assert sorted(s._margin_data()) == [1]
+    s2 = make("mobo", problem(budget=40), seed=0)
+    drive_margins(s2, 12, margins=lambda x: {1: ball_margins(x)[1][: 100 + int(x[0] > 0.7)]})  # ragged
+    assert s2._margin_data() == {} and s2.ask(1)
+
+
+def test_mobo_state_round_trip_with_margins() -> None:
+    prob = problem(budget=60)
+    s = make("mobo", prob, seed=3)
+    drive_margins(s, 25)
+    state = pickle.loads(pickle.dumps(s.state_dict()))
+    s2 = make("mobo", prob, seed=3)
+    s2.load_state_dict(state)
+    assert same(s.ask(2), s2.ask(2))
