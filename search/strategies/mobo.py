@@ -34,11 +34,12 @@ dimensions layer-wise merging has (a few to a few dozen coefficients):
    refinement around the best few; the best is proposed.
 5. Local moves: once ``local_after`` results are in, a ``local_fraction`` share of the
    proposals (0.7; none when every objective is predicted from margins, whose model
-   already resolves the steps) are small moves from the measured front: a pair of neighbouring front members
-   is drawn in proportion to the empty rectangle between them (crowding distance with more
-   objectives), and a move is a blend of the pair or one of them, with Gaussian noise;
-   ``screen`` such moves are drawn and the acquisition above picks one (``screen: 0``
-   proposes a move unscored, and then no GP is fitted for a step made only of moves).
+   already resolves the steps) are small moves from the measured front: a pair of
+   neighbouring front members is drawn in proportion to the empty rectangle between them
+   (crowding distance with more objectives), and a move is a blend of the pair or one of
+   them, with Gaussian noise; ``screen`` such moves are drawn and the acquisition above
+   picks one (``screen: 0`` proposes a move unscored, and then no GP is fitted for a step
+   made only of moves).
    Metrics such as accuracy on a few hundred examples are step functions; the GPs smooth
    the steps out, and late in a run the front improves mostly by such small moves, while
    the model keeps them off the moves it can already tell are worse.
@@ -163,8 +164,8 @@ class MOBOStrategy(Strategy):
 
     def _margin_data(self) -> dict[int, np.ndarray]:
         """Objective -> margins of every successful result (rows in result order), for the
-        objectives whose every successful result came with margins of one length that give
-        its value back (``value == mean(margins > 0)``); others are modelled by value."""
+        objectives whose every successful result came with finite margins of one length that
+        give its value back (``value == mean(margins > 0)``); others are modelled by value."""
         if not self.options.margins:
             return {}
         ok = [(y, m) for y, m in zip(self._Y, self._M, strict=True) if y is not None]
@@ -174,7 +175,7 @@ class MOBOStrategy(Strategy):
             if not rows or any(r is None or len(r) != len(rows[0]) or len(r) == 0 for r in rows):
                 continue
             Mj = np.vstack(rows)
-            if np.allclose((Mj > 0).mean(1), [y[j] for y, _ in ok], rtol=0.0, atol=1e-9):
+            if np.isfinite(Mj).all() and np.allclose((Mj > 0).mean(1), [y[j] for y, _ in ok], rtol=0.0, atol=1e-9):
                 out[j] = Mj
         return out
 
