@@ -327,10 +327,12 @@ class MOBOStrategy(Strategy):
         R = np.clip(np.repeat(top, 32, axis=0) + rng.standard_normal((len(top) * 32, d)) * rng.choice([0.005, 0.01, 0.03], size=(len(top) * 32, 1)), 0.0, 1.0)
         C = np.vstack([C, R])
         s = np.concatenate([s, self._score(gps, R, front_F, ref)])
-        # never propose a point already measured or pending
-        dmin = np.min(np.abs(C[:, None, :] - taken[None, :, :]).max(axis=2), axis=1) if len(taken) else np.full(len(C), 1.0)
-        s = np.where(dmin > 1e-6, s, -np.inf)
-        i = int(np.argmax(s))
+        # never propose a point already measured or pending: the best-scored one that is new
+        i = 0
+        for j in np.argsort(-s, kind="stable"):
+            if not len(taken) or np.min(np.abs(taken - C[j]).max(axis=1)) > 1e-6:
+                i = int(j)
+                break
         mu = [float(gp.predict(C[i : i + 1])[0][0]) for gp in gps]
         pred = self.problem.minimization(np.asarray(mu))  # signs are their own inverse
         return C[i], {"acquisition": float(s[i]), "predicted": [float(v) for v in pred]}
