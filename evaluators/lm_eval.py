@@ -30,9 +30,10 @@ Settings:
 Result: ``metrics[self.metric]`` is the objective value; ``metrics["<task>/<key>"]`` has every
 per-task metric; ``per_sample[<task>]`` holds per-document scores (in doc order of the subset)
 when the metric's per-document values lie in [0, 1] (exact match, accuracy). For
-multiple-choice ``acc``, ``margins[metric]`` holds each document's gold-choice loglikelihood
-minus the best other choice's (when the objective is exactly the fraction of them that are
-positive: one task, or tasks of equal size), which ``mobo`` models instead of the accuracy.
+multiple-choice ``acc`` and ``acc_norm``, ``margins[metric]`` holds each document's
+gold-choice loglikelihood minus the best other choice's (length-normalised for ``acc_norm``),
+when the objective is exactly the fraction of them that are positive (one task, or tasks of
+equal size); ``mobo`` models them instead of the accuracy.
 
 Guards (``check``): unknown task names get close-name suggestions; objectives on well-known
 public benchmark test sets (MMLU, GSM8K, ARC, HellaSwag, ...) are refused during the search
@@ -245,35 +246,36 @@ class LMEvalSettings(EvaluatorSettings):
     confirm_run_unsafe_code: bool = Field(False, description="allow tasks that execute model-written code")
 
 
-def _choice_margins(samples: dict[str, list[dict[str, Any]]], tasks: list[str], metric: str, filt: str) -> Any:
-    """Per-document margins behind multiple-choice ``acc``: the gold choice's loglikelihood
-    minus the best other choice's, for every task in ``tasks`` (doc order), or None where they
-    would not give the metric back: another metric, a document with several gold answers or
-    no loglikelihoods, a margin whose sign disagrees with lm-eval's own ``acc``."""
+def _choice_margins(samples: dict[str, list[dict[str, Any]]], tasks: dict[str, Any], metric: str, filt: str) -> Any:
+    """Per-document margins behind multiple-choice ``acc`` / ``acc_norm``: the gold choice's
+    loglikelihood minus the best other choice's (``acc_norm``: each divided by its choice's
+    length in characters, as lm-eval does), for every task in ``tasks`` (doc order), or None
+    where they would not give the metric back: another metric, a document with several gold
+    answers or no loglikelihoods, a margin whose sign disagrees with lm-eval's own score."""
     import numpy as np
 
     from ._common import argmax_margins
 
-    if metric != "acc":
+    if metric not in ("acc", "acc_norm"):
         return None
     parts = []
-    for name in tasks:
+    for name, task in tasks.items():
         rows = sorted((r for r in samples.get(name, []) if r.get("filter") == filt), key=lambda r: r["doc_id"])
         if not rows:
             return None
         try:
-            lls = [[float(resp[0]) for resp in r["filtered_resps"]] for r in rows]
+            lls = [np.array([float(resp[0]) for resp in r["filtered_resps"]]) for r in rows]
             gold = [r["target"] for r in rows]
-            acc = np.array([float(r["acc"]) for r in rows])
-        except (KeyError, TypeError, ValueError, IndexError):
+            right = np.array([float(r[metric]) for r in rows]) > 0.5
+            if metric == "acc_norm":
+                lens = [np.array([float(len(c)) for c in task.doc_to_choice(r["doc"])]) for r in rows]
+                lls = [ll / n if len(n) == len(ll) and n.all() else None for ll, n in zip(lls, lens, strict=True)]
+        except Exception:  # a task whose samples or choices are not what multiple_choice logs
             return None
-        if any(not isinstance(g, (int, np.integer)) or not 0 <= g < len(ll) for g, ll in zip(gold, lls, strict=True)):
+        if any(ll is None or not isinstance(g, (int, np.integer)) or not 0 <= g < len(ll) for g, ll in zip(gold, lls, strict=True)):
             return None
-        if len({len(ll) for ll in lls}) != 1:  # ragged choice lists: one document at a time
-            m = np.concatenate([argmax_margins([ll], [g]) for ll, g in zip(lls, gold, strict=True)])
-        else:
-            m = argmax_margins(lls, gold)
-        if not np.array_equal(m > 0, acc > 0.5):
+        m = np.concatenate([argmax_margins([ll], [g]) for ll, g in zip(lls, gold, strict=True)])
+        if not np.array_equal(m > 0, right):
             return None
         parts.append(m)
     if len({len(m) for m in parts}) != 1:  # the objective averages tasks: only equal sizes weigh documents equally
@@ -503,7 +505,7 @@ class LMEvalEvaluator(Evaluator):
                 continue
             if len(vals) and np.all(np.isfinite(vals)) and vals.min() >= 0.0 and vals.max() <= 1.0:
                 per_sample[name] = vals
-        margins = _choice_margins(out.get("samples") or {}, list(self.tasks), mname, filt)
+        margins = _choice_margins(out.get("samples") or {}, self.tasks, mname, filt)
         if margins is not None and abs(float((margins > 0).mean()) - metrics[self._metric]) > 1e-9:
             margins = None  # the objective is not the fraction of these examples right (e.g. a group's weighting)
         info = {

@@ -108,13 +108,16 @@ def test_lm_eval_per_sample_scores_match_a_plain_greedy_decode(lm: dict) -> None
     assert res.per_sample["tinylm_add"].tolist() == expect
 
 
-def _mc_task(folder: Path, name: str, n: int, seed: int) -> None:
-    """A multiple-choice addition task (4 choices, the sum among near misses) for the tiny LM."""
+def _mc_task(folder: Path, name: str, n: int, seed: int, ragged: bool = False) -> None:
+    """A multiple-choice addition task (4 choices, the sum among near misses) for the tiny LM;
+    ``ragged``: choices of 1-4 characters, so length normalisation changes the ranking."""
     rng = np.random.default_rng(seed)
     rows = []
     for _ in range(n):
         a, b = (int(v) for v in rng.integers(10, 50, 2))
         choices = [f"{a + b + d:03d}" for d in (0, 1, -10, 11)]
+        if ragged:
+            choices = [choices[0], choices[1] + "0", choices[2][1:], choices[3][2:]]
         gold = int(rng.integers(4))
         choices[0], choices[gold] = choices[gold], choices[0]
         rows.append({"prompt": f"{a}+{b}=", "choices": choices, "gold": gold})
@@ -156,11 +159,19 @@ def test_lm_eval_multiple_choice_margins(lm: dict, tmp_path: Path) -> None:
         lls.append(float(logp[torch.arange(len(ctx_ids) - 1, ids.shape[1] - 1), cont].sum()))
     gold = row["gold"]
     assert m[0] == pytest.approx(lls[gold] - max(v for i, v in enumerate(lls) if i != gold), abs=1e-4)
-    # tasks of unequal size (the objective weighs tasks, not documents) and acc_norm: no margins
+    # tasks of unequal size (the objective weighs tasks, not documents): no margins
     unequal = build_evaluator("lm_eval", {"tasks": ["mc_a", "mc_c"], "metric": "acc", "include_path": ["."]}, ctx)
     assert unequal.evaluate(lm["model"], lm["tok"]).margins is None
-    norm = build_evaluator("lm_eval", {"tasks": ["mc_a"], "metric": "acc_norm", "include_path": ["."]}, ctx)
-    assert norm.evaluate(lm["model"], lm["tok"]).margins is None
+    # acc_norm: loglikelihoods divided by the choices' lengths (all 3 characters here)
+    res_n = build_evaluator("lm_eval", {"tasks": ["mc_a"], "metric": "acc_norm", "include_path": ["."]}, ctx).evaluate(lm["model"], lm["tok"])
+    assert res_n.margins["acc_norm,none"][0] == pytest.approx(m[0] / 3, abs=1e-6)
+    assert (res_n.margins["acc_norm,none"] > 0).mean() == pytest.approx(res_n.metrics["acc_norm,none"], abs=1e-12)
+    _mc_task(tmp_path, "mc_r", 24, 3, ragged=True)  # lengths 3, 4, 2, 1: normalising must follow lm-eval's
+    res_r = build_evaluator("lm_eval", {"tasks": ["mc_r"], "metric": "acc_norm", "include_path": ["."]}, ctx).evaluate(lm["model"], lm["tok"])
+    assert (res_r.margins["acc_norm,none"] > 0).mean() == pytest.approx(res_r.metrics["acc_norm,none"], abs=1e-12)
+    # a generation metric has no margins
+    gen = build_evaluator("lm_eval", {"tasks": ["tinylm_add"], "limit": 4}, ctx).evaluate(lm["model"], lm["tok"])
+    assert gen.margins is None and gen.per_sample
 
 
 def test_lm_eval_sees_in_place_weight_changes(lm: dict) -> None:
