@@ -85,3 +85,11 @@ def argmax_margins(scores: Any, gold: Any) -> Any:
     margin = true - others.max(axis=1) if S.shape[1] > 1 else np.full(len(g), np.inf)
     right = S.argmax(axis=1) == g
     return np.where(right, np.maximum(margin, np.finfo(np.float64).tiny), np.minimum(margin, 0.0))
+
+
+def margins_give_back(margins: Any, value: float) -> bool:
+    """Whether ``value == mean(margins > 0)``: the contract of :attr:`EvalResult.margins`."""
+    import numpy as np
+
+    m = np.asarray(margins, dtype=np.float64)
+    return bool(m.size) and not np.isnan(m).any() and abs(float((m > 0).mean()) - value) <= 1e-9

@@ -130,10 +130,9 @@ class ClassificationEvaluator(Evaluator):
             raise EvaluationError(f"classification on {self.key}: label {int(self.y.max())} but only {out.shape[1]} logits")
         if not torch.isfinite(out).all():
             raise EvaluationError(f"classification on {self.key}: the model produced NaN/inf logits; the merge is probably broken")
-        yt = torch.as_tensor(self.y)
-        correct = (out.argmax(-1) == yt).numpy().astype(np.float64)
         margin = argmax_margins(out.numpy(), self.y)
-        nll = float(torch.nn.functional.cross_entropy(out.double(), yt))
+        correct = (margin > 0).astype(np.float64)  # the argmax is right exactly where the margin is positive
+        nll = float(torch.nn.functional.cross_entropy(out.double(), torch.as_tensor(self.y)))
         metrics = {"accuracy": float(correct.mean()), "nll": nll}
         require_finite(metrics, f"classification on {self.key}")
         return EvalResult(metrics=metrics, per_sample={self.key: correct}, info={"n": len(self.y)}, margins={"accuracy": margin})

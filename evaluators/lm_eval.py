@@ -64,7 +64,7 @@ from typing import Any, ClassVar, Literal
 import yaml
 from pydantic import Field
 
-from ._common import require_finite
+from ._common import argmax_margins, margins_give_back, require_finite
 from .base import EvalContext, EvalResult, EvaluationError, Evaluator, EvaluatorSettings
 
 log = logging.getLogger(__name__)
@@ -253,8 +253,6 @@ def _choice_margins(samples: dict[str, list[dict[str, Any]]], tasks: dict[str, A
     where they would not give the metric back: another metric, a document with several gold
     answers or no loglikelihoods, a margin whose sign disagrees with lm-eval's own score."""
     import numpy as np
-
-    from ._common import argmax_margins
 
     if metric not in ("acc", "acc_norm"):
         return None
@@ -506,7 +504,7 @@ class LMEvalEvaluator(Evaluator):
             if len(vals) and np.all(np.isfinite(vals)) and vals.min() >= 0.0 and vals.max() <= 1.0:
                 per_sample[name] = vals
         margins = _choice_margins(out.get("samples") or {}, self.tasks, mname, filt)
-        if margins is not None and abs(float((margins > 0).mean()) - metrics[self._metric]) > 1e-9:
+        if margins is not None and not margins_give_back(margins, metrics[self._metric]):
             margins = None  # the objective is not the fraction of these examples right (e.g. a group's weighting)
         info = {
             "n_docs": {n: len(self.samples.get(n, [])) or self.n_docs[n] for n in self.tasks},

@@ -88,7 +88,7 @@ class PythonEvaluator(Evaluator):
             raise EvaluationError(
                 f"{self.settings.function} returned no metric {self.metric!r} (it returned: {', '.join(sorted(metrics)) or 'nothing'}); set settings.metric"
             )
-        from ._common import require_finite
+        from ._common import margins_give_back, require_finite
 
         require_finite({self.metric: metrics[self.metric]}, self.settings.function)
         margins: dict[str, np.ndarray] = {}
@@ -96,7 +96,7 @@ class PythonEvaluator(Evaluator):
             m = np.asarray(v, dtype=np.float64).ravel()
             if str(k) not in metrics:
                 raise EvaluationError(f"{self.settings.function}: margins for {k!r}, which is not a returned metric")
-            if not m.size or np.isnan(m).any() or abs(float((m > 0).mean()) - metrics[str(k)]) > 1e-9:
+            if not margins_give_back(m, metrics[str(k)]):
                 raise EvaluationError(
                     f"{self.settings.function}: margins[{k!r}] must be per-example margins with {k} == mean(margins > 0) "
                     f"(got mean {float((m > 0).mean()) if m.size else float('nan'):.6g} for {k} = {metrics[str(k)]:.6g}); return no margins for other metrics"

@@ -114,30 +114,37 @@ class GaussianProcess:
 
     def condition(self, X: np.ndarray, y: np.ndarray) -> None:
         """Condition on (X, y) with the current hyperparameters (no refit)."""
-        self.X = np.asarray(X, dtype=np.float64)
         ys = self._standardise(np.asarray(y, dtype=np.float64))
-        d = self.dim
-        ls, sf2, noise = np.exp(self.theta[:d]), np.exp(self.theta[d]), np.exp(self.theta[d + 1])
-        K = matern52(self.X, self.X, ls, sf2) + (noise + 1e-9) * np.eye(len(ys))
-        jitter = 0.0
-        while True:
-            try:
-                self._L = cholesky(K + jitter * np.eye(len(ys)), lower=True)
-                break
-            except np.linalg.LinAlgError:
-                jitter = max(1e-8, 10 * jitter)
+        self.factorise(X)
         self._alpha = cho_solve((self._L, True), ys)
         self.y = np.asarray(y, dtype=np.float64)
 
+    def factorise(self, X: np.ndarray) -> None:
+        """The Cholesky factor of the kernel matrix of ``X`` (noise and jitter included)."""
+        self.X = np.asarray(X, dtype=np.float64)
+        d, n = self.dim, len(self.X)
+        ls, sf2, noise = np.exp(self.theta[:d]), np.exp(self.theta[d]), np.exp(self.theta[d + 1])
+        K = matern52(self.X, self.X, ls, sf2) + (noise + 1e-9) * np.eye(n)
+        jitter = 0.0
+        while True:
+            try:
+                self._L = cholesky(K + jitter * np.eye(n), lower=True)
+                break
+            except np.linalg.LinAlgError:
+                jitter = max(1e-8, 10 * jitter)
+
     # ------------------------------------------------------------------ prediction
+    def cross_kernel(self, Xs: np.ndarray) -> np.ndarray:
+        """Kernel values between ``Xs`` and the conditioned inputs, (len(Xs), len(X))."""
+        d = self.dim
+        return matern52(np.asarray(Xs, dtype=np.float64), self.X, np.exp(self.theta[:d]), np.exp(self.theta[d]))
+
     def predict(self, Xs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Posterior mean and standard deviation of the latent function, in target units."""
-        d = self.dim
-        ls, sf2 = np.exp(self.theta[:d]), np.exp(self.theta[d])
-        Ks = matern52(np.asarray(Xs, dtype=np.float64), self.X, ls, sf2)
+        Ks = self.cross_kernel(Xs)
         mu = Ks @ self._alpha
         v = solve_triangular(self._L, Ks.T, lower=True)
-        var = np.maximum(sf2 - (v * v).sum(0), 1e-12)
+        var = np.maximum(np.exp(self.theta[self.dim]) - (v * v).sum(0), 1e-12)
         return mu * self._std + self._mean, np.sqrt(var) * self._std
 
 
@@ -162,8 +169,10 @@ class SharedKernelGP:
         Z = self._standardise(np.asarray(Y, dtype=np.float64))
         if len(Z) > 1 and np.any(Z):
             u, s, _ = np.linalg.svd(Z, full_matrices=False)
-            self.gp.fit(X, u[:, 0] * s[0], restarts=restarts)
-        self.condition(X, Y)
+            self.gp.fit(X, u[:, 0] * s[0], restarts=restarts)  # leaves the factorisation of X
+        else:
+            self.gp.factorise(X)
+        self._alpha = cho_solve((self.gp._L, True), Z)
 
     def _standardise(self, Y: np.ndarray) -> np.ndarray:
         self._mean = Y.mean(0) if len(Y) else np.zeros(Y.shape[1])
@@ -174,12 +183,9 @@ class SharedKernelGP:
     def condition(self, X: np.ndarray, Y: np.ndarray) -> None:
         """Condition every column on (X, Y) with the current shared hyperparameters."""
         Z = self._standardise(np.asarray(Y, dtype=np.float64))
-        self.gp.condition(X, np.zeros(len(Z)))  # the factorisation only
+        self.gp.factorise(X)
         self._alpha = cho_solve((self.gp._L, True), Z)
 
     def predict_mean(self, Xs: np.ndarray) -> np.ndarray:
         """Posterior means (len(Xs), n_targets) in target units."""
-        d = self.gp.dim
-        ls, sf2 = np.exp(self.theta[:d]), np.exp(self.theta[d])
-        Ks = matern52(np.asarray(Xs, dtype=np.float64), self.gp.X, ls, sf2)
-        return (Ks @ self._alpha) * self._std + self._mean
+        return (self.gp.cross_kernel(Xs) @ self._alpha) * self._std + self._mean
