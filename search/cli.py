@@ -10,6 +10,8 @@ from collections.abc import Sequence
 from .errors import ConfigError, MergeSearchError
 
 EXIT_USER_ERROR = 2
+_REPLAY_HELP = ("continue a run written by an older mergesearch (pickled strategy state, never loaded): "
+                "upgrade the store and re-tell its trials to a new strategy (not exact)")
 
 
 def _print_issues(err: ConfigError) -> None:
@@ -31,13 +33,13 @@ def cmd_validate(args: argparse.Namespace) -> int:
 def cmd_launch(args: argparse.Namespace) -> int:
     from .controller import launch
 
-    return launch(args.config, address=args.address, budget=args.budget, store=args.store, fresh=args.fresh)
+    return launch(args.config, address=args.address, budget=args.budget, store=args.store, fresh=args.fresh, replay=args.replay)
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
     from .controller import resume
 
-    return resume(args.run, store=args.store, address=args.address)
+    return resume(args.run, store=args.store, address=args.address, replay=args.replay)
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -91,12 +93,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--budget", type=int, help="override strategy.budget")
     p.add_argument("--store", help="override the store path / URL")
     p.add_argument("--fresh", action="store_true", help="refuse to continue an existing run of this name")
+    p.add_argument("--replay", action="store_true", help=_REPLAY_HELP)
     p.set_defaults(func=cmd_launch)
 
     p = sub.add_parser("resume", help="continue an interrupted run")
     p.add_argument("run", help="run name, or a store path (runs/<name>.db)")
     p.add_argument("--store")
     p.add_argument("--address")
+    p.add_argument("--replay", action="store_true", help=_REPLAY_HELP)
     p.set_defaults(func=cmd_resume)
 
     p = sub.add_parser("status", help="progress of a run")
@@ -150,6 +154,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USER_ERROR
     except MergeSearchError as e:
         print(f"error: {e}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except Exception as e:
+        exc = sys.modules.get("sqlalchemy.exc")
+        if exc is None or not isinstance(e, exc.SQLAlchemyError):
+            raise
+        from .store import damaged, default_store_for
+
+        run = getattr(args, "run", None) or getattr(args, "runs", [None])[0]
+        where = getattr(args, "store", None) or (default_store_for(run) if run else "the store")
+        print(f"error: {where}: {damaged(e)}", file=sys.stderr)
         return EXIT_USER_ERROR
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -22,7 +22,7 @@ import hashlib
 import json
 import logging
 import math
-import pickle
+import os
 import signal
 import threading
 import time
@@ -34,7 +34,9 @@ import numpy as np
 
 from .config import SearchConfig, parse_config, validate_file
 from .errors import StoreError
-from .store import COMPLETE, FAIL, RUNNING, Store, default_store_for
+from .replay import clip_candidates, digest, vector_key
+from .store import COMPLETE, FAIL, RUNNING, SCHEMA_VERSION, Store, StrategyEvent, default_store_for
+from .strategies.base import TrialResult
 from .workers import TrialTask, make_pool
 
 log = logging.getLogger("search.controller")
@@ -101,6 +103,152 @@ def build_problem(space: Any, cfg: SearchConfig, budget: int | None = None) -> A
     )
 
 
+#: a strategy with data snapshots saves one after at least this many tells ...
+SNAPSHOT_MIN_TELLS = 25
+#: ... and after a quarter more tells than the last snapshot had seen, so that the bytes
+#: written for snapshots stay proportional to the run (a geometric series), not quadratic
+SNAPSHOT_GROWTH = 0.25
+
+
+def flat_per_sample(per_sample: dict[str, np.ndarray] | None) -> np.ndarray | None:
+    """Per-example scores of a trial as one vector, in the order of their names (the same
+    order for a live result and one read back from the store)."""
+    if not per_sample:
+        return None
+    return np.concatenate([np.asarray(per_sample[k]).ravel() for k in sorted(per_sample)])
+
+
+class _RunState:
+    """What the controller knows of a run between calls: the strategy and its call log,
+    trial numbers, results by number, running trials and duplicates waiting on them.
+    :meth:`restore` rebuilds all of it from the store."""
+
+    def __init__(self, store: Store, study_id: int, strategy: Any, space: Any):
+        self.store, self.study_id, self.strategy, self.space = store, study_id, strategy, space
+        self.seq = 0  # last logged strategy call
+        self.number = 0  # next trial number
+        self.seen: dict[bytes, int] = {}
+        self.results: dict[int, Any] = {}  # trial number -> TrialResult
+        self.pending: dict[int, tuple[int, Any, TrialTask]] = {}  # number -> (trial id, candidate, task)
+        self.waiting_dups: dict[int, list[Any]] = {}  # number -> duplicate candidates waiting for its result
+        self.n_done = self.n_fail = 0
+        self._n_tells = 0
+        self._snap_tells = 0  # tells seen by the last snapshot
+        self._snap_seq = 0
+
+    def event(self, kind: str, payload: dict[str, Any]) -> StrategyEvent:
+        self.seq += 1
+        return StrategyEvent(self.seq, kind, payload)
+
+    def result_of(self, cand: Any, number: int) -> Any:
+        r = self.results[number]
+        return TrialResult(cand, r.values, r.per_sample, r.error, r.margins)
+
+    def tell(self, batch: list[Any], items: list[tuple[int, int]]) -> None:
+        """Tell results that need no trial row (duplicates of finished trials) and log it."""
+        self.strategy.tell(batch)
+        self.store.log_event(self.study_id, self.event("tell", {"items": [[int(c), int(n)] for c, n in items]}))
+        self.told()
+
+    def told(self) -> None:
+        self._n_tells += 1
+        self.snapshot()
+
+    def snapshot(self, force: bool = False) -> None:
+        """Save the strategy's data-only state now and then (see SNAPSHOT_GROWTH)."""
+        if not self.strategy.snapshots or self._snap_seq == self.seq:
+            return
+        since = self._n_tells - self._snap_tells
+        if not force and since < max(SNAPSHOT_MIN_TELLS, SNAPSHOT_GROWTH * self._snap_tells):
+            return
+        from . import statedata
+
+        text, blob = statedata.encode(self.strategy.state_dict())
+        self.store.save_snapshot(self.study_id, self.seq, self.n_done, text, blob)
+        self._snap_tells, self._snap_seq = self._n_tells, self.seq
+
+    def restore(self, replay_legacy: bool) -> None:
+        """Rebuild everything from the store: results, the strategy (snapshot + replay of the
+        calls after it), running trials and waiting duplicates."""
+        from . import statedata
+        from .replay import outstanding, replay
+        from .strategies import Candidate
+
+        store, strategy = self.store, self.strategy
+        old = store.trials(self.study_id)
+        if not old:
+            return
+        by_number = {t.number: t for t in old}
+        arrays = store.trial_arrays(self.study_id)
+        self.number = max(by_number) + 1
+        for t in old:
+            self.seen[vector_key(np.asarray(t.candidate["x"], dtype=np.float64))] = t.number
+            if t.state != RUNNING:
+                per, marg = arrays.get(t.number, ({}, {}))
+                ok = t.state == COMPLETE and t.values is not None
+                self.results[t.number] = TrialResult(
+                    Candidate.from_dict(t.candidate),
+                    np.asarray(t.values) if ok else None,
+                    flat_per_sample(per) if ok else None,
+                    t.error,
+                    marg if ok and marg else None,
+                )
+        self.n_done = len(self.results)
+        self.n_fail = sum(1 for t in old if t.state == FAIL)
+        events = store.events(self.study_id)
+        if not events and self.results and replay_legacy:  # a schema-1 run: re-tell its finished trials
+            log.warning("re-telling %d stored trial(s) to a new %s (not exact)", len(self.results), strategy.name)
+            nums = sorted(self.results)
+            self.tell([self.results[n] for n in nums], [(self.results[n].candidate.id, n) for n in nums])
+            events = store.events(self.study_id)
+        self.seq = events[-1].seq if events else 0
+        self._n_tells = sum(1 for e in events if e.kind == "tell")
+        src: dict[int, dict[str, Any]] = {}
+        for ev in events:
+            if ev.kind == "ask":
+                for it in ev.payload["items"]:
+                    src[int(it["id"])] = it
+
+        def candidate_of(cid: int) -> Any:
+            it = src.get(cid)
+            if it is None:
+                raise StoreError(f"the strategy log names candidate {cid} that no ask proposed; the store is damaged")
+            return Candidate.from_dict(it["cand"] if "cand" in it else by_number[int(it["number"])].candidate)
+
+        start = 0
+        snap = store.latest_snapshot(self.study_id) if strategy.snapshots else None
+        if snap is not None:
+            try:
+                strategy.load_state_dict(statedata.decode(snap[2], snap[3]))
+                start = snap[0]
+                self._snap_tells = sum(1 for e in events if e.kind == "tell" and e.seq <= start)
+                self._snap_seq = start
+            except (statedata.StateDataError, KeyError, TypeError, ValueError) as e:
+                log.warning("the %s snapshot could not be read (%s); replaying the whole run instead", strategy.name, e)
+                strategy = self.strategy = type(strategy)(strategy.problem, strategy.options, seed=strategy.seed)
+        todo = [e for e in events if e.seq > start]
+        if todo:
+            log.info("rebuilding the %s state: replaying %d logged call(s)%s", strategy.name, len(todo),
+                     f" after the snapshot at call {start}" if start else "")
+        asked, _ = replay(strategy, todo, self.space.lower, self.space.upper, candidate_of, self.result_of)
+        left = outstanding(events)
+        for cid, it in left.items():
+            cand = asked.get(cid) or candidate_of(cid)
+            if "dup_of" in it:
+                orig = int(it["dup_of"])
+                if orig in self.results:
+                    self.tell([self.result_of(cand, orig)], [(cid, orig)])
+                else:
+                    self.waiting_dups.setdefault(orig, []).append(cand)
+            else:
+                n = int(it["number"])
+                t = by_number[n]
+                self.pending[n] = (t.id, cand, TrialTask(n, t.candidate["x"], attempt=t.attempts + 1))
+        for t in old:  # running trials that no logged ask names (a schema-1 run)
+            if t.state == RUNNING and t.number not in self.pending:
+                self.pending[t.number] = (t.id, Candidate.from_dict(t.candidate), TrialTask(t.number, t.candidate["x"], attempt=t.attempts + 1))
+
+
 class Controller:
     def __init__(self, cfg: SearchConfig, store_url: str | None = None, config_path: str | None = None):
         self.cfg = cfg
@@ -131,10 +279,10 @@ class Controller:
         return study
 
     # ------------------------------------------------------------------ main loop
-    def run(self, fresh: bool = False) -> int:
+    def run(self, fresh: bool = False, replay_legacy: bool = False) -> int:
         from .models import param_names
         from .space import CoefficientSpace
-        from .strategies import STRATEGIES, Candidate, TrialResult
+        from .strategies import STRATEGIES
 
         cfg = self.cfg
         t_start = time.time()
@@ -150,7 +298,14 @@ class Controller:
             "upper": space.upper.tolist(),
             "base_dir": str(cfg.base_dir),
         }
+        problem = build_problem(space, cfg)
+        strategy = STRATEGIES.get(cfg.strategy.name)(problem, cfg.strategy.options, seed=cfg.seed)
         store = Store.open(self.store_url)
+        if store.version < SCHEMA_VERSION and store.find_study(cfg.name) is not None:
+            if not replay_legacy:
+                store.require_current(cfg.name)
+            log.warning("upgrading %s to store schema %d; its pickled strategy states are dropped unread", self.store_url, SCHEMA_VERSION)
+            store.upgrade()
         study = self._open_study(store, space_info, fresh)
         owner = store.acquire(study.id)
         if study.config_yaml != cfg.to_yaml():
@@ -159,33 +314,10 @@ class Controller:
         hb = threading.Thread(target=_heartbeat, args=(self.store_url, study.id, owner, hb_stop), daemon=True)
         hb.start()
 
-        problem = build_problem(space, cfg)
-        strategy = STRATEGIES.get(cfg.strategy.name)(problem, cfg.strategy.options, seed=cfg.seed)
-        saved = store.latest_strategy_state(study.id)
-        seq = 0
-        if saved is not None:
-            seq = saved[0]
-            strategy.load_state_dict(pickle.loads(saved[2]))
-            log.info("restored %s state #%d", cfg.strategy.name, seq)
-
-        # what the store already holds
-        old = store.trials(study.id)
-        number = (max(t.number for t in old) + 1) if old else 0
-        seen: dict[bytes, int] = {}
-        results_by_number: dict[int, TrialResult] = {}
-        for t in old:
-            cand = Candidate.from_dict(t.candidate)
-            seen[_key(cand.x)] = t.number
-        n_done = sum(1 for t in old if t.state in (COMPLETE, FAIL))
-        n_fail = sum(1 for t in old if t.state == FAIL)
-        stale = [t for t in old if t.state == RUNNING]
-        for t in old:
-            if t.state != RUNNING:
-                cand = Candidate.from_dict(t.candidate)
-                results_by_number[t.number] = TrialResult(cand, np.asarray(t.values) if t.values else None, None, t.error)
-
-        pending: dict[int, tuple[int, Any, TrialTask]] = {}  # number -> (trial_id, candidate, task)
-        waiting_dups: dict[int, list[Any]] = {}  # number -> duplicate candidates waiting for its result
+        run = _RunState(store, study.id, strategy, space)
+        run.restore(replay_legacy)
+        pending, waiting_dups = run.pending, run.waiting_dups
+        n_done, n_fail = run.n_done, run.n_fail
         budget = cfg.strategy.budget
         pool = None
         interrupted = False
@@ -194,22 +326,18 @@ class Controller:
             signal.signal(signal.SIGTERM, _raise_interrupt)
         progress = _Progress(budget, n_done, n_fail)
         dup_streak = 0
-
-        def save_state() -> tuple[int, int, bytes]:
-            nonlocal seq
-            seq += 1
-            return (seq, n_done, pickle.dumps(strategy.state_dict()))
+        asked_dry = False  # the last ask returned fewer than wanted: wait for a result before asking again
 
         try:
             log.info("starting %d %s worker(s)", cfg.workers.count, cfg.workers.backend)
             pool = make_pool(cfg, cfg.to_yaml(), str(cfg.base_dir))
-            for t in stale:  # trials that were running when a controller died: run them again
-                store.restart_trial(t.id)
-                task = TrialTask(t.number, t.candidate["x"], attempt=t.attempts + 1)
-                pending[t.number] = (t.id, Candidate.from_dict(t.candidate), task)
+            stale = sorted(pending)
+            for n in stale:  # trials that were running when a controller died: run them again
+                tid, _, task = pending[n]
+                store.restart_trial(tid)
             if stale:
                 log.info("retrying %d trial(s) left running by an earlier controller", len(stale))
-            queue_: list[TrialTask] = [p[2] for p in pending.values()]
+            queue_: list[TrialTask] = [pending[n][2] for n in stale]
             progress.start()
             while True:
                 time_up = cfg.strategy.max_time is not None and time.time() - t_start > cfg.strategy.max_time
@@ -220,35 +348,46 @@ class Controller:
                     store.set_worker(pending[retry.number][0], pool.submit(retry))
                     free -= 1
                 remaining = budget - n_done - len(pending)
-                want = min(free, remaining) if not time_up else 0
+                want = min(free, remaining) if not time_up and not asked_dry else 0
                 exhausted = False
                 if want > 0:
                     cands = strategy.ask(want)
+                    _crash_point("ask")
+                    asked_dry = len(cands) < want
                     exhausted = not cands and not pending
+                    clip_candidates(cands, space.lower, space.upper)
+                    items: list[dict[str, Any]] = []
+                    rows: list[dict[str, Any]] = []
+                    immediate: list[tuple[Any, int]] = []
                     for cand in cands:
-                        cand.x = np.clip(np.asarray(cand.x, dtype=np.float64), space.lower, space.upper)
-                        k = _key(cand.x)
-                        if k in seen:  # identical candidate: reuse the earlier result, costs no budget
+                        k = vector_key(cand.x)
+                        item: dict[str, Any] = {"id": int(cand.id), "h": digest(cand.x)}
+                        if k in run.seen:  # identical candidate: reuse the earlier result, costs no budget
                             dup_streak += 1
-                            orig = seen[k]
-                            if orig in results_by_number:
-                                r = results_by_number[orig]
-                                strategy.tell([TrialResult(cand, r.values, r.per_sample, r.error, r.margins)])
+                            orig = run.seen[k]
+                            items.append({**item, "dup_of": orig, "cand": _jsonable(cand.to_dict())})
+                            if orig in run.results:
+                                immediate.append((cand, orig))
                             else:
                                 waiting_dups.setdefault(orig, []).append(cand)
                             continue
                         dup_streak = 0
-                        task = TrialTask(number, cand.x.tolist())
-                        # submit, then record (nothing comes back before the next poll): the row
-                        # names its worker, and asks + state land in one transaction
+                        task = TrialTask(run.number, cand.x.tolist())
+                        # submit, then record (nothing comes back before the next poll): the rows
+                        # name their workers, and the ask with all its trials is one transaction
                         wid = pool.submit(task)
-                        tid = store.add_trial(
-                            study.id, number, _jsonable(cand.to_dict()), space.to_dict(cand.x), cfg.strategy.name,
-                            worker=wid, strategy_state=save_state(),
-                        )
-                        pending[number] = (tid, cand, task)
-                        seen[k] = number
-                        number += 1
+                        items.append({**item, "number": run.number})
+                        rows.append(dict(number=run.number, candidate=_jsonable(cand.to_dict()), params=space.to_dict(cand.x), worker=wid))
+                        pending[run.number] = (-1, cand, task)
+                        run.seen[k] = run.number
+                        run.number += 1
+                    tids = store.add_trials(study.id, rows, cfg.strategy.name, run.event("ask", {"n": want, "items": items}))
+                    for r, tid in zip(rows, tids, strict=True):
+                        _, cand, task = pending[r["number"]]
+                        pending[r["number"]] = (tid, cand, task)
+                    _crash_point("asked")
+                    if immediate:
+                        run.tell([run.result_of(c, o) for c, o in immediate], [(c.id, o) for c, o in immediate])
                     if dup_streak > 200:
                         log.warning("the strategy proposed 200 duplicates in a row; stopping early")
                         budget = n_done + len(pending)
@@ -273,11 +412,17 @@ class Controller:
                     if not ok:
                         n_fail += 1
                         log.warning("trial %d failed: %s", task.number, res.error)
-                    per = np.concatenate([v.ravel() for v in res.per_sample.values()]) if res.per_sample else None
-                    tr = TrialResult(cand, np.asarray(res.values) if ok else None, per, res.error, res.margins if ok and res.margins else None)
-                    results_by_number[task.number] = tr
-                    batch = [tr] + [TrialResult(d, tr.values, tr.per_sample, tr.error, tr.margins) for d in waiting_dups.pop(task.number, [])]
-                    strategy.tell(batch)
+                    tr = TrialResult(
+                        cand,
+                        np.asarray(res.values) if ok else None,
+                        flat_per_sample(res.per_sample) if ok else None,
+                        res.error,
+                        dict(res.margins) if ok and res.margins else None,
+                    )
+                    run.results[task.number] = tr
+                    dups = waiting_dups.pop(task.number, [])
+                    strategy.tell([tr] + [TrialResult(d, tr.values, tr.per_sample, tr.error, tr.margins) for d in dups])
+                    _crash_point("tell")
                     store.finish_trial(
                         tid,
                         COMPLETE if ok else FAIL,
@@ -288,21 +433,28 @@ class Controller:
                         worker=res.worker,
                         materialize_s=res.materialize_s,
                         evaluate_s=res.evaluate_s,
-                        strategy_state=save_state(),
+                        margins_=tr.margins,
+                        event=run.event("tell", {"items": [[int(c.id), task.number] for c in [cand, *dups]]}),
                         study_id=study.id,
                     )
+                    run.told()
+                    asked_dry = False
+                    _crash_point("told")
                     progress.update(
-                        n_done, n_fail, lambda: np.array([r.values for r in results_by_number.values() if r.values is not None]), cfg
+                        n_done, n_fail, lambda: np.array([r.values for r in run.results.values() if r.values is not None]), cfg
                     )
             progress.stop()
+            run.snapshot(force=True)
             self._heldout(store, study, pool)
             store.set_status(study.id, "finished")
         except KeyboardInterrupt:
             interrupted = True
             progress.stop()
             log.warning("interrupted: %d trial(s) left running will be retried; continue with: search resume %s", len(pending), cfg.name)
+            run.snapshot(force=True)
             store.set_status(study.id, "interrupted")
         finally:
+            progress.stop()
             if pool is not None:
                 pool.close()
             hb_stop.set()
@@ -357,6 +509,7 @@ class Controller:
                         [None if (v is None or (isinstance(v, float) and math.isnan(v))) else v for v in res.values or []],
                         res.evaluations,
                     )
+                    _crash_point("heldout")
                 else:
                     log.warning("held-out evaluation of trial %d failed: %s", task.number, res.error)
 
@@ -370,8 +523,21 @@ def _diff_keys(a: Any, b: Any, prefix: str = "") -> list[str]:
     return [] if a == b else [prefix]
 
 
-def _key(x: np.ndarray) -> bytes:
-    return np.round(np.asarray(x, dtype=np.float64), 10).tobytes()
+_crash_hits: dict[str, int] = {}
+
+
+def _crash_point(name: str) -> None:
+    """Fault injection for tests: ``MERGESEARCH_CRASH_AT=<name>:<k>`` SIGKILLs this process the
+    k-th time it passes point ``name`` (``ask``, ``asked``, ``tell``, ``told``, ``heldout``)."""
+    spec = os.environ.get("MERGESEARCH_CRASH_AT")
+    if not spec:
+        return
+    point, _, k = spec.partition(":")
+    if point != name:
+        return
+    _crash_hits[name] = _crash_hits.get(name, 0) + 1
+    if _crash_hits[name] == int(k or 1):
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def _raise_interrupt(signum: int, frame: Any) -> None:
@@ -452,14 +618,22 @@ def _with_overrides(cfg: SearchConfig, address: str | None = None, budget: int |
     return cfg.model_copy(update=upd).with_base_dir(base) if upd else cfg
 
 
-def launch(config: str | SearchConfig, address: str | None = None, budget: int | None = None, store: str | None = None, fresh: bool = False) -> int:
-    """``search launch``: validate, then run (or continue) the search. Returns an exit code."""
+def launch(
+    config: str | SearchConfig,
+    address: str | None = None,
+    budget: int | None = None,
+    store: str | None = None,
+    fresh: bool = False,
+    replay: bool = False,
+) -> int:
+    """``search launch``: validate, then run (or continue) the search. Returns an exit code.
+    ``replay``: continue a run kept by an older store schema by re-telling its trials."""
     cfg = validate_file(config) if not isinstance(config, SearchConfig) else config
     cfg = _with_overrides(cfg, address, budget, store)
-    return Controller(cfg).run(fresh=fresh)
+    return Controller(cfg).run(fresh=fresh, replay_legacy=replay)
 
 
-def resume(run: str, store: str | None = None, address: str | None = None, budget: int | None = None) -> int:
+def resume(run: str, store: str | None = None, address: str | None = None, budget: int | None = None, replay: bool = False) -> int:
     """``search resume``: continue a run from its store with the config it was started with."""
     import yaml
 
@@ -470,4 +644,4 @@ def resume(run: str, store: str | None = None, address: str | None = None, budge
     cfg = parse_config(yaml.safe_load(study.config_yaml), f"{run} (stored config)").with_base_dir(study.space.get("base_dir"))
     url = store or default_store_for(run)
     cfg = _with_overrides(cfg, address, budget, url)
-    return Controller(cfg, url).run()
+    return Controller(cfg, url).run(replay_legacy=replay)

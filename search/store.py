@@ -15,8 +15,19 @@ Tables::
     trial_params(trial_id, name, value)
     trial_values(trial_id, objective_idx, split, value)      split: 'search' | 'heldout'
     evaluations(trial_id, objective_idx, split, evaluator, metric, value, raw_json)
-    per_sample(trial_id, name, blob)                         float32 .npy bytes
-    strategy_state(study_id, seq, n_told, blob, created_at)  pickled state_dict
+    per_sample(trial_id, name, blob)                         .npy bytes (float32)
+    margins(trial_id, objective_idx, blob)                   .npy bytes (float64)
+    strategy_events(study_id, seq, kind, payload_json)       every ask and tell, in order
+    strategy_snapshots(study_id, seq, n_told, state_json, arrays, created_at)
+
+Nothing in a store is ever unpickled: arrays are ``.npy``/``.npz`` read with
+``allow_pickle=False`` and a strategy's state is plain data (:mod:`search.statedata`) or
+rebuilt by replaying ``strategy_events``. Stores of schema 1 kept pickled strategy states;
+they are read for reports but never continued (see :meth:`Store.require_current`).
+
+While a controller holds a run's lock (:meth:`Store.acquire`), every write it makes first
+checks, in the same transaction, that the lock is still its own; a controller whose lock
+was taken over gets :class:`LockLostError` and writes nothing more.
 """
 
 from __future__ import annotations
@@ -26,7 +37,8 @@ import json
 import os
 import socket
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,7 +49,8 @@ from sqlalchemy import event
 
 from .errors import StoreError, did_you_mean
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+SQLITE_MAGIC = b"SQLite format 3\x00"
 RUNNING, COMPLETE, FAIL = "RUNNING", "COMPLETE", "FAIL"
 STALE_LOCK_SECONDS = 60.0
 
@@ -120,15 +133,52 @@ per_sample = sa.Table(
     sa.Column("name", sa.String(255), nullable=False),
     sa.Column("blob", sa.LargeBinary, nullable=False),
 )
-strategy_state = sa.Table(
-    "strategy_state",
+margins = sa.Table(
+    "margins",
+    md,
+    sa.Column("trial_id", sa.ForeignKey("trials.id", ondelete="CASCADE"), nullable=False, index=True),
+    sa.Column("objective_idx", sa.Integer, nullable=False),
+    sa.Column("blob", sa.LargeBinary, nullable=False),
+    sa.UniqueConstraint("trial_id", "objective_idx"),
+)
+strategy_events = sa.Table(
+    "strategy_events",
+    md,
+    sa.Column("study_id", sa.ForeignKey("studies.id", ondelete="CASCADE"), nullable=False, index=True),
+    sa.Column("seq", sa.Integer, nullable=False),
+    sa.Column("kind", sa.String(8), nullable=False),
+    sa.Column("payload_json", sa.Text, nullable=False),
+    sa.UniqueConstraint("study_id", "seq"),
+)
+strategy_snapshots = sa.Table(
+    "strategy_snapshots",
     md,
     sa.Column("study_id", sa.ForeignKey("studies.id", ondelete="CASCADE"), nullable=False, index=True),
     sa.Column("seq", sa.Integer, nullable=False),
     sa.Column("n_told", sa.Integer, nullable=False),
-    sa.Column("blob", sa.LargeBinary, nullable=False),
+    sa.Column("state_json", sa.Text, nullable=False),
+    sa.Column("arrays", sa.LargeBinary, nullable=False),
     sa.Column("created_at", sa.Float, nullable=False),
 )
+
+#: schema 1 kept pickled strategy states here; they are never read
+_legacy_md = sa.MetaData()
+legacy_strategy_state = sa.Table("strategy_state", _legacy_md, sa.Column("study_id", sa.Integer), sa.Column("blob", sa.LargeBinary))
+
+
+class LockLostError(StoreError):
+    """Another controller took this run's lock (ours had gone stale): stop writing."""
+
+
+@dataclass
+class StrategyEvent:
+    """One strategy call: ``ask`` (``payload``: ``n`` and the candidates' ``items``) or
+    ``tell`` (``payload``: ``items``, pairs of candidate id and the trial number whose result
+    it gets)."""
+
+    seq: int
+    kind: str
+    payload: dict[str, Any]
 
 
 @dataclass
@@ -175,14 +225,32 @@ class Trial:
     metrics: list[dict[str, Any]] = field(default_factory=list)
 
 
-def _npy(a: np.ndarray) -> bytes:
+def _npy(a: np.ndarray, dtype: type = np.float32) -> bytes:
     buf = io.BytesIO()
-    np.save(buf, np.asarray(a, dtype=np.float32), allow_pickle=False)
+    np.save(buf, np.asarray(a, dtype=dtype), allow_pickle=False)
     return buf.getvalue()
 
 
 def _from_npy(b: bytes) -> np.ndarray:
     return np.load(io.BytesIO(b), allow_pickle=False)
+
+
+def _check_sqlite_file(db: Path) -> None:
+    """An existing store file must be a readable SQLite database (checked before SQLite sees it)."""
+    try:
+        with open(db, "rb") as f:
+            head = f.read(len(SQLITE_MAGIC))
+    except OSError as e:
+        raise StoreError(f"{db}: cannot read the store ({e.strerror}); check the path and its permissions") from None
+    if head and head != SQLITE_MAGIC:
+        raise StoreError(f"{db}: not a mergesearch store (not an SQLite database); pass the .db file 'search launch' wrote")
+
+
+def damaged(e: BaseException) -> str:
+    """One line for a database error raised while reading or writing a store."""
+    orig = getattr(e, "orig", None) or e
+    msg = str(orig).splitlines()[0] if str(orig) else type(orig).__name__
+    return f"the store is damaged or unreadable ({msg}); restore it from a copy, or pass another --store"
 
 
 def store_url(path_or_url: str) -> str:
@@ -215,18 +283,28 @@ class Store:
     def __init__(self, engine: sa.Engine, readonly: bool):
         self.engine = engine
         self.readonly = readonly
+        self.where = str(engine.url)
+        self.version = SCHEMA_VERSION
+        self._lock: tuple[int, str] | None = None  # (study id, owner) while holding a run's lock
 
     # ------------------------------------------------------------------ opening
     @classmethod
     def open(cls, path_or_url: str, readonly: bool = False, create: bool = True) -> Store:
+        """Open (or create) a store. Anything that is not a readable mergesearch store (a
+        missing, unreadable, truncated or corrupt file, another database, a newer schema)
+        raises :class:`StoreError` with one line naming the file."""
         url = store_url(path_or_url)
         is_sqlite = url.startswith("sqlite")
+        where = url
         if is_sqlite:
             db = Path(url.split(":///", 1)[1])
+            where = str(db)
             if not db.exists():
                 if readonly or not create:
                     raise StoreError(f"{db}: no such store; run 'search launch <config>' first or pass --store")
                 db.parent.mkdir(parents=True, exist_ok=True)
+            else:
+                _check_sqlite_file(db)
             if readonly:
                 url = f"sqlite:///file:{db}?mode=ro&uri=true"
         engine = sa.create_engine(url, future=True, connect_args={"timeout": 30} if is_sqlite else {})
@@ -243,7 +321,15 @@ class Store:
                 cur.close()
 
         store = cls(engine, readonly)
-        store._init_schema(is_sqlite)
+        store.where = where
+        try:
+            store._init_schema(is_sqlite)
+        except sa.exc.SQLAlchemyError as e:
+            engine.dispose()
+            raise StoreError(f"{where}: {damaged(e)}") from None
+        except StoreError as e:
+            engine.dispose()
+            raise StoreError(f"{where}: {e}") from None
         return store
 
     def _init_schema(self, is_sqlite: bool) -> None:
@@ -251,13 +337,23 @@ class Store:
         if insp.has_table("schema_info"):
             with self.engine.connect() as c:
                 row = c.execute(sa.select(schema_info.c.value).where(schema_info.c.key == "version")).first()
-            version = int(row[0]) if row else 0
+                if is_sqlite:
+                    c.exec_driver_sql("PRAGMA quick_check(1)").first()  # reads every page: a truncated file fails here
+            try:
+                version = int(row[0]) if row else 0
+            except ValueError:
+                version = -1
             if version > SCHEMA_VERSION:
                 raise StoreError(
                     f"store schema version {version} is newer than this mergesearch understands ({SCHEMA_VERSION}); "
                     "upgrade mergesearch to read it"
                 )
+            if version < 1:
+                raise StoreError("not a mergesearch store (its schema_info table has no valid version)")
+            self.version = version
             return
+        if insp.get_table_names():
+            raise StoreError("this database holds other tables but no mergesearch store; pass another --store")
         if self.readonly:
             raise StoreError("this database holds no mergesearch store")
         md.create_all(self.engine)
@@ -265,6 +361,33 @@ class Store:
             c.execute(schema_info.insert().values(key="version", value=str(SCHEMA_VERSION)))
             if is_sqlite:
                 c.exec_driver_sql(f"PRAGMA user_version={SCHEMA_VERSION}")
+        self.version = SCHEMA_VERSION
+
+    def require_current(self, run: str) -> None:
+        """Refuse to continue a run kept by an older schema (its strategy state is a pickle,
+        which is never loaded)."""
+        if self.version < SCHEMA_VERSION:
+            raise StoreError(
+                f"{self.where}: run {run!r} was written by an older mergesearch (store schema {self.version}) that kept "
+                "its strategy state as a pickle, which is never loaded; continue it with 'search resume "
+                f"{run} --replay' (its trials are re-told to a new strategy: the run goes on, but not exactly as it "
+                "would have), or start over under another run name or --store"
+            )
+
+    def upgrade(self) -> None:
+        """Bring a schema-1 store to the current schema: add the new tables, drop the pickled
+        strategy states (unread). Trials, values and per-example scores are kept."""
+        self._w()
+        if self.version >= SCHEMA_VERSION:
+            return
+        md.create_all(self.engine)
+        with self.engine.begin() as c:
+            if sa.inspect(c).has_table("strategy_state"):
+                c.execute(legacy_strategy_state.delete())
+            c.execute(schema_info.update().where(schema_info.c.key == "version").values(value=str(SCHEMA_VERSION)))
+            if self.engine.dialect.name == "sqlite":
+                c.exec_driver_sql(f"PRAGMA user_version={SCHEMA_VERSION}")
+        self.version = SCHEMA_VERSION
 
     def close(self) -> None:
         self.engine.dispose()
@@ -272,6 +395,26 @@ class Store:
     def _w(self) -> None:
         if self.readonly:
             raise StoreError("store opened read-only")
+
+    @contextmanager
+    def _tx(self) -> Iterator[sa.Connection]:
+        """A write transaction; while this store holds a run's lock, its first statement
+        checks (and refreshes) the lock, so a controller that lost it writes nothing."""
+        self._w()
+        with self.engine.begin() as c:
+            if self._lock is not None:
+                study_id, owner = self._lock
+                res = c.execute(
+                    studies.update()
+                    .where(studies.c.id == study_id, studies.c.lock_owner == owner)
+                    .values(lock_heartbeat=time.time())
+                )
+                if res.rowcount != 1:
+                    raise LockLostError(
+                        "another controller took over this run (this one's lock had gone stale); this controller "
+                        "stopped and wrote nothing more: let the other one finish, or stop it and 'search resume'"
+                    )
+            yield c
 
     # ------------------------------------------------------------------ studies
     def create_study(
@@ -331,12 +474,12 @@ class Store:
     def update_config(self, study_id: int, config_yaml: str) -> None:
         """Replace the stored config (only budget, time and worker settings may differ)."""
         self._w()
-        with self.engine.begin() as c:
+        with self._tx() as c:
             c.execute(studies.update().where(studies.c.id == study_id).values(config_yaml=config_yaml))
 
     def set_status(self, study_id: int, status: str) -> None:
         self._w()
-        with self.engine.begin() as c:
+        with self._tx() as c:
             c.execute(studies.update().where(studies.c.id == study_id).values(status=status))
 
     # ------------------------------------------------------------------ single-controller lock
@@ -364,6 +507,7 @@ class Store:
             )
             if res.rowcount != 1:
                 raise StoreError("another controller took this run at the same moment; try again")
+        self._lock = (study_id, owner)
         return owner
 
     def heartbeat(self, study_id: int, owner: str) -> None:
@@ -375,6 +519,7 @@ class Store:
             )
 
     def release(self, study_id: int, owner: str) -> None:
+        self._lock = None
         with self.engine.begin() as c:
             c.execute(
                 studies.update()
@@ -388,45 +533,53 @@ class Store:
             n = c.execute(sa.select(sa.func.max(trials.c.number)).where(trials.c.study_id == study_id)).scalar()
         return 0 if n is None else int(n) + 1
 
-    def add_trial(
+    def add_trials(
         self,
         study_id: int,
-        number: int,
-        candidate: dict[str, Any],
-        params: dict[str, float],
+        rows: Sequence[dict[str, Any]],
         strategy: str,
-        worker: str | None = None,
-        strategy_state: tuple[int, int, bytes] | None = None,
-    ) -> int:
-        """Insert a RUNNING trial; ``strategy_state`` (seq, n_told, blob) is saved in the same transaction."""
-        self._w()
+        event: StrategyEvent | None = None,
+    ) -> list[int]:
+        """Insert RUNNING trials (each row: ``number``, ``candidate``, ``params``, ``worker``)
+        and the ask that proposed them (``event``) in one transaction; returns the trial ids."""
         now = time.time()
-        with self.engine.begin() as c:
-            tid = c.execute(
-                trials.insert().values(
-                    study_id=study_id,
-                    number=number,
-                    strategy=strategy,
-                    generation=int(candidate.get("generation", 0)),
-                    parents_json=json.dumps(candidate.get("parents", [])),
-                    candidate_json=json.dumps(candidate),
-                    state=RUNNING,
-                    worker=worker,
-                    attempts=1,
-                    started_at=now,
-                    heartbeat_at=now,
-                )
-            ).inserted_primary_key[0]
-            if params:
-                c.execute(trial_params.insert(), [{"trial_id": tid, "name": k, "value": float(v)} for k, v in params.items()])
-            if strategy_state is not None:
-                self._put_state(c, study_id, strategy_state)
-        return int(tid)
+        ids = []
+        with self._tx() as c:
+            for r in rows:
+                cand = r["candidate"]
+                tid = c.execute(
+                    trials.insert().values(
+                        study_id=study_id,
+                        number=int(r["number"]),
+                        strategy=strategy,
+                        generation=int(cand.get("generation", 0)),
+                        parents_json=json.dumps(cand.get("parents", [])),
+                        candidate_json=json.dumps(cand),
+                        state=RUNNING,
+                        worker=r.get("worker"),
+                        attempts=1,
+                        started_at=now,
+                        heartbeat_at=now,
+                    )
+                ).inserted_primary_key[0]
+                ids.append(int(tid))
+                params = r.get("params") or {}
+                if params:
+                    c.execute(trial_params.insert(), [{"trial_id": tid, "name": k, "value": float(v)} for k, v in params.items()])
+            if event is not None:
+                self._put_event(c, study_id, event)
+        return ids
+
+    def add_trial(
+        self, study_id: int, number: int, candidate: dict[str, Any], params: dict[str, float], strategy: str, worker: str | None = None
+    ) -> int:
+        """Insert one RUNNING trial (no strategy event)."""
+        return self.add_trials(study_id, [dict(number=number, candidate=candidate, params=params, worker=worker)], strategy)[0]
 
     def restart_trial(self, trial_id: int, worker: str | None = None) -> None:
         """A RUNNING trial is run again (its worker died or the controller restarted)."""
         self._w()
-        with self.engine.begin() as c:
+        with self._tx() as c:
             c.execute(
                 trials.update()
                 .where(trials.c.id == trial_id)
@@ -434,7 +587,7 @@ class Store:
             )
 
     def set_worker(self, trial_id: int, worker: str) -> None:
-        with self.engine.begin() as c:
+        with self._tx() as c:
             c.execute(trials.update().where(trials.c.id == trial_id).values(worker=worker))
 
     def finish_trial(
@@ -448,13 +601,14 @@ class Store:
         worker: str | None = None,
         materialize_s: float | None = None,
         evaluate_s: float | None = None,
-        strategy_state: tuple[int, int, bytes] | None = None,
+        margins_: dict[int, np.ndarray] | None = None,
+        event: StrategyEvent | None = None,
         study_id: int | None = None,
     ) -> None:
         """Record a trial's outcome in one transaction (values only for COMPLETE trials),
-        together with the strategy state after telling it (``strategy_state``, needs ``study_id``)."""
-        self._w()
-        with self.engine.begin() as c:
+        with its per-example scores and margins, and the tell that passed it to the strategy
+        (``event``, needs ``study_id``)."""
+        with self._tx() as c:
             upd: dict[str, Any] = dict(
                 state=state, finished_at=time.time(), error=error, materialize_s=materialize_s, evaluate_s=evaluate_s
             )
@@ -473,12 +627,17 @@ class Store:
                 c.execute(
                     per_sample.insert(), [{"trial_id": trial_id, "name": k, "blob": _npy(v)} for k, v in per_sample_.items()]
                 )
-            if strategy_state is not None and study_id is not None:
-                self._put_state(c, study_id, strategy_state)
+            if margins_:
+                c.execute(
+                    margins.insert(),
+                    [{"trial_id": trial_id, "objective_idx": int(j), "blob": _npy(v, np.float64)} for j, v in margins_.items()],
+                )
+            if event is not None and study_id is not None:
+                self._put_event(c, study_id, event)
 
     def add_heldout(self, trial_id: int, values: Sequence[float | None], evaluations_: Iterable[dict[str, Any]] = ()) -> None:
         self._w()
-        with self.engine.begin() as c:
+        with self._tx() as c:
             c.execute(trial_values.delete().where(trial_values.c.trial_id == trial_id, trial_values.c.split == "heldout"))
             rows = [
                 {"trial_id": trial_id, "objective_idx": i, "split": "heldout", "value": float(v)}
@@ -491,30 +650,62 @@ class Store:
             if ev:
                 c.execute(evaluations.insert(), ev)
 
-    # ------------------------------------------------------------------ strategy state
-    def save_strategy_state(self, study_id: int, seq: int, n_told: int, blob: bytes) -> None:
-        self._w()
-        with self.engine.begin() as c:
-            self._put_state(c, study_id, (seq, n_told, blob))
+    # ------------------------------------------------------------------ strategy calls and snapshots
+    def log_event(self, study_id: int, event: StrategyEvent) -> None:
+        with self._tx() as c:
+            self._put_event(c, study_id, event)
 
     @staticmethod
-    def _put_state(c: sa.Connection, study_id: int, state: tuple[int, int, bytes]) -> None:
-        seq, n_told, blob = state
-        c.execute(strategy_state.insert().values(study_id=study_id, seq=seq, n_told=n_told, blob=blob, created_at=time.time()))
-        if seq % 20 == 0:  # keep the latest few states only
-            c.execute(
-                strategy_state.delete().where(strategy_state.c.study_id == study_id, strategy_state.c.seq < seq - 2)
-            )
+    def _put_event(c: sa.Connection, study_id: int, ev: StrategyEvent) -> None:
+        c.execute(
+            strategy_events.insert().values(study_id=study_id, seq=ev.seq, kind=ev.kind, payload_json=json.dumps(ev.payload))
+        )
 
-    def latest_strategy_state(self, study_id: int) -> tuple[int, int, bytes] | None:
+    def events(self, study_id: int) -> list[StrategyEvent]:
+        """The run's strategy calls in order."""
+        with self.engine.connect() as c:
+            rows = c.execute(
+                sa.select(strategy_events.c.seq, strategy_events.c.kind, strategy_events.c.payload_json)
+                .where(strategy_events.c.study_id == study_id)
+                .order_by(strategy_events.c.seq)
+            ).all()
+        return [StrategyEvent(int(r[0]), r[1], json.loads(r[2])) for r in rows]
+
+    def save_snapshot(self, study_id: int, seq: int, n_told: int, state_json: str, arrays: bytes) -> None:
+        """A strategy's data-only state after event ``seq``; older snapshots are dropped."""
+        with self._tx() as c:
+            c.execute(
+                strategy_snapshots.insert().values(
+                    study_id=study_id, seq=seq, n_told=n_told, state_json=state_json, arrays=arrays, created_at=time.time()
+                )
+            )
+            c.execute(strategy_snapshots.delete().where(strategy_snapshots.c.study_id == study_id, strategy_snapshots.c.seq < seq))
+
+    def latest_snapshot(self, study_id: int) -> tuple[int, int, str, bytes] | None:
+        """(seq, n_told, state_json, arrays) of the newest snapshot, or None."""
         with self.engine.connect() as c:
             r = c.execute(
-                sa.select(strategy_state.c.seq, strategy_state.c.n_told, strategy_state.c.blob)
-                .where(strategy_state.c.study_id == study_id)
-                .order_by(strategy_state.c.seq.desc())
+                sa.select(strategy_snapshots.c.seq, strategy_snapshots.c.n_told, strategy_snapshots.c.state_json, strategy_snapshots.c.arrays)
+                .where(strategy_snapshots.c.study_id == study_id)
+                .order_by(strategy_snapshots.c.seq.desc())
                 .limit(1)
             ).first()
-        return (int(r[0]), int(r[1]), bytes(r[2])) if r else None
+        return (int(r[0]), int(r[1]), str(r[2]), bytes(r[3])) if r else None
+
+    def trial_arrays(self, study_id: int) -> dict[int, tuple[dict[str, np.ndarray], dict[int, np.ndarray]]]:
+        """Trial number -> (per-example scores by name, margins by objective index), for every
+        finished trial that has any (what a resumed controller re-tells its strategy)."""
+        out: dict[int, tuple[dict[str, np.ndarray], dict[int, np.ndarray]]] = {}
+        with self.engine.connect() as c:
+            num = dict(c.execute(sa.select(trials.c.id, trials.c.number).where(trials.c.study_id == study_id)).all())
+            ids = list(num)
+            for chunk in (ids[i : i + 500] for i in range(0, len(ids), 500)):
+                for r in c.execute(sa.select(per_sample).where(per_sample.c.trial_id.in_(chunk))):
+                    out.setdefault(num[r.trial_id], ({}, {}))[0][r.name] = _from_npy(r.blob)
+                if self.version >= 2:
+                    for r in c.execute(sa.select(margins).where(margins.c.trial_id.in_(chunk))):
+                        out.setdefault(num[r.trial_id], ({}, {}))[1][int(r.objective_idx)] = _from_npy(r.blob)
+        return out
 
     # ------------------------------------------------------------------ reading
     def trials(

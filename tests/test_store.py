@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from search.errors import StoreError
-from search.store import COMPLETE, FAIL, SCHEMA_VERSION, Store, open_run
+from search.store import COMPLETE, FAIL, SCHEMA_VERSION, LockLostError, Store, StrategyEvent, open_run
 
 
 def _study(st: Store, name: str = "r"):
@@ -21,12 +21,15 @@ def test_roundtrip_values_metrics_per_sample_and_state(tmp_path: Path) -> None:
     st = Store.open(str(tmp_path / "s.db"))
     s = _study(st)
     assert s.objectives == [("acc", "maximize"), ("len", "minimize")]
-    tid = st.add_trial(s.id, 0, {"x": [0.5], "id": 0, "generation": 2, "parents": [7]}, {"g/a/weight": 0.5}, "nsga2",
-                       strategy_state=(1, 0, b"state-1"))
+    ask = StrategyEvent(1, "ask", {"n": 1, "items": [{"id": 0, "h": "ab", "number": 0}]})
+    (tid,) = st.add_trials(s.id, [dict(number=0, candidate={"x": [0.5], "id": 0, "generation": 2, "parents": [7]},
+                                       params={"g/a/weight": 0.5}, worker="w0")], "nsga2", ask)
+    margins = np.array([0.25, -1e-300, 3.0, 0.1])
     st.finish_trial(tid, COMPLETE, [0.75, 12.0],
                     [{"objective_idx": 0, "split": "search", "evaluator": "lm_eval", "metric": "exact_match,none", "value": 0.75}],
                     {"acc/task": np.array([1, 0, 1, 1])}, worker="w0", materialize_s=0.01, evaluate_s=0.5,
-                    strategy_state=(2, 1, b"state-2"), study_id=s.id)
+                    margins_={0: margins}, event=StrategyEvent(2, "tell", {"items": [[0, 0]]}), study_id=s.id)
+    st.save_snapshot(s.id, 2, 1, '{"format": "x"}', b"npz")
     tid2 = st.add_trial(s.id, 1, {"x": [0.1], "id": 1}, {"g/a/weight": 0.1}, "nsga2")
     st.finish_trial(tid2, FAIL, error="RuntimeError: boom")
     st.add_heldout(tid, [0.7, None])
@@ -35,7 +38,10 @@ def test_roundtrip_values_metrics_per_sample_and_state(tmp_path: Path) -> None:
     assert t0.params == {"g/a/weight": 0.5} and t0.metrics[0]["metric"] == "exact_match,none"
     assert t1.state == FAIL and t1.values is None and t1.error == "RuntimeError: boom"
     assert np.array_equal(st.per_sample(tid)["acc/task"], [1, 0, 1, 1])
-    assert st.latest_strategy_state(s.id) == (2, 1, b"state-2")
+    per, marg = st.trial_arrays(s.id)[0]
+    assert np.array_equal(per["acc/task"], [1, 0, 1, 1]) and marg[0].dtype == np.float64 and np.array_equal(marg[0], margins)
+    assert [(e.seq, e.kind, e.payload) for e in st.events(s.id)] == [(1, "ask", ask.payload), (2, "tell", {"items": [[0, 0]]})]
+    assert st.latest_snapshot(s.id) == (2, 1, '{"format": "x"}', b"npz")
     assert st.counts(s.id) == {COMPLETE: 1, FAIL: 1}
     assert st.next_number(s.id) == 2
     assert [t.number for t in st.trials(s.id, after_id=tid)] == [1]
@@ -112,3 +118,77 @@ def test_lock_is_taken_over_from_a_dead_controller(tmp_path: Path) -> None:
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     st.acquire(s.id, owner=f"{socket.gethostname()}:{dead.stdout.strip()}")
     assert st.acquire(s.id) == f"{socket.gethostname()}:{os.getpid()}"
+
+
+def test_a_controller_whose_lock_was_taken_over_writes_nothing_more(tmp_path: Path) -> None:
+    """Every write of a lock holder re-checks the lock in its own transaction."""
+    st = Store.open(str(tmp_path / "s.db"))
+    s = _study(st)
+    owner = st.acquire(s.id)
+    tid = st.add_trial(s.id, 0, {"x": [0.5], "id": 0}, {}, "random")
+    other = Store.open(str(tmp_path / "s.db"))  # a second controller, after our heartbeat went stale
+    with other.engine.begin() as c:
+        c.exec_driver_sql("UPDATE studies SET lock_heartbeat = lock_heartbeat - 3600")
+    assert other.acquire(s.id, owner="elsewhere:1") == "elsewhere:1"
+    for write in (lambda: st.finish_trial(tid, COMPLETE, [0.5, 1.0]), lambda: st.add_trial(s.id, 1, {"x": [0.1], "id": 1}, {}, "random"),
+                  lambda: st.log_event(s.id, StrategyEvent(1, "tell", {"items": []})), lambda: st.set_status(s.id, "finished")):
+        with pytest.raises(LockLostError, match="another controller took over this run"):
+            write()
+    (t,) = st.trials(s.id)
+    assert t.state == "RUNNING" and st.events(s.id) == [] and st.study("r").status == "created"
+    st.release(s.id, owner)  # releasing a lock that is no longer ours leaves the new owner's in place
+    assert st.study("r").lock_owner == "elsewhere:1"
+    st.close()
+    other.close()
+
+
+def _bad_store(kind: str, tmp_path: Path) -> Path:
+    p = tmp_path / f"{kind}.db"
+    if kind == "random-bytes":
+        p.write_bytes(np.random.default_rng(0).bytes(50_000))
+        return p
+    if kind == "unreadable":  # (as root, a file's mode does not stop reads: a folder in its place does)
+        p.mkdir()
+        return p
+    if kind == "not-a-store":
+        con = sqlite3.connect(p)
+        con.execute("CREATE TABLE t (a)")
+        con.commit()
+        con.close()
+        return p
+    st = Store.open(str(p))
+    s = _study(st)
+    for i in range(300):
+        st.add_trial(s.id, i, {"x": [i / 300] * 40, "id": i}, {f"p{j}": 0.5 for j in range(20)}, "random")
+    st.close()
+    con = sqlite3.connect(p)
+    con.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    con.close()
+    if kind == "truncated":
+        data = p.read_bytes()
+        p.write_bytes(data[: len(data) // 2])
+    elif kind == "corrupt":
+        data = bytearray(p.read_bytes())
+        data[8192:16384] = np.random.default_rng(1).bytes(8192)
+        p.write_bytes(bytes(data))
+    elif kind == "newer":
+        con = sqlite3.connect(p)
+        con.execute("UPDATE schema_info SET value='7' WHERE key='version'")
+        con.commit()
+        con.close()
+    return p
+
+
+@pytest.mark.parametrize("kind", ["truncated", "corrupt", "random-bytes", "not-a-store", "newer", "unreadable"])
+def test_every_bad_store_is_one_line_and_exit_2(kind: str, tmp_path: Path) -> None:
+    """`search status` / `front` on a bad store: one line naming the file, exit code 2."""
+    import subprocess
+    import sys
+
+    p = _bad_store(kind, tmp_path)
+    for cmd in (["status", "r", "--store", str(p)], ["front", "r", "--store", str(p)]):
+        proc = subprocess.run([sys.executable, "-m", "search", *cmd], capture_output=True, text=True, timeout=120)
+        lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+        assert proc.returncode == 2, (kind, proc.stdout, proc.stderr)
+        assert len(lines) == 1 and lines[0].startswith("error: ") and str(p) in lines[0], (kind, proc.stderr)
+        assert "Traceback" not in proc.stderr

@@ -10,8 +10,17 @@ Hooks, in the order the controller calls them:
    twice.
 3. ``tell(results)``: called with finished trials in any order, possibly a subset of what was
    asked, possibly failed (``values is None``) or with NaN/inf values (treated as failed).
-4. ``state_dict()`` after each tell; ``load_state_dict(state)`` on resume restores the exact
-   state (RNG included) so the next ``ask`` proposes what the uninterrupted run would have.
+
+Resume: the controller logs every ``ask(n)`` and ``tell`` call in the store (trial numbers
+only: the results themselves are the trials' rows) and rebuilds a strategy by replaying that
+log into a new instance with the same problem, options and seed. Every strategy must
+therefore be deterministic for a seed and a sequence of calls (no wall-clock, no global RNG).
+Strategies whose replay is costly (model fits in ``ask``) set ``snapshots = True`` and
+implement ``state_dict()`` / ``load_state_dict(state)`` with plain data only (see
+:mod:`search.statedata`: numbers, strings, lists, dicts, numpy arrays; never objects, since a
+store is never unpickled); the controller then saves a snapshot now and then and replays only
+the calls made after it. Either way the next ``ask`` proposes what the uninterrupted run
+would have.
 
 Values are raw objective values in objective order; each :class:`Objective` carries its
 direction. Use :meth:`Problem.minimization` to get a "smaller is better" matrix; never flip or
@@ -143,6 +152,9 @@ class Strategy(ABC):
     Options: ClassVar[type[StrategyOptions]] = StrategyOptions
     #: True if the strategy needs per-example scores (TrialResult.per_sample)
     needs_per_sample: ClassVar[bool] = False
+    #: True if ``state_dict`` / ``load_state_dict`` give the whole state as plain data
+    #: (:mod:`search.statedata`); False: the state is rebuilt by replaying asks and tells only
+    snapshots: ClassVar[bool] = False
 
     def __init__(self, problem: Problem, options: StrategyOptions | dict[str, Any] | None = None, seed: int = 0):
         self.problem = problem
@@ -163,11 +175,13 @@ class Strategy(ABC):
     @abstractmethod
     def tell(self, results: Sequence[TrialResult]) -> None: ...
 
-    @abstractmethod
-    def state_dict(self) -> dict[str, Any]: ...
+    def state_dict(self) -> dict[str, Any]:
+        """The whole state as plain data (only where ``snapshots`` is True)."""
+        raise NotImplementedError(f"{self.name} is rebuilt by replaying its asks and tells; it keeps no snapshot")
 
-    @abstractmethod
-    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict`'s data exactly (only where ``snapshots`` is True)."""
+        raise NotImplementedError(f"{self.name} is rebuilt by replaying its asks and tells; it keeps no snapshot")
 
     @classmethod
     def check(cls, options: StrategyOptions, problem_info: dict[str, Any]) -> list[str]:

@@ -46,13 +46,13 @@ is rank-based, so this is "worst" without inventing a scale). When cma reports a
 termination condition (e.g. flat fitness on a coarse accuracy metric), it restarts from the
 best point so far with ``sigma0`` (``restarts``).
 
-State: the cma object is pickled (it carries its own random generator, see ``_Randn``), so a
-restored strategy proposes exactly what the uninterrupted one would have.
+State: rebuilt on resume by replaying the run's asks and tells into a new instance (cma
+draws from its own seeded generator, see ``_Randn``), so a restored strategy proposes
+exactly what the uninterrupted one would have.
 """
 
 from __future__ import annotations
 
-import pickle
 import warnings
 from collections.abc import Sequence
 from contextlib import contextmanager
@@ -77,10 +77,10 @@ class CMAESOptions(StrategyOptions):
 
 
 class _Randn:
-    """A picklable ``randn(*shape)`` for cma's ``randn`` option, backed by its own Generator.
+    """A ``randn(*shape)`` for cma's ``randn`` option, backed by its own seeded Generator.
 
     cma's default (``np.random.randn``) draws from numpy's global state, which other code
-    shares and which pickles as a detached copy; this keeps sampling private and exact.
+    shares; this keeps sampling private, so a replay of the same calls draws the same points.
     """
 
     def __init__(self, seed: int):
@@ -280,36 +280,6 @@ class CMAESStrategy(Strategy):
         # bound the straggler list (only the best few can ever be injected)
         if len(self._stragglers) > 2 * self.popsize:
             self._stragglers = sorted(self._stragglers, key=lambda t: t[1])[: 2 * self.popsize]
-
-    def state_dict(self) -> dict[str, Any]:
-        return {
-            "es": pickle.dumps(self._es),
-            "rng": self._rng.bit_generator.state,
-            "next_id": self._next_id,
-            "restart": self._restart,
-            "gen": self._gen,
-            "best": None if self._best is None else (self._best[0], self._best[1].copy()),
-            "records": {k: {"u": v["u"].copy(), "gen": v["gen"]} for k, v in self._records.items()},
-            "queue": [u.copy() for u in self._queue],
-            "started": self._started,
-            "done": [(u.copy(), f) for u, f in self._done],
-            "stragglers": [(u.copy(), f) for u, f in self._stragglers],
-            "counts": (self._n_told, self._n_extra, self._n_injected),
-        }
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self._es = pickle.loads(state["es"])
-        self._rng.bit_generator.state = state["rng"]
-        self._next_id = int(state["next_id"])
-        self._restart = int(state["restart"])
-        self._gen = int(state["gen"])
-        self._best = None if state["best"] is None else (float(state["best"][0]), np.asarray(state["best"][1]))
-        self._records = {int(k): {"u": np.asarray(v["u"]), "gen": int(v["gen"])} for k, v in state["records"].items()}
-        self._queue = [np.asarray(u) for u in state["queue"]]
-        self._started = bool(state["started"])
-        self._done = [(np.asarray(u), f) for u, f in state["done"]]
-        self._stragglers = [(np.asarray(u), float(f)) for u, f in state["stragglers"]]
-        self._n_told, self._n_extra, self._n_injected = state["counts"]
 
     @classmethod
     def check(cls, options: StrategyOptions, problem_info: dict[str, Any]) -> list[str]:

@@ -47,7 +47,6 @@ Failed results (None/NaN/inf) never enter the archive.
 
 from __future__ import annotations
 
-import pickle
 from collections.abc import Sequence
 from typing import Any
 
@@ -215,26 +214,3 @@ class M2N2Strategy(Strategy):
     def archive(self) -> list[dict[str, Any]]:
         """The current archive (copies): candidate id, coefficients, values, generation."""
         return [{k: (v.copy() if isinstance(v, np.ndarray) else v) for k, v in m.items()} for m in self._archive]
-
-    def state_dict(self) -> dict[str, Any]:
-        return {
-            "blob": pickle.dumps(
-                {
-                    "rng": self._rng.bit_generator.state,
-                    "next_id": self._next_id,
-                    "archive": self._archive,
-                    "pending": self._pending,
-                    "init_queue": self._init_queue,
-                    "counts": (self._n_told, self._n_ok, self._n_children, self._n_rejected, self._used_fallback),
-                }
-            )
-        }
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        s = pickle.loads(state["blob"])
-        self._rng.bit_generator.state = s["rng"]
-        self._next_id = s["next_id"]
-        self._archive = s["archive"]
-        self._pending = s["pending"]
-        self._init_queue = s["init_queue"]
-        self._n_told, self._n_ok, self._n_children, self._n_rejected, self._used_fallback = s["counts"]

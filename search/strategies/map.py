@@ -56,7 +56,6 @@ design points have come back, extra asks get more space-filling design points.
 from __future__ import annotations
 
 import math
-import pickle
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -689,31 +688,6 @@ class MAPStrategy(Strategy):
                 st.cids.append(cid)
                 st.tags.append(tag)
         self._maybe_advance()
-
-    def state_dict(self) -> dict[str, Any]:
-        return {
-            "blob": pickle.dumps(
-                {
-                    "rng": self._rng.bit_generator.state,
-                    "next_id": self._next_id,
-                    "records": self._records,
-                    "counts": (self._n_told, self._n_ok),
-                    "models": self._models,
-                    "stages": self._stages,
-                    "nested": self._nested,
-                }
-            )
-        }
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        s = pickle.loads(state["blob"])
-        self._rng.bit_generator.state = s["rng"]
-        self._next_id = s["next_id"]
-        self._records = s["records"]
-        self._n_told, self._n_ok = s["counts"]
-        self._models = s["models"]
-        self._stages = s["stages"]
-        self._nested = s["nested"]
 
     # ------------------------------------------------------------------ validation
     def _refuse_unfit_options(self) -> None:

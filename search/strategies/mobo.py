@@ -51,7 +51,8 @@ Failed results (no values, NaN, inf) stay out of the models: a failure (a crash,
 timeout, an out-of-memory) usually says nothing about the objectives there, and a fake
 worst value would bend the surrogate around it. A failed point is never proposed again.
 ``state_dict`` holds every observation, the pending points, the fitted hyperparameters and
-the random state, so a resumed run proposes exactly what the uninterrupted run would have.
+the random state, all as plain data, so a resumed run proposes exactly what the
+uninterrupted run would have without repeating the model fits of the whole run.
 """
 
 from __future__ import annotations
@@ -87,6 +88,7 @@ class MOBOStrategy(Strategy):
     """Gaussian-process surrogates + optimistic hypervolume improvement (see module docstring)."""
 
     name = "mobo"
+    snapshots = True
     Options = MOBOOptions
 
     def __init__(self, problem, options=None, seed: int = 0):

@@ -28,16 +28,14 @@ points, which join the initial population.
 Failed results (None/NaN/inf) count toward the survival trigger but never enter the
 population. If fewer than two initial points succeed, the initial survival waits for more.
 
-State: the pymoo algorithm (population, operators, its numpy Generator) is pickled, so a
-restored strategy continues exactly.
+State: rebuilt on resume by replaying the run's asks and tells into a new instance (pymoo
+draws from a Generator seeded from the run seed), so a restored strategy continues exactly.
 """
 
 from __future__ import annotations
 
 import math
-import pickle
 from collections.abc import Sequence
-from typing import Any
 
 import numpy as np
 from pydantic import Field
@@ -199,30 +197,3 @@ class NSGA2Strategy(Strategy):
     @property
     def counts(self) -> dict[str, int]:
         return {"asked": self._n_asked, "told": self._n_told, "ok": self._n_ok, "generations": self._gen}
-
-    def state_dict(self) -> dict[str, Any]:
-        return {
-            "algo": pickle.dumps(self._algo),
-            "rng": self._rng.bit_generator.state,
-            "next_id": self._next_id,
-            "gen": self._gen,
-            "queue": [(x.copy(), p, k) for x, p, k in self._queue],
-            "initial_asked": self._initial_asked,
-            "buffer": [(c, x.copy(), F.copy()) for c, x, F in self._buffer],
-            "resolved": self._resolved,
-            "batch": self._batch,
-            "counts": (self._n_asked, self._n_told, self._n_ok),
-        }
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self._algo = pickle.loads(state["algo"])
-        self._pproblem = self._algo.problem
-        self._rng.bit_generator.state = state["rng"]
-        self._next_id = int(state["next_id"])
-        self._gen = int(state["gen"])
-        self._queue = [(np.asarray(x), tuple(p), k) for x, p, k in state["queue"]]
-        self._initial_asked = bool(state["initial_asked"])
-        self._buffer = [(int(c), np.asarray(x), np.asarray(F)) for c, x, F in state["buffer"]]
-        self._resolved = int(state["resolved"])
-        self._batch = int(state["batch"])
-        self._n_asked, self._n_told, self._n_ok = state["counts"]

@@ -20,20 +20,15 @@ Several ``ask``s before any ``tell`` are fine: TPE's ``constant_liar`` (on by de
 Optuna 5) and GP's batch handling account for running trials; NSGA-II fills its current
 generation.
 
-State and "exact": ``state_dict`` pickles the whole study (Optuna's ``Study`` and
-``InMemoryStorage`` support pickling; the sampler's random state travels with it), so a
-restored strategy's next proposals are identical to the uninterrupted run's, with the
-same Optuna version. Trials asked but never told stay RUNNING in the restored study, as
-they would in the live one. The state also keeps the list of (params, values, state) told
-so far: if the pickle cannot be read (another Optuna version), they are replayed into a
-fresh study with a freshly seeded sampler: the history is the same but the sampler's random
-stream is not, so proposals differ from the uninterrupted run (a warning says so).
+State and "exact": on resume the run's asks and tells are replayed into a new in-memory
+study whose sampler is seeded from the run seed, so a restored strategy's next proposals
+are identical to the uninterrupted run's, with the same Optuna version. Trials asked but
+never told stay RUNNING in the restored study, as they would in the live one.
 """
 
 from __future__ import annotations
 
 import logging
-import pickle
 import warnings
 from collections.abc import Sequence
 from contextlib import contextmanager
@@ -80,7 +75,6 @@ class OptunaStrategy(Strategy):
         self._sampler_seed = derive_seed("optuna", self.seed) % (2**32)
         self._next_id = 0
         self._trials: dict[int, int] = {}  # candidate id -> trial number (pending)
-        self._history: list[tuple[dict[str, float], list[float] | None, str]] = []
         self._study = self._new_study()
 
     # ------------------------------------------------------------------ helpers
@@ -170,33 +164,6 @@ class OptunaStrategy(Strategy):
                     self._study.tell(number, values)
                 else:
                     self._study.tell(number, state=TrialState.FAIL)
-                self._history.append((params, values, state))
-
-    def state_dict(self) -> dict[str, Any]:
-        return {
-            "study": pickle.dumps(self._study),
-            "history": [(dict(p), None if v is None else list(v), s) for p, v, s in self._history],
-            "trials": dict(self._trials),
-            "next_id": self._next_id,
-        }
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self._next_id = int(state["next_id"])
-        self._trials = {int(k): int(v) for k, v in state["trials"].items()}
-        self._history = [(dict(p), v, s) for p, v, s in state["history"]]
-        try:
-            self._study = pickle.loads(state["study"])
-        except Exception as e:  # noqa: BLE001 - fall back to replaying the history
-            import optuna
-            from optuna.trial import TrialState
-
-            log.warning("optuna study could not be restored exactly (%s); replaying %d trials", e, len(self._history))
-            self._study = self._new_study()
-            dists = self._distributions()
-            with _quiet():
-                for p, v, s in self._history:
-                    self._study.add_trial(optuna.trial.create_trial(params=p, distributions=dists, values=v, state=TrialState[s]))
-            self._trials = {}
 
     @classmethod
     def check(cls, options: StrategyOptions, problem_info: dict[str, Any]) -> list[str]:

@@ -24,6 +24,7 @@ class RandomOptions(StrategyOptions):
 
 class _Baseline(Strategy):
     Options = RandomOptions
+    snapshots = True
 
     def __init__(self, problem, options=None, seed: int = 0):
         super().__init__(problem, options, seed)
