@@ -349,12 +349,11 @@ class Controller:
                     free -= 1
                 remaining = budget - n_done - len(pending)
                 want = min(free, remaining) if not time_up and not asked_dry else 0
-                exhausted = False
+                spun = False  # told duplicates only: ask again without waiting
                 if want > 0:
                     cands = strategy.ask(want)
                     _crash_point("ask")
                     asked_dry = len(cands) < want
-                    exhausted = not cands and not pending
                     clip_candidates(cands, space.lower, space.upper)
                     items: list[dict[str, Any]] = []
                     rows: list[dict[str, Any]] = []
@@ -388,14 +387,17 @@ class Controller:
                     _crash_point("asked")
                     if immediate:
                         run.tell([run.result_of(c, o) for c, o in immediate], [(c.id, o) for c, o in immediate])
+                        asked_dry, spun = False, not rows
                     if dup_streak > 200:
                         log.warning("the strategy proposed 200 duplicates in a row; stopping early")
                         budget = n_done + len(pending)
+                # nothing proposed and nothing running: no result can change the strategy's mind
+                exhausted = asked_dry and not pending and not queue_
                 if not pending and not queue_ and (remaining <= 0 or time_up or exhausted):
                     if exhausted:
                         log.warning("the strategy has nothing more to propose; stopping at %d trials", n_done)
                     break
-                for task, res in pool.poll(timeout=0.2):
+                for task, res in pool.poll(timeout=0.0 if spun else 0.2):
                     if task.split != "search":
                         continue
                     tid, cand, _ = pending[task.number]

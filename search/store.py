@@ -384,6 +384,8 @@ class Store:
         with self.engine.begin() as c:
             if sa.inspect(c).has_table("strategy_state"):
                 c.execute(legacy_strategy_state.delete())
+            c.execute(strategy_snapshots.delete())  # none can belong to a schema-1 run's log
+            c.execute(strategy_events.delete())
             c.execute(schema_info.update().where(schema_info.c.key == "version").values(value=str(SCHEMA_VERSION)))
             if self.engine.dialect.name == "sqlite":
                 c.exec_driver_sql(f"PRAGMA user_version={SCHEMA_VERSION}")

@@ -208,8 +208,14 @@ def _process_main(config_yaml: str, base_dir: str | None, worker_id: str, tasks:
         results.put(("init_error", worker_id, f"{type(e).__name__}: {e}"))
         return
     results.put(("ready", worker_id, None))
+    parent = os.getppid()
     while True:
-        task = tasks.get()
+        try:
+            task = tasks.get(timeout=2.0)
+        except queue.Empty:
+            if os.getppid() != parent:  # the controller died (e.g. kill -9): free the device, exit
+                return
+            continue
         if task is None:
             return
         results.put(("result", worker_id, (task, w.run(task))))

@@ -217,7 +217,7 @@ def test_runtime_env_working_dir_goes_to_the_job_and_resolves_against_the_config
 def test_mobo_gets_the_classifiers_margins_through_the_controller(digits_zoo: Path, tmp_path: Path) -> None:
     """The classification evaluator's per-example margins reach the strategy: they are in the
     saved mobo state, one row per finished trial, and give each trial's accuracies back."""
-    import pickle
+    from search import statedata
 
     cfg = yaml.safe_load((REPO / "configs" / "digits.yaml").read_text())
     cfg["strategy"] = {"name": "mobo", "budget": 8}
@@ -227,7 +227,8 @@ def test_mobo_gets_the_classifiers_margins_through_the_controller(digits_zoo: Pa
     trials = _trials(tmp_path / "digits.db", "digits")
     st = Store.open(str(tmp_path / "digits.db"), readonly=True)
     try:
-        state = pickle.loads(st.latest_strategy_state(st.study("digits").id)[2])
+        snap = st.latest_snapshot(st.study("digits").id)
+        state = statedata.decode(snap[2], snap[3])  # data only: JSON + arrays
     finally:
         st.close()
     assert len(state["M"]) == len(trials) == 8

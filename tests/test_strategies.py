@@ -13,11 +13,14 @@ random order, each free worker asking for one candidate.
 from __future__ import annotations
 
 import pickle
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 
+from search import statedata
 from search.pareto import hypervolume, igd_plus, non_dominated_ranks, pareto_mask, to_minimization
+from search.replay import clip_candidates, digest, replay
 from search.strategies import STRATEGIES, Candidate, Objective, Problem, TrialResult, validate_options
 
 ALL = STRATEGIES.names()
@@ -161,22 +164,120 @@ def test_deterministic_for_a_seed(name: str) -> None:
     assert not same(runs[0], runs[2])
 
 
+class _Logged:
+    """Drives a strategy and logs its calls the way the controller does (each candidate is its
+    own trial, numbered by its id), so a new instance can be rebuilt by :func:`replay`."""
+
+    def __init__(self, strategy):
+        self.s, self.events, self.results, self.cands = strategy, [], {}, {}
+        self.problem = strategy.problem
+
+    def ask(self, n):
+        got = self.s.ask(n)
+        clip_candidates(got, self.s.problem.lower, self.s.problem.upper)
+        self.cands.update({c.id: c for c in got})
+        self.events.append(SimpleNamespace(seq=len(self.events) + 1, kind="ask", payload={
+            "n": n, "items": [{"id": c.id, "h": digest(c.x), "number": c.id} for c in got]}))
+        return got
+
+    def tell(self, results):
+        self.s.tell(results)
+        self.results.update({r.candidate.id: r for r in results})
+        self.events.append(SimpleNamespace(seq=len(self.events) + 1, kind="tell", payload={
+            "items": [[r.candidate.id, r.candidate.id] for r in results]}))
+
+    def rebuild(self, fresh, after: int = 0):
+        """Replay the calls after event ``after`` into ``fresh``; the candidates still running."""
+        def candidate_of(cid):
+            c = self.cands[cid]
+            return Candidate(c.x.copy(), c.id, c.generation, c.parents, dict(c.meta))
+
+        def result_of(cand, number):
+            r = self.results[number]
+            return TrialResult(cand, r.values, r.per_sample, r.error, r.margins)
+
+        asked, diverged = replay(fresh, self.events[after:], fresh.problem.lower, fresh.problem.upper, candidate_of, result_of)
+        assert diverged is None
+        return asked
+
+
 @pytest.mark.parametrize("name", ALL)
-def test_state_round_trip_continues_exactly(name: str) -> None:
+def test_replay_of_the_logged_calls_continues_exactly(name: str) -> None:
+    """What a resumed controller does: a new instance with the same seed, fed the logged asks and
+    tells, proposes what the live one proposes next (running candidates' results included)."""
     prob = problem(**UNEVEN)
-    live = make(name, prob, seed=3)
+    live = _Logged(make(name, prob, seed=3))
     drive(live, two_accuracies, 25, workers=3, seed=2)
-    running = live.ask(3)  # asked, not yet told, when the state is saved
+    running = live.ask(3)  # asked, not yet told, when the controller dies
     restored = make(name, prob, seed=3)
-    restored.load_state_dict(pickle.loads(pickle.dumps(live.state_dict())))
+    asked = live.rebuild(restored)
+    assert sorted(asked) == sorted(c.id for c in running)
     for step in range(6):
-        if step == 1:  # results of candidates asked before the snapshot arrive after it
-            live.tell([result(c) for c in running])
-            restored.tell([result(c) for c in running])
-        a, b = live.ask(2), restored.ask(2)
+        if step == 1:  # results of candidates asked before the crash arrive after it
+            live.s.tell([result(c) for c in running])
+            restored.tell([result(asked[c.id]) for c in running])
+        a, b = live.s.ask(2), restored.ask(2)
         assert same(a, b), (step, a, b)
-        live.tell([result(c) for c in reversed(a)])
+        live.s.tell([result(c) for c in reversed(a)])
         restored.tell([result(c) for c in reversed(b)])
+
+
+@pytest.mark.parametrize("name", [n for n in ALL if STRATEGIES.get(n).snapshots])
+def test_data_snapshot_plus_replay_continues_exactly(name: str) -> None:
+    """Strategies with snapshots: state_dict() is plain data (JSON + arrays, no pickle), and a
+    snapshot plus the calls logged after it rebuilds the live state exactly."""
+    prob = problem(**UNEVEN)
+    live = _Logged(make(name, prob, seed=3))
+    drive(live, two_accuracies, 20, workers=3, seed=2)
+    text, blob = statedata.encode(live.s.state_dict())
+    assert b"pickle" not in blob and "__reduce__" not in text
+    at = len(live.events)
+    drive(live, two_accuracies, 8, workers=2, seed=5)
+    restored = make(name, prob, seed=3)
+    restored.load_state_dict(statedata.decode(text, blob))
+    live.rebuild(restored, after=at)
+    for _ in range(4):
+        a, b = live.s.ask(2), restored.ask(2)
+        assert same(a, b)
+        live.s.tell([result(c) for c in a])
+        restored.tell([result(c) for c in b])
+
+
+def test_state_data_refuses_objects_and_never_unpickles(tmp_path) -> None:
+    with pytest.raises(statedata.StateDataError, match=r"state.a\[1\]: object is not plain data"):
+        statedata.encode({"a": [1, object()]})
+    with pytest.raises(statedata.StateDataError, match="dtype object"):
+        statedata.encode({"a": np.array([None, 1], dtype=object)})
+    marker = tmp_path / "ran"
+    evil = pickle.dumps(_Evil(str(marker)))
+    for text, blob in [('{"format": "mergesearch-state/1", "state": 1}', evil), (evil.decode("latin-1"), b"")]:
+        with pytest.raises(statedata.StateDataError):
+            statedata.decode(text, blob)
+    import io
+    buf = io.BytesIO()
+    np.save(buf, np.array([_Evil(str(marker))], dtype=object), allow_pickle=True)
+    import zipfile
+    zbuf = io.BytesIO()
+    with zipfile.ZipFile(zbuf, "w") as z:
+        z.writestr("a0.npy", buf.getvalue())
+    with pytest.raises(statedata.StateDataError):
+        statedata.decode('{"format": "mergesearch-state/1", "state": {"__array__": 0}}', zbuf.getvalue())
+    assert not marker.exists()
+    state = {"rng": np.random.default_rng(5).bit_generator.state, "x": [np.arange(3.0), (1, "a")], "m": {3: np.ones(2, np.float32)},
+             "f": [float("nan"), float("inf"), 0.1 + 0.2], "n": None, "b": True, "i": np.int64(7)}
+    back = statedata.decode(*statedata.encode(state))
+    assert back["rng"] == state["rng"] and back["x"][1] == (1, "a") and back["m"][3].dtype == np.float32
+    assert np.isnan(back["f"][0]) and back["f"][1:] == [float("inf"), 0.1 + 0.2] and back["i"] == 7
+
+
+class _Evil:
+    """Unpickling this creates a file: the proof that something ran."""
+
+    def __init__(self, path: str):
+        self.path = path
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
 
 
 @pytest.mark.parametrize("name", ALL)
@@ -458,18 +559,6 @@ def test_optuna_samplers() -> None:
     assert states == ["FAIL", "COMPLETE"]
 
 
-def test_optuna_replay_fallback_keeps_history() -> None:
-    prob = problem()
-    s = make("optuna", prob, sampler="random")
-    drive(s, two_accuracies, 10)
-    st = s.state_dict()
-    st["study"] = b"not a pickle"
-    r = make("optuna", prob, sampler="random")
-    r.load_state_dict(st)
-    assert len(r._study.get_trials()) == 10
-    assert_candidates(r.ask(2), prob)
-
-
 def test_replayed_results_from_another_instance_are_accepted() -> None:
     """A resumed controller may replay stored trials through tell(): ids never asked here."""
     prob = problem()
@@ -690,7 +779,7 @@ def test_mobo_state_round_trip_with_margins() -> None:
     prob = problem(budget=60)
     s = make("mobo", prob, seed=3)
     drive_margins(s, 25)
-    state = pickle.loads(pickle.dumps(s.state_dict()))
+    state = statedata.decode(*statedata.encode(s.state_dict()))
     s2 = make("mobo", prob, seed=3)
     s2.load_state_dict(state)
     assert same(s.ask(2), s2.ask(2))
