@@ -32,9 +32,10 @@ from typing import Any
 
 import numpy as np
 
-from .config import SearchConfig, parse_config, validate_file
+from .config import SearchConfig, load_config, parse_config
 from .errors import StoreError
 from .store import COMPLETE, FAIL, RUNNING, Store, default_store_for
+from .validation import CheckedRun, check_run
 from .workers import TrialTask, make_pool
 
 log = logging.getLogger("search.controller")
@@ -131,15 +132,15 @@ class Controller:
         return study
 
     # ------------------------------------------------------------------ main loop
-    def run(self, fresh: bool = False) -> int:
-        from .models import param_names
-        from .space import CoefficientSpace
-        from .strategies import STRATEGIES, Candidate, TrialResult
+    def run(self, fresh: bool = False, checked: CheckedRun | None = None) -> int:
+        from .strategies import Candidate, TrialResult
 
         cfg = self.cfg
         t_start = time.time()
-        names = param_names(cfg)
-        space = CoefficientSpace.build(names, [e.name for e in cfg.models.experts], cfg.merge)
+        if checked is None:  # every check, the strategy's included, before the store is opened
+            checked = check_run(cfg, run_code=True)
+        space, problem, strategy = checked.space, checked.problem, checked.strategy
+        assert space is not None and problem is not None and strategy is not None  # run_code=True always builds them
         log.info("search space: %s", space.describe())
         space_info = {
             "names": list(space.names),
@@ -159,8 +160,6 @@ class Controller:
         hb = threading.Thread(target=_heartbeat, args=(self.store_url, study.id, owner, hb_stop), daemon=True)
         hb.start()
 
-        problem = build_problem(space, cfg)
-        strategy = STRATEGIES.get(cfg.strategy.name)(problem, cfg.strategy.options, seed=cfg.seed)
         saved = store.latest_strategy_state(study.id)
         seq = 0
         if saved is not None:
@@ -453,10 +452,12 @@ def _with_overrides(cfg: SearchConfig, address: str | None = None, budget: int |
 
 
 def launch(config: str | SearchConfig, address: str | None = None, budget: int | None = None, store: str | None = None, fresh: bool = False) -> int:
-    """``search launch``: validate, then run (or continue) the search. Returns an exit code."""
-    cfg = validate_file(config) if not isinstance(config, SearchConfig) else config
+    """``search launch``: every check of ``search validate`` (with the overrides applied, before
+    the store is touched), then run (or continue) the search. Returns an exit code."""
+    cfg = load_config(config) if not isinstance(config, SearchConfig) else config
     cfg = _with_overrides(cfg, address, budget, store)
-    return Controller(cfg).run(fresh=fresh)
+    checked = check_run(cfg, run_code=True, source=None if isinstance(config, SearchConfig) else str(config))
+    return Controller(cfg).run(fresh=fresh, checked=checked)
 
 
 def resume(run: str, store: str | None = None, address: str | None = None, budget: int | None = None) -> int:
@@ -470,4 +471,5 @@ def resume(run: str, store: str | None = None, address: str | None = None, budge
     cfg = parse_config(yaml.safe_load(study.config_yaml), f"{run} (stored config)").with_base_dir(study.space.get("base_dir"))
     url = store or default_store_for(run)
     cfg = _with_overrides(cfg, address, budget, url)
-    return Controller(cfg, url).run()
+    checked = check_run(cfg, run_code=True, source=f"{run} (stored config)")  # before anything is written
+    return Controller(cfg, url).run(checked=checked)
