@@ -223,3 +223,17 @@ def test_unreadable_model_structure_is_one_line(tiny_lm_zoo: Path, tmp_path: Pat
     assert len(lines) == 1 and lines[0].startswith(f"error: models.base: cannot read the model structure of {str(base)!r}: ")
     assert main(["launch", str(path), "--store", str(store)]) == 2
     assert _errors(capsys) == lines and not store.exists()
+
+
+def test_factory_base_without_safetensors_skips_the_space_checks(toy_root: Path, tmp_path: Path,
+                                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    """Validate runs no factory code, so without safetensors headers it cannot count the
+    coordinates: it says so instead of passing the strategy checks silently."""
+    base = tmp_path / "base"
+    base.mkdir()
+    (base / "weights.pt").write_bytes(b"not read")
+    cfg = toy_config(toy_root, strategy="mobo", options={"max_dim": 3})
+    cfg["models"]["base"] = str(base)
+    assert main(["validate", str(_write(tmp_path, cfg))]) == 0
+    out = capsys.readouterr().out
+    assert f"note: the search space and the strategy's checks against it were skipped: the base {str(base)!r} has no local " in out
