@@ -20,9 +20,9 @@ Where the model structure comes from:
   model); ``zoo:`` models are built first.
 * ``validate`` (``run_code=False``) runs no code from the config and builds nothing: a causal
   LM is built from its ``config.json`` on the meta device; a ``models.factory`` or
-  ``trust_remote_code`` model is read as the tensor names of its safetensors headers. When the
-  base is not on this machine yet (a ``zoo:`` model not built, a hub id) the space checks are
-  skipped and :attr:`CheckedRun.note` says so.
+  ``trust_remote_code`` model is read as the tensor names of its safetensors headers. When
+  that is not possible (a ``zoo:`` model not built yet, a factory base without local
+  safetensors files) the space checks are skipped and :attr:`CheckedRun.note` says so.
 """
 
 from __future__ import annotations
