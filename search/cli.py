@@ -20,13 +20,16 @@ def _print_issues(err: ConfigError) -> None:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    from .config import validate_file
+    from .config import load_config
+    from .validation import check_run
 
-    cfg = validate_file(args.config, check_files=not args.no_files)
-    from .config import check_config  # noqa: F401  (validate_file already ran it)
-
+    cfg = load_config(args.config)
+    checked = check_run(cfg, check_files=not args.no_files, source=args.config)
+    dim = f", {checked.space.dim} coordinates" if checked.space is not None else ""
     print(f"{args.config}: ok (run '{cfg.name}', strategy {cfg.strategy.name}, budget {cfg.strategy.budget}, "
-          f"{len(cfg.models.experts)} experts, {len(cfg.objectives)} objectives, method {cfg.merge.method})")
+          f"{len(cfg.models.experts)} experts, {len(cfg.objectives)} objectives, method {cfg.merge.method}{dim})")
+    if checked.note:
+        print(f"note: {checked.note}")
     return 0
 
 

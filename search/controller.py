@@ -32,11 +32,12 @@ from typing import Any
 
 import numpy as np
 
-from .config import SearchConfig, parse_config, validate_file
+from .config import SearchConfig, load_config, parse_config
 from .errors import StoreError
 from .replay import clip_candidates, digest, vector_key
 from .store import COMPLETE, FAIL, RUNNING, SCHEMA_VERSION, Store, StrategyEvent, default_store_for
 from .strategies.base import TrialResult
+from .validation import CheckedRun, check_run
 from .workers import TrialTask, make_pool
 
 log = logging.getLogger("search.controller")
@@ -279,15 +280,14 @@ class Controller:
         return study
 
     # ------------------------------------------------------------------ main loop
-    def run(self, fresh: bool = False, replay_legacy: bool = False) -> int:
-        from .models import param_names
-        from .space import CoefficientSpace
-        from .strategies import STRATEGIES
+    def run(self, fresh: bool = False, replay_legacy: bool = False, checked: CheckedRun | None = None) -> int:
 
         cfg = self.cfg
         t_start = time.time()
-        names = param_names(cfg)
-        space = CoefficientSpace.build(names, [e.name for e in cfg.models.experts], cfg.merge)
+        if checked is None:  # every check, the strategy's included, before the store is opened
+            checked = check_run(cfg, run_code=True)
+        space, problem, strategy = checked.space, checked.problem, checked.strategy
+        assert space is not None and problem is not None and strategy is not None  # run_code=True always builds them
         log.info("search space: %s", space.describe())
         space_info = {
             "names": list(space.names),
@@ -298,8 +298,6 @@ class Controller:
             "upper": space.upper.tolist(),
             "base_dir": str(cfg.base_dir),
         }
-        problem = build_problem(space, cfg)
-        strategy = STRATEGIES.get(cfg.strategy.name)(problem, cfg.strategy.options, seed=cfg.seed)
         store = Store.open(self.store_url)
         if store.version < SCHEMA_VERSION and store.find_study(cfg.name) is not None:
             if not replay_legacy:
@@ -628,11 +626,13 @@ def launch(
     fresh: bool = False,
     replay: bool = False,
 ) -> int:
-    """``search launch``: validate, then run (or continue) the search. Returns an exit code.
+    """``search launch``: every check of ``search validate`` (with the overrides applied, before
+    the store is touched), then run (or continue) the search. Returns an exit code.
     ``replay``: continue a run kept by an older store schema by re-telling its trials."""
-    cfg = validate_file(config) if not isinstance(config, SearchConfig) else config
+    cfg = load_config(config) if not isinstance(config, SearchConfig) else config
     cfg = _with_overrides(cfg, address, budget, store)
-    return Controller(cfg).run(fresh=fresh, replay_legacy=replay)
+    checked = check_run(cfg, run_code=True, source=None if isinstance(config, SearchConfig) else str(config))
+    return Controller(cfg).run(fresh=fresh, replay_legacy=replay, checked=checked)
 
 
 def resume(run: str, store: str | None = None, address: str | None = None, budget: int | None = None, replay: bool = False) -> int:
@@ -646,4 +646,5 @@ def resume(run: str, store: str | None = None, address: str | None = None, budge
     cfg = parse_config(yaml.safe_load(study.config_yaml), f"{run} (stored config)").with_base_dir(study.space.get("base_dir"))
     url = store or default_store_for(run)
     cfg = _with_overrides(cfg, address, budget, url)
-    return Controller(cfg, url).run(replay_legacy=replay)
+    checked = check_run(cfg, run_code=True, source=f"{run} (stored config)")  # before anything is written
+    return Controller(cfg, url).run(replay_legacy=replay, checked=checked)
