@@ -204,7 +204,8 @@ class _RunState:
             events = store.events(self.study_id)
         self.seq = events[-1].seq if events else 0
         self._n_tells = sum(1 for e in events if e.kind == "tell")
-        src: dict[int, dict[str, Any]] = {}
+        # where each candidate id's vector is: its trial row, or (a duplicate) its ask
+        src: dict[int, dict[str, Any]] = {int(t.candidate["id"]): {"number": t.number} for t in old}
         for ev in events:
             if ev.kind == "ask":
                 for it in ev.payload["items"]:
@@ -213,7 +214,7 @@ class _RunState:
         def candidate_of(cid: int) -> Any:
             it = src.get(cid)
             if it is None:
-                raise StoreError(f"the strategy log names candidate {cid} that no ask proposed; the store is damaged")
+                raise StoreError(f"the strategy log names candidate {cid} that no trial or ask holds; the store is damaged")
             return Candidate.from_dict(it["cand"] if "cand" in it else by_number[int(it["number"])].candidate)
 
         start = 0
@@ -281,7 +282,6 @@ class Controller:
 
     # ------------------------------------------------------------------ main loop
     def run(self, fresh: bool = False, replay_legacy: bool = False, checked: CheckedRun | None = None) -> int:
-
         cfg = self.cfg
         t_start = time.time()
         if checked is None:  # every check, the strategy's included, before the store is opened
@@ -299,8 +299,8 @@ class Controller:
             "base_dir": str(cfg.base_dir),
         }
         store = Store.open(self.store_url)
-        if store.version < SCHEMA_VERSION and store.find_study(cfg.name) is not None:
-            if not replay_legacy:
+        if store.version < SCHEMA_VERSION:
+            if store.find_study(cfg.name) is not None and not replay_legacy:
                 store.require_current(cfg.name)
             log.warning("upgrading %s to store schema %d; its pickled strategy states are dropped unread", self.store_url, SCHEMA_VERSION)
             store.upgrade()
@@ -314,6 +314,7 @@ class Controller:
 
         run = _RunState(store, study.id, strategy, space)
         run.restore(replay_legacy)
+        strategy = run.strategy  # a new instance if the snapshot could not be read
         pending, waiting_dups = run.pending, run.waiting_dups
         n_done, n_fail = run.n_done, run.n_fail
         budget = cfg.strategy.budget
@@ -383,6 +384,8 @@ class Controller:
                         _, cand, task = pending[r["number"]]
                         pending[r["number"]] = (tid, cand, task)
                     _crash_point("asked")
+                    if any("dup_of" in it and it["dup_of"] not in run.results for it in items):
+                        _crash_point("waiting")
                     if immediate:
                         run.tell([run.result_of(c, o) for c, o in immediate], [(c.id, o) for c, o in immediate])
                         asked_dry, spun = False, not rows
@@ -528,7 +531,8 @@ _crash_hits: dict[str, int] = {}
 
 def _crash_point(name: str) -> None:
     """Fault injection for tests: ``MERGESEARCH_CRASH_AT=<name>:<k>`` SIGKILLs this process the
-    k-th time it passes point ``name`` (``ask``, ``asked``, ``tell``, ``told``, ``heldout``)."""
+    k-th time it passes point ``name`` (``ask``, ``asked``, ``waiting``: recorded an ask with a
+    duplicate of a running trial, ``tell``, ``told``, ``heldout``)."""
     spec = os.environ.get("MERGESEARCH_CRASH_AT")
     if not spec:
         return

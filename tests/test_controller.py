@@ -67,18 +67,6 @@ def test_failing_and_nan_evaluations_are_recorded_and_the_run_goes_on(toy_root: 
     assert all(t.values is None for t in failed) and all(t.values is not None for t in done)
 
 
-def test_duplicate_candidates_are_not_evaluated_twice(toy_root: Path, tmp_path: Path) -> None:
-    """A grid-like strategy re-proposing points: the store holds each point once."""
-    store = tmp_path / "dup.db"
-    cfg = toy_config(toy_root, name="dup", budget=6, store=str(store))
-    cfg["merge"]["granularity"] = "global"
-    cfg["merge"]["search"] = {"weight": [0.0, 1.0]}
-    cfg["strategy"] = {"name": "sobol", "budget": 6, "options": {}}
-    assert launch(str(_write(tmp_path, cfg))) == 0
-    xs = [tuple(np.round(t.candidate["x"], 10)) for t in _trials(store, "dup")]
-    assert len(xs) == len(set(xs))
-
-
 def test_second_controller_on_the_same_run_refuses(toy_root: Path, tmp_path: Path) -> None:
     store = tmp_path / "lock.db"
     path = _write(tmp_path, toy_config(toy_root, name="locked", budget=2, store=str(store)))

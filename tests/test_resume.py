@@ -186,7 +186,7 @@ def test_waiting_duplicates_survive_kill_9(toy_root: Path, tmp_path: Path) -> No
     cfg = _grid_cfg(toy_root, tmp_path, budget=5, workers=2)
     path = _write(tmp_path, cfg)
     register = "from search.strategies import STRATEGIES\nfrom tests.test_resume import _Grid\nSTRATEGIES.register('grid3', _Grid)"
-    _launch_and_crash(path, "asked:1", extra=register)  # trial 0 running, proposal 1 waiting on it
+    _launch_and_crash(path, "waiting:1", extra=register)  # a proposal waits on its running original
     st = Store.open(str(tmp_path / "dup.db"), readonly=True)
     events = st.events(st.study("dup").id)
     st.close()
