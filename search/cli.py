@@ -160,11 +160,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USER_ERROR
     except Exception as e:
         exc = sys.modules.get("sqlalchemy.exc")
-        if exc is None or not isinstance(e, exc.SQLAlchemyError):
+        if exc is None or not isinstance(e, exc.DatabaseError) or isinstance(e, exc.IntegrityError):
             raise
         from .store import damaged, default_store_for
 
-        run = getattr(args, "run", None) or getattr(args, "runs", [None])[0]
+        run = getattr(args, "run", None) or (getattr(args, "runs", None) or [None])[0]
         where = getattr(args, "store", None) or (default_store_for(run) if run else "the store")
         print(f"error: {where}: {damaged(e)}", file=sys.stderr)
         return EXIT_USER_ERROR

@@ -18,6 +18,7 @@ are re-evaluated on the objectives' held-out settings and stored beside the sear
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -165,45 +166,43 @@ class _RunState:
         from . import statedata
 
         text, blob = statedata.encode(self.strategy.state_dict())
-        self.store.save_snapshot(self.study_id, self.seq, self.n_done, text, blob)
+        self.store.save_snapshot(self.study_id, self.seq, self._n_tells, text, blob)
         self._snap_tells, self._snap_seq = self._n_tells, self.seq
 
     def restore(self, replay_legacy: bool) -> None:
         """Rebuild everything from the store: results, the strategy (snapshot + replay of the
-        calls after it), running trials and waiting duplicates."""
+        calls after it), running trials and waiting duplicates. ``replay_legacy``: discard the
+        call log and re-tell the stored trials to a new strategy (not exact)."""
         from . import statedata
         from .replay import outstanding, replay
         from .strategies import Candidate
 
-        store, strategy = self.store, self.strategy
+        store = self.store
         old = store.trials(self.study_id)
-        if not old:
-            return
         by_number = {t.number: t for t in old}
-        arrays = store.trial_arrays(self.study_id)
-        self.number = max(by_number) + 1
+        arrays = store.trial_arrays(self.study_id) if old else {}
+        self.number = max(by_number) + 1 if old else 0
         for t in old:
             self.seen[vector_key(np.asarray(t.candidate["x"], dtype=np.float64))] = t.number
             if t.state != RUNNING:
-                per, marg = arrays.get(t.number, ({}, {}))
-                ok = t.state == COMPLETE and t.values is not None
-                self.results[t.number] = TrialResult(
-                    Candidate.from_dict(t.candidate),
-                    np.asarray(t.values) if ok else None,
-                    flat_per_sample(per) if ok else None,
-                    t.error,
-                    marg if ok and marg else None,
-                )
+                self.results[t.number] = self._stored_result(t, arrays.get(t.number, ({}, {})))
         self.n_done = len(self.results)
         self.n_fail = sum(1 for t in old if t.state == FAIL)
+        if replay_legacy and old:
+            self._retell(old)
+            return
         events = store.events(self.study_id)
-        if not events and self.results and replay_legacy:  # a schema-1 run: re-tell its finished trials
-            log.warning("re-telling %d stored trial(s) to a new %s (not exact)", len(self.results), strategy.name)
-            nums = sorted(self.results)
-            self.tell([self.results[n] for n in nums], [(self.results[n].candidate.id, n) for n in nums])
-            events = store.events(self.study_id)
-        self.seq = events[-1].seq if events else 0
+        if not events:  # a new run: remember the budget the strategy is built with
+            store.log_event(self.study_id, self.event("start", {"budget": self.strategy.problem.budget}))
+            return
+        self.seq = events[-1].seq
         self._n_tells = sum(1 for e in events if e.kind == "tell")
+        start_budget = next((e.payload["budget"] for e in events if e.kind == "start"), None)
+        if start_budget is not None and start_budget != self.strategy.problem.budget:
+            # the logged calls were made by a strategy built for the run's first budget: replay with it
+            s = self.strategy
+            self.strategy = type(s)(dataclasses.replace(s.problem, budget=int(start_budget)), s.options, seed=s.seed)
+        strategy = self.strategy
         # where each candidate id's vector is: its trial row, or (a duplicate) its ask
         src: dict[int, dict[str, Any]] = {int(t.candidate["id"]): {"number": t.number} for t in old}
         for ev in events:
@@ -220,35 +219,70 @@ class _RunState:
         start = 0
         snap = store.latest_snapshot(self.study_id) if strategy.snapshots else None
         if snap is not None:
+            seq, n_tells = snap[0], snap[1]
             try:
+                if seq > self.seq or n_tells != sum(1 for e in events if e.kind == "tell" and e.seq <= seq):
+                    raise ValueError(f"it claims {n_tells} tells up to call {seq}, which the call log does not hold")
                 strategy.load_state_dict(statedata.decode(snap[2], snap[3]))
-                start = snap[0]
-                self._snap_tells = sum(1 for e in events if e.kind == "tell" and e.seq <= start)
-                self._snap_seq = start
-            except (statedata.StateDataError, KeyError, TypeError, ValueError) as e:
-                log.warning("the %s snapshot could not be read (%s); replaying the whole run instead", strategy.name, e)
+                start, self._snap_tells, self._snap_seq = seq, n_tells, seq
+            except Exception as e:  # noqa: BLE001 - any bad snapshot: rebuild from the whole log instead
+                log.warning("the %s snapshot could not be used (%s); replaying the whole run instead", strategy.name, e)
                 strategy = self.strategy = type(strategy)(strategy.problem, strategy.options, seed=strategy.seed)
         todo = [e for e in events if e.seq > start]
         if todo:
             log.info("rebuilding the %s state: replaying %d logged call(s)%s", strategy.name, len(todo),
                      f" after the snapshot at call {start}" if start else "")
-        asked, _ = replay(strategy, todo, self.space.lower, self.space.upper, candidate_of, self.result_of)
-        left = outstanding(events)
-        for cid, it in left.items():
+        asked, diverged = replay(strategy, todo, self.space.lower, self.space.upper, candidate_of, self.result_of)
+        if diverged is not None:
+            raise StoreError(
+                f"replaying the run's strategy calls proposed other points than its log at call {diverged} (other "
+                "numpy / scipy / cma / pymoo / optuna versions than the run had?); use the versions the run started "
+                "with, or continue with 'search resume RUN --replay' (its trials are re-told to a new strategy: not exact)"
+            )
+        immediate: list[tuple[Any, int]] = []
+        for cid, it in outstanding(events).items():
             cand = asked.get(cid) or candidate_of(cid)
             if "dup_of" in it:
                 orig = int(it["dup_of"])
-                if orig in self.results:
-                    self.tell([self.result_of(cand, orig)], [(cid, orig)])
+                if orig in self.results:  # its original finished after the ask was logged: tell it now
+                    immediate.append((cand, orig))
                 else:
                     self.waiting_dups.setdefault(orig, []).append(cand)
             else:
                 n = int(it["number"])
                 t = by_number[n]
                 self.pending[n] = (t.id, cand, TrialTask(n, t.candidate["x"], attempt=t.attempts + 1))
-        for t in old:  # running trials that no logged ask names (a schema-1 run)
-            if t.state == RUNNING and t.number not in self.pending:
-                self.pending[t.number] = (t.id, Candidate.from_dict(t.candidate), TrialTask(t.number, t.candidate["x"], attempt=t.attempts + 1))
+        if immediate:
+            self.tell([self.result_of(c, o) for c, o in immediate], [(c.id, o) for c, o in immediate])
+
+    @staticmethod
+    def _stored_result(t: Any, arrays: tuple[dict[str, np.ndarray], dict[int, np.ndarray]]) -> Any:
+        from .strategies import Candidate
+
+        per, marg = arrays
+        ok = t.state == COMPLETE and t.values is not None
+        return TrialResult(
+            Candidate.from_dict(t.candidate),
+            np.asarray(t.values) if ok else None,
+            flat_per_sample(per) if ok else None,
+            t.error,
+            marg if ok and marg else None,
+        )
+
+    def _retell(self, old: list[Any]) -> None:
+        """``--replay``: drop the call log, record trials left running as failed (their ids
+        belong to the old strategy), and tell every stored trial to the new strategy."""
+        running = [t for t in old if t.state == RUNNING]
+        for t in running:
+            self.store.finish_trial(t.id, FAIL, error="abandoned: still running when 'search resume --replay' rebuilt the strategy")
+            t.state, t.error = FAIL, "abandoned"
+            self.results[t.number] = self._stored_result(t, ({}, {}))
+        self.n_done, self.n_fail = len(self.results), self.n_fail + len(running)
+        self.store.drop_strategy_log(self.study_id)
+        log.warning("re-telling %d stored trial(s) to a new %s (not exact)", len(self.results), self.strategy.name)
+        self.store.log_event(self.study_id, self.event("start", {"budget": self.strategy.problem.budget}))
+        nums = sorted(self.results)
+        self.tell([self.results[n] for n in nums], [(self.results[n].candidate.id, n) for n in nums])
 
 
 class Controller:
@@ -299,13 +333,13 @@ class Controller:
             "base_dir": str(cfg.base_dir),
         }
         store = Store.open(self.store_url)
-        if store.version < SCHEMA_VERSION:
-            if store.find_study(cfg.name) is not None and not replay_legacy:
-                store.require_current(cfg.name)
-            log.warning("upgrading %s to store schema %d; its pickled strategy states are dropped unread", self.store_url, SCHEMA_VERSION)
-            store.upgrade()
+        if store.version < SCHEMA_VERSION and store.find_study(cfg.name) is not None and not replay_legacy:
+            store.require_current(cfg.name)
         study = self._open_study(store, space_info, fresh)
         owner = store.acquire(study.id)
+        if store.version < SCHEMA_VERSION:
+            log.warning("upgrading %s to store schema %d; its pickled strategy states are dropped unread", self.store_url, SCHEMA_VERSION)
+            store.upgrade()
         if study.config_yaml != cfg.to_yaml():
             store.update_config(study.id, cfg.to_yaml())
         hb_stop = threading.Event()
@@ -453,8 +487,7 @@ class Controller:
         except KeyboardInterrupt:
             interrupted = True
             progress.stop()
-            log.warning("interrupted: %d trial(s) left running will be retried; continue with: search resume %s", len(pending), cfg.name)
-            run.snapshot(force=True)
+            log.warning("interrupted: trials left running will be retried; continue with: search resume %s", cfg.name)
             store.set_status(study.id, "interrupted")
         finally:
             progress.stop()

@@ -12,15 +12,12 @@ replay to the calls made after it.
 from __future__ import annotations
 
 import hashlib
-import logging
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
 
 from .strategies.base import Candidate, Strategy, TrialResult
-
-log = logging.getLogger("search.replay")
 
 
 def vector_key(x: np.ndarray) -> bytes:
@@ -46,7 +43,7 @@ def outstanding(events: Sequence[Any]) -> dict[int, dict[str, Any]]:
         if ev.kind == "ask":
             for it in ev.payload["items"]:
                 asked[int(it["id"])] = it
-        else:
+        elif ev.kind == "tell":
             for cid, _ in ev.payload["items"]:
                 asked.pop(int(cid), None)
     return asked
@@ -65,11 +62,10 @@ def replay(
     ``candidate_of(id)`` gives a candidate asked before the replayed events (from the store);
     ``result_of(candidate, number)`` the stored result of trial ``number``. Returns the
     candidates the replay asked and did not tell (by id), and the ``seq`` of the first ask
-    whose proposals differ from the logged ones (None when the replay is exact: it can
-    differ only under other library versions).
+    whose proposals differ from the logged ones, where the replay stops (None when it is
+    exact: it can differ only under other library versions).
     """
     asked: dict[int, Candidate] = {}
-    diverged: int | None = None
     for ev in events:
         if ev.kind == "ask":
             got = strategy.ask(int(ev.payload["n"]))
@@ -78,19 +74,14 @@ def replay(
             same = len(got) == len(items) and all(
                 c.id == int(it["id"]) and digest(c.x) == it["h"] for c, it in zip(got, items, strict=False)
             )
-            if not same and diverged is None:
-                diverged = getattr(ev, "seq", None)
-                log.warning(
-                    "replaying %s's calls proposed other candidates than the run logged (another library version?): "
-                    "the resumed run continues from the logged results, but not exactly as it would have",
-                    strategy.name,
-                )
+            if not same:
+                return asked, int(ev.seq)
             for c in got:
                 asked[c.id] = c
-        else:
+        elif ev.kind == "tell":
             batch = []
             for cid, number in ev.payload["items"]:
                 cand = asked.pop(int(cid), None) or candidate_of(int(cid))
                 batch.append(result_of(cand, int(number)))
             strategy.tell(batch)
-    return asked, diverged
+    return asked, None

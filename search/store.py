@@ -337,8 +337,10 @@ class Store:
         if insp.has_table("schema_info"):
             with self.engine.connect() as c:
                 row = c.execute(sa.select(schema_info.c.value).where(schema_info.c.key == "version")).first()
-                if is_sqlite:
-                    c.exec_driver_sql("PRAGMA quick_check(1)").first()  # reads every page: a truncated file fails here
+                if is_sqlite:  # reads every page: a truncated or overwritten file fails here, not mid-command
+                    check = c.exec_driver_sql("PRAGMA quick_check(1)").first()
+                    if check is None or check[0] != "ok":
+                        raise StoreError(f"the store is damaged ({check[0] if check else 'no answer'}); restore it from a copy, or pass another --store")
             try:
                 version = int(row[0]) if row else 0
             except ValueError:
@@ -384,8 +386,6 @@ class Store:
         with self.engine.begin() as c:
             if sa.inspect(c).has_table("strategy_state"):
                 c.execute(legacy_strategy_state.delete())
-            c.execute(strategy_snapshots.delete())  # none can belong to a schema-1 run's log
-            c.execute(strategy_events.delete())
             c.execute(schema_info.update().where(schema_info.c.key == "version").values(value=str(SCHEMA_VERSION)))
             if self.engine.dialect.name == "sqlite":
                 c.exec_driver_sql(f"PRAGMA user_version={SCHEMA_VERSION}")
@@ -475,12 +475,10 @@ class Store:
 
     def update_config(self, study_id: int, config_yaml: str) -> None:
         """Replace the stored config (only budget, time and worker settings may differ)."""
-        self._w()
         with self._tx() as c:
             c.execute(studies.update().where(studies.c.id == study_id).values(config_yaml=config_yaml))
 
     def set_status(self, study_id: int, status: str) -> None:
-        self._w()
         with self._tx() as c:
             c.execute(studies.update().where(studies.c.id == study_id).values(status=status))
 
@@ -580,7 +578,6 @@ class Store:
 
     def restart_trial(self, trial_id: int, worker: str | None = None) -> None:
         """A RUNNING trial is run again (its worker died or the controller restarted)."""
-        self._w()
         with self._tx() as c:
             c.execute(
                 trials.update()
@@ -638,7 +635,6 @@ class Store:
                 self._put_event(c, study_id, event)
 
     def add_heldout(self, trial_id: int, values: Sequence[float | None], evaluations_: Iterable[dict[str, Any]] = ()) -> None:
-        self._w()
         with self._tx() as c:
             c.execute(trial_values.delete().where(trial_values.c.trial_id == trial_id, trial_values.c.split == "heldout"))
             rows = [
@@ -674,17 +670,24 @@ class Store:
         return [StrategyEvent(int(r[0]), r[1], json.loads(r[2])) for r in rows]
 
     def save_snapshot(self, study_id: int, seq: int, n_told: int, state_json: str, arrays: bytes) -> None:
-        """A strategy's data-only state after event ``seq``; older snapshots are dropped."""
+        """A strategy's data-only state after call ``seq`` (``n_told``: the tell calls up to
+        it); it replaces the run's earlier snapshot."""
         with self._tx() as c:
+            c.execute(strategy_snapshots.delete().where(strategy_snapshots.c.study_id == study_id))
             c.execute(
                 strategy_snapshots.insert().values(
                     study_id=study_id, seq=seq, n_told=n_told, state_json=state_json, arrays=arrays, created_at=time.time()
                 )
             )
-            c.execute(strategy_snapshots.delete().where(strategy_snapshots.c.study_id == study_id, strategy_snapshots.c.seq < seq))
+
+    def drop_strategy_log(self, study_id: int) -> None:
+        """Forget a run's strategy calls and snapshots (``search resume --replay`` re-tells its trials)."""
+        with self._tx() as c:
+            c.execute(strategy_snapshots.delete().where(strategy_snapshots.c.study_id == study_id))
+            c.execute(strategy_events.delete().where(strategy_events.c.study_id == study_id))
 
     def latest_snapshot(self, study_id: int) -> tuple[int, int, str, bytes] | None:
-        """(seq, n_told, state_json, arrays) of the newest snapshot, or None."""
+        """(seq, n_told, state_json, arrays) of the run's snapshot, or None."""
         with self.engine.connect() as c:
             r = c.execute(
                 sa.select(strategy_snapshots.c.seq, strategy_snapshots.c.n_told, strategy_snapshots.c.state_json, strategy_snapshots.c.arrays)

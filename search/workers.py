@@ -202,13 +202,13 @@ class InlinePool:
 
 def _process_main(config_yaml: str, base_dir: str | None, worker_id: str, tasks: Any, results: Any) -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    parent = os.getppid()
     try:
         w = TrialWorker(config_yaml, base_dir, worker_id)
     except Exception as e:
         results.put(("init_error", worker_id, f"{type(e).__name__}: {e}"))
         return
     results.put(("ready", worker_id, None))
-    parent = os.getppid()
     while True:
         try:
             task = tasks.get(timeout=2.0)

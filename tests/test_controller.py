@@ -89,10 +89,11 @@ def test_changed_config_is_refused_but_budget_may_grow(toy_root: Path, tmp_path:
         launch(str(_write(tmp_path, cfg)))
 
 
-@pytest.mark.parametrize("strategy", ["random", "nsga2", "cmaes", "m2n2", "mobo"])
-def test_kill_9_controller_then_resume_continues_exactly(strategy: str, toy_root: Path, tmp_path: Path) -> None:
-    """SIGKILL the controller mid-run; `search resume` loses nothing, retries the running trial,
-    continues numbering, and proposes exactly what an uninterrupted run proposes."""
+@pytest.mark.parametrize("strategy,sig", [("random", signal.SIGKILL), ("nsga2", signal.SIGKILL), ("cmaes", signal.SIGKILL),
+                                          ("m2n2", signal.SIGKILL), ("mobo", signal.SIGKILL), ("mobo", signal.SIGINT)])
+def test_kill_9_controller_then_resume_continues_exactly(strategy: str, sig: int, toy_root: Path, tmp_path: Path) -> None:
+    """SIGKILL (or Ctrl-C) the controller mid-run; `search resume` loses nothing, retries the
+    running trial, continues numbering, and proposes exactly what an uninterrupted run proposes."""
     budget = 14
     ref_store = tmp_path / "ref.db"
     ref = toy_config(toy_root, name="kill", budget=budget, strategy=strategy, store=str(ref_store))
@@ -115,8 +116,8 @@ def test_kill_9_controller_then_resume_continues_exactly(strategy: str, toy_root
             time.sleep(0.1)
         else:
             pytest.fail("controller made no progress")
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=10)
+        os.kill(proc.pid, sig)
+        proc.wait(timeout=60)
     finally:
         if proc.poll() is None:
             proc.kill()

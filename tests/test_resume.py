@@ -94,22 +94,31 @@ def test_kill_9_at_any_point_with_several_workers_loses_nothing(workers: int, po
     assert front  # the held-out re-scoring finished after the resume
 
 
-@pytest.mark.parametrize("point", ["asked:4", "told:6"])
-def test_single_worker_resume_after_kill_9_is_exact(point: str, digits_zoo: Path, tmp_path: Path) -> None:
-    """One worker: the resumed run's trials are exactly the uninterrupted run's, values included."""
-    budget = 14
-    ref = _digits(tmp_path / "ref", 1, budget, strategy="mobo")
-    (tmp_path / "ref").mkdir()
-    assert launch(str(_write(tmp_path / "ref", ref))) == 0
-    expected, ref_state, _ = _read(tmp_path / "ref" / "run.db", "digits")
-    cfg = _digits(tmp_path, 1, budget, strategy="mobo")
-    path = _write(tmp_path, cfg)
+@pytest.fixture(scope="module")
+def uninterrupted(digits_zoo: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[list[Any], Any]:
+    """An uninterrupted single-worker mobo run on digits (30 trials; a snapshot after 25 tells)."""
+    d = tmp_path_factory.mktemp("ref")
+    assert launch(str(_write(d, _digits(d, 1, 30)))) == 0
+    trials, state, _ = _read(d / "run.db", "digits")
+    return trials, state
+
+
+@pytest.mark.parametrize("point,budget", [("asked:5", None), ("told:27", None), ("told:6", 36)])
+def test_single_worker_resume_after_kill_9_is_exact(point: str, budget: int | None, uninterrupted: tuple, tmp_path: Path) -> None:
+    """One worker: the resumed run's trials are exactly the uninterrupted run's, values included:
+    from the call log alone (early), from the snapshot after 25 tells plus the calls after it
+    (late), and when the resume raises the budget (the calls replay with the first budget)."""
+    expected, ref_state = uninterrupted
+    path = _write(tmp_path, _digits(tmp_path, 1, 30))
     _launch_and_crash(path, point)
-    assert resume("digits", store=str(tmp_path / "run.db")) == 0
+    assert resume("digits", store=str(tmp_path / "run.db"), budget=budget) == 0
     got, state, _ = _read(tmp_path / "run.db", "digits")
-    assert [t.candidate["x"] for t in got] == [t.candidate["x"] for t in expected]
-    assert [t.values for t in got] == [t.values for t in expected]
-    assert np.array_equal(np.array(state["X"]), np.array(ref_state["X"])) and state["rng"] == ref_state["rng"]
+    assert [t.candidate["x"] for t in got[:30]] == [t.candidate["x"] for t in expected]
+    assert [t.values for t in got[:30]] == [t.values for t in expected]
+    if budget is None:
+        assert np.array_equal(np.array(state["X"]), np.array(ref_state["X"])) and state["rng"] == ref_state["rng"]
+    else:
+        assert len(got) == budget and all(t.state == COMPLETE for t in got)
 
 
 # ----------------------------------------------------------------------------- duplicates

@@ -230,7 +230,6 @@ def test_data_snapshot_plus_replay_continues_exactly(name: str) -> None:
     live = _Logged(make(name, prob, seed=3))
     drive(live, two_accuracies, 20, workers=3, seed=2)
     text, blob = statedata.encode(live.s.state_dict())
-    assert b"pickle" not in blob and "__reduce__" not in text
     at = len(live.events)
     drive(live, two_accuracies, 8, workers=2, seed=5)
     restored = make(name, prob, seed=3)
