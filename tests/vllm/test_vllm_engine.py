@@ -176,10 +176,13 @@ def _search(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "search", *args], cwd=cwd, capture_output=True, text=True, timeout=900)
 
 
-def test_launch_quickstart_like_config_with_vllm(h64_zoo: Path, mc_dir: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("backend", ["local", "ray"])
+def test_launch_quickstart_like_config_with_vllm(backend: str, h64_zoo: Path, mc_dir: Path, tmp_path: Path) -> None:
+    """`search launch` end to end; with the ray backend the engine lives in the worker actor."""
     raw = config(mc_dir, "vllm", budget=6)
     raw["name"] = "quick-vllm"
     raw["strategy"] = {"name": "nsga2", "budget": 6, "options": {"pop_size": 4}}
+    raw["workers"] = {"backend": backend, "count": 1}
     raw["store"] = str(tmp_path / "q.db")
     (tmp_path / "q.yaml").write_text(yaml.safe_dump(raw))
     r = _search("launch", "q.yaml", cwd=tmp_path)
@@ -190,6 +193,28 @@ def test_launch_quickstart_like_config_with_vllm(h64_zoo: Path, mc_dir: Path, tm
     assert doc["counts"]["COMPLETE"] == 6
     assert doc["front"] and all(len(m["values"]) == 3 for m in doc["front"])
     assert any(m["heldout"] and m["heldout"]["add"] is not None for m in doc["front"])  # held-out on the engine too
+    if backend == "local":
+        assert_export_scores_equal_on_hf(tmp_path, doc["front"][0]["number"])
+
+
+def assert_export_scores_equal_on_hf(tmp_path: Path, number: int) -> None:
+    """The exported merge, scored by the HF engine, gives the per-example exact match the vLLM
+    run recorded."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from evaluators import build_evaluator
+    from evaluators.base import EvalContext
+    from search.store import Store
+
+    r = _search("export", "quick-vllm", "--store", str(tmp_path / "q.db"), "--trial", str(number), "--out", "exp", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-2000:]
+    model = AutoModelForCausalLM.from_pretrained(tmp_path / "exp").eval()
+    tok = AutoTokenizer.from_pretrained(tmp_path / "exp")
+    ev = build_evaluator("lm_eval", {"tasks": ["tinylm_add"], "metric": "exact_match,none", "limit": N_DOCS}, EvalContext(seed=0))
+    hf = ev.evaluate(model, tok).per_sample["tinylm_add"]
+    st = Store.open(str(tmp_path / "q.db"), readonly=True)
+    trial = next(t for t in st.trials(st.find_study("quick-vllm").id) if t.number == number)
+    np.testing.assert_array_equal(st.per_sample(trial.id)["add/tinylm_add"], hf)
 
 
 # ----------------------------------------------------------------------------- bad input: one line
