@@ -63,7 +63,7 @@ def write_tasks(folder: Path, n_prompts: int, n_docs: int) -> None:
     mc = []
     for r in rows[:n_docs]:
         a = r["answer"]
-        mc.append({"prompt": r["prompt"], "choices": [a, a[::-1] + "x", a + a, "z" + a], "gold": 0})
+        mc.append({"prompt": r["prompt"], "choices": [a, a[::-1], a[1:] + a[0], a[-1] + a[:-1]], "gold": 0})  # equal lengths
     (folder / "mc.jsonl").write_text("".join(json.dumps(r) + "\n" for r in mc))
     common = {"dataset_path": "json", "validation_split": "validation", "doc_to_text": "{{prompt}}", "target_delimiter": ""}
     (folder / "bench_gen.yaml").write_text(yaml.safe_dump({
@@ -154,7 +154,7 @@ def run(cpu_smoke: bool = False, device: str | None = None, trials: int | None =
     tok.save_pretrained(tmp / "base")
     mbytes = sum(p.numel() * p.element_size() for p in model.parameters())
     result["model"] = {"shape": shape, "parameters": sum(p.numel() for p in model.parameters()), "bytes": mbytes}
-    print(f"model {result['model']['parameters'] / 1e9:.3f}B parameters, {dtype_name}, device {dev}", flush=True)
+    print(f"model {result['model']['parameters'] / 1e6:.1f}M parameters, {dtype_name}, device {dev}", flush=True)
 
     base = {n: p.detach().clone() for n, p in model.named_parameters()}
     g = torch.Generator(device=dev).manual_seed(1)
@@ -241,7 +241,7 @@ def run(cpu_smoke: bool = False, device: str | None = None, trials: int | None =
 
 def print_table(r: dict[str, Any]) -> None:
     print()
-    print(f"engines on {r['device_name']} ({r['device']}), {r['model']['parameters'] / 1e9:.3f}B {r['dtype']}, K={r['experts']}, "
+    print(f"engines on {r['device_name']} ({r['device']}), {r['model']['parameters'] / 1e6:.1f}M parameters {r['dtype']}, K={r['experts']}, "
           f"vllm {r['vllm']}; generation {r['generation']['prompts']} x {r['generation']['new_tokens']} tokens, "
           f"loglikelihood {r['loglikelihood']['docs']} x 4; medians of {r['trials']} trials")
     cols = ["materialize_s", "push_s", "verify_s", "evaluate_generation_s", "evaluate_loglikelihood_s", "trial_s"]
