@@ -34,7 +34,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import Field
+from pydantic import Field, ValidationError
 
 from .base import EvaluationError, EvaluatorSettings
 
@@ -124,7 +124,7 @@ def check_engine(cfg: SearchConfig) -> list[ConfigIssue]:
             issues.append(ConfigIssue(f"{path}.vllm", f"differs from {path0}.vllm; one engine per worker serves every objective, give them the same section"))
     try:
         opts = VLLMOptions(**(s0.get("vllm") or {}))
-    except Exception:  # the evaluator's own schema check reports it
+    except ValidationError:  # the evaluator's own schema check reports it
         return issues
     w = cfg.workers
     gpus = int(w.gpus_per_worker)
@@ -145,6 +145,9 @@ def check_engine(cfg: SearchConfig) -> list[ConfigIssue]:
         return issues
     if w.device == "mps":
         issues.append(ConfigIssue("workers.device", "engine 'vllm' runs on CUDA GPUs or CPU, not mps"))
+    elif w.device.startswith("cuda:") and w.device != "cuda:0":
+        issues.append(ConfigIssue("workers.device", f"engine 'vllm' serves on the first visible GPU, not {w.device}; "
+                                                    "choose the GPU with CUDA_VISIBLE_DEVICES and use device: cuda"))
     from search.models import resolve_source
 
     conf = Path(resolve_source(cfg.models.base, cfg.base_dir, build=False)) / "config.json"

@@ -269,3 +269,9 @@ def test_engine_options_differ_between_objectives(h64_zoo: Path, mc_dir: Path, t
     raw = config(mc_dir, "vllm")
     raw["objectives"][1]["settings"]["vllm"] = {"max_model_len": 48}
     _one_line(_validate(tmp_path, raw), "objectives[1].settings.vllm: differs from objectives[0].settings.vllm")
+
+
+def test_engine_on_a_named_gpu_index(h64_zoo: Path, mc_dir: Path, tmp_path: Path) -> None:
+    raw = config(mc_dir, "vllm")
+    raw["workers"] = {"backend": "local", "count": 1, "device": "cuda:1"}
+    _one_line(_validate(tmp_path, raw), "workers.device: engine 'vllm' serves on the first visible GPU, not cuda:1")
