@@ -225,6 +225,13 @@ def _validate(tmp_path: Path, raw: dict[str, Any]) -> subprocess.CompletedProces
     return _search("validate", "bad.yaml", cwd=tmp_path)
 
 
+def _issues(mc_dir: Path, raw: dict[str, Any]) -> list[str]:
+    """`search validate`'s lines, in process (the CLI path is run once, below)."""
+    from search.config import check_config, parse_config
+
+    return [str(i) for i in check_config(parse_config(raw).with_base_dir(str(mc_dir)))]
+
+
 def _one_line(r: subprocess.CompletedProcess[str], expected: str) -> None:
     assert r.returncode == 2, (r.stdout, r.stderr)
     lines = [ln for ln in r.stderr.splitlines() if expected in ln]
@@ -240,7 +247,9 @@ def test_tensor_parallel_larger_than_the_workers_gpus(h64_zoo: Path, mc_dir: Pat
 def test_tensor_parallel_refused_until_supported(h64_zoo: Path, mc_dir: Path, tmp_path: Path) -> None:
     raw = config(mc_dir, "vllm", vllm={"tensor_parallel_size": 2})
     raw["workers"] = {"backend": "ray", "count": 1, "gpus_per_worker": 2}
-    _one_line(_validate(tmp_path, raw), "tensor parallelism is not supported yet")
+    assert [i for i in _issues(mc_dir, raw) if "tensor_parallel_size" in i] == [
+        "objectives[0].settings.vllm.tensor_parallel_size: tensor parallelism is not supported yet (the in-place push needs "
+        "the engine's weights in the worker's process); use 1 and one GPU per worker (workers.count = number of GPUs)"]
 
 
 def test_unsupported_architecture(h64_zoo: Path, mc_dir: Path, tmp_path: Path) -> None:
@@ -253,7 +262,8 @@ def test_unsupported_architecture(h64_zoo: Path, mc_dir: Path, tmp_path: Path) -
     (base / "config.json").write_text(json.dumps(conf))
     raw = config(mc_dir, "vllm")
     raw["models"]["base"] = str(base)
-    _one_line(_validate(tmp_path, raw), "models.base: architecture OddNetForCausalLM is not supported by the installed vLLM")
+    assert _issues(mc_dir, raw) == [
+        "models.base: architecture OddNetForCausalLM is not supported by the installed vLLM; use engine: hf for this model"]
 
 
 def test_max_model_len_shorter_than_the_requests(h64_zoo: Path, mc_dir: Path, tmp_path: Path) -> None:
@@ -268,10 +278,14 @@ def test_max_model_len_shorter_than_the_requests(h64_zoo: Path, mc_dir: Path, tm
 def test_engine_options_differ_between_objectives(h64_zoo: Path, mc_dir: Path, tmp_path: Path) -> None:
     raw = config(mc_dir, "vllm")
     raw["objectives"][1]["settings"]["vllm"] = {"max_model_len": 48}
-    _one_line(_validate(tmp_path, raw), "objectives[1].settings.vllm: differs from objectives[0].settings.vllm")
+    assert _issues(mc_dir, raw) == [
+        "objectives[1].settings.vllm: differs from objectives[0].settings.vllm; one engine per worker serves every objective, "
+        "give them the same section"]
 
 
 def test_engine_on_a_named_gpu_index(h64_zoo: Path, mc_dir: Path, tmp_path: Path) -> None:
     raw = config(mc_dir, "vllm")
     raw["workers"] = {"backend": "local", "count": 1, "device": "cuda:1"}
-    _one_line(_validate(tmp_path, raw), "workers.device: engine 'vllm' serves on the first visible GPU, not cuda:1")
+    assert _issues(mc_dir, raw) == [
+        "workers.device: engine 'vllm' serves on the first visible GPU, not cuda:1; choose the GPU with CUDA_VISIBLE_DEVICES "
+        "and use device: cuda"]
