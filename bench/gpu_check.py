@@ -2,6 +2,7 @@
 
     python bench/gpu_check.py             # ~1B Llama in bf16 on cuda; a few minutes at most
     python bench/gpu_check.py --tiny      # a tiny Llama on CPU: a smoke test of this script
+    python bench/gpu_check.py --engines   # then the hf-vs-vllm engine section (bench/engine_bench.py)
 
 What it does, in one process and on one device:
 
@@ -31,6 +32,10 @@ What it does, in one process and on one device:
    ``lm_eval`` evaluator on the shipped tiny-lm task data (``evaluators/tasks/tinylm``) with
    the tiny-lm byte tokenizer (the weights are random, so the score is ~0: this checks that
    evaluation runs on the GPU and how long it takes, not quality);
+4b. with ``--engines``: the lm_eval engines hf and vllm per trial (materialize / push /
+   evaluate seconds on a 200 x 256-token generation task and a loglikelihood task, the push
+   against the device copy floor): ``bench/engine_bench.py``, under ``engines`` in the JSON
+   (CPU-sized with ``--tiny``; the vllm half needs vLLM installed);
 5. writes JSON to ``$OUT/gpu_check.json`` when ``$OUT`` is set, else
    ``bench/results/gpu_check.json`` (or ``--out``; ``gpu_check_tiny.json`` with ``--tiny``),
    and prints a table.
@@ -393,6 +398,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--limit", type=int, default=None, help="lm-eval documents (default 100; 8 with --tiny)")
     ap.add_argument("--no-plans", action="store_true", help="skip the memory-plan comparison (streamed vs resident)")
     ap.add_argument("--out", default=None, help="JSON path (default $OUT/ or bench/results/, gpu_check[_tiny].json)")
+    ap.add_argument("--engines", action="store_true", help="also time the lm_eval engines hf vs vllm (bench/engine_bench.py)")
     args = ap.parse_args(argv)
 
     t_start = time.perf_counter()
@@ -470,6 +476,14 @@ def main(argv: list[str] | None = None) -> int:
 
     # the model now holds the last method's merge (ties): evaluate it
     result["generation"] = run_generation(model, tok, device, limit, max_gen_toks=8)
+    if args.engines:
+        sys.path.insert(0, str(ROOT / "bench"))
+        import engine_bench
+
+        del model
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+        result["engines"] = engine_bench.run(cpu_smoke=args.tiny, device=str(device))
     result["total_s"] = time.perf_counter() - t_start
 
     fname = "gpu_check_tiny.json" if args.tiny else "gpu_check.json"  # a smoke test never overwrites GPU numbers
@@ -477,6 +491,8 @@ def main(argv: list[str] | None = None) -> int:
     out_path.parent.mkdir(parents=True, exist_ok=True)
     out_path.write_text(json.dumps(result, indent=2, default=str) + "\n")
     print_table(result)
+    if "engines" in result:
+        engine_bench.print_table(result["engines"])
     print(f"wrote {out_path}")
     return 0
 

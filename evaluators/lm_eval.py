@@ -27,6 +27,10 @@ Settings:
   ``generation_kwargs``), ``include_path`` (task folders, relative to the config's folder;
   data files in your own YAMLs must be absolute paths, or relative to the working directory).
 
+* ``engine``: ``hf`` (default) runs lm-eval's HF backend on the live model; ``vllm`` runs
+  lm-eval's vLLM backend on the worker's one vLLM engine, into which every merge is pushed in
+  place (``evaluators/vllm_engine.py``, options in the ``vllm:`` section, docs/engines.md).
+
 Result: ``metrics[self.metric]`` is the objective value; ``metrics["<task>/<key>"]`` has every
 per-task metric; ``per_sample[<task>]`` holds per-document scores (in doc order of the subset)
 when the metric's per-document values lie in [0, 1] (exact match, accuracy). For
@@ -53,6 +57,7 @@ import hashlib
 import logging
 import os
 import shutil
+import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -66,6 +71,7 @@ from pydantic import Field
 
 from ._common import argmax_margins, margins_give_back, require_finite
 from .base import EvalContext, EvalResult, EvaluationError, Evaluator, EvaluatorSettings
+from .vllm_engine import VLLMOptions
 
 log = logging.getLogger(__name__)
 
@@ -244,6 +250,10 @@ class LMEvalSettings(EvaluatorSettings):
     include_path: list[str] = Field(default_factory=list, description="folders with task YAMLs")
     gen_kwargs: dict[str, Any] | None = Field(None, description="merged into generation tasks' generation_kwargs")
     confirm_run_unsafe_code: bool = Field(False, description="allow tasks that execute model-written code")
+    engine: Literal["hf", "vllm"] = Field(
+        "hf", description="'hf': lm-eval's HF backend on the live model; 'vllm': the worker's vLLM engine (docs/engines.md)"
+    )
+    vllm: VLLMOptions | None = Field(None, description="vLLM engine options (engine: vllm)")
 
 
 def _choice_margins(samples: dict[str, list[dict[str, Any]]], tasks: dict[str, Any], metric: str, filt: str) -> Any:
@@ -335,6 +345,8 @@ class LMEvalEvaluator(Evaluator):
                     hint = ("; did you mean " + " or ".join(repr(c) for c in close[:4]) + "?") if close else ""
                     issues.append((f"tasks[{i}]", f"unknown lm-eval task {t!r}{hint} (shipped and include_path tasks: "
                                    f"{', '.join(sorted(n for n, e in local.items() if e.kind == 'task')[:12])})"))
+        if settings.vllm is not None and settings.engine != "vllm":
+            issues.append(("vllm", "vLLM options only apply with engine: vllm; set engine: vllm or remove the section"))
         if settings.metric and not issues:
             for t in settings.tasks:
                 entry = local.get(t)
@@ -402,12 +414,26 @@ class LMEvalEvaluator(Evaluator):
                 self.samples[name] = idx
         self._lm: Any = None
         self._lm_model: Any = None
+        self.engine: Any = None
 
     @property
     def metric(self) -> str:
         return self._metric
 
+    def attach_engine(self, engine: Any) -> None:
+        """Run on the worker's vLLM engine (``engine: vllm``); the worker pushes every merge into it."""
+        self.engine = engine
+        self._lm = None
+
     def _get_lm(self, model: Any, tokenizer: Any) -> Any:
+        if self.settings.engine == "vllm":
+            if self.engine is None:
+                raise EvaluationError("lm_eval: engine 'vllm' but the worker started no vLLM engine")
+            if self._lm is None:
+                from .vllm_engine import engine_lm
+
+                self._lm = engine_lm(self.engine, tokenizer, self.settings.batch_size, self.settings.max_length)
+            return self._lm
         if self._lm is None or self._lm_model is not model:
             from lm_eval.models.huggingface import HFLM
 
@@ -532,10 +558,13 @@ def _quiet_progress_bars() -> Iterator[None]:
         return _tqdm(*args, **kwargs)
 
     saved = []
-    for name in ("lm_eval.api.task", "lm_eval.models.huggingface", "lm_eval.api.model", "lm_eval.evaluator"):
-        try:
-            mod = importlib.import_module(name)
+    for name in ("lm_eval.api.task", "lm_eval.models.huggingface", "lm_eval.models.vllm_causallms", "lm_eval.api.model",
+                 "lm_eval.evaluator"):
+        try:  # the vLLM backend only when it is in use (importing it needs vllm)
+            mod = sys.modules.get(name) if name.endswith("vllm_causallms") else importlib.import_module(name)
         except ImportError:
+            continue
+        if mod is None:
             continue
         if hasattr(mod, "tqdm"):
             saved.append((mod, mod.tqdm))

@@ -352,6 +352,10 @@ def check_config(cfg: SearchConfig, *, check_files: bool = True) -> list[ConfigI
         if o.heldout is not None:
             issues += validate_settings(o.evaluator, {**o.settings, **o.heldout}, f"objectives[{i}].heldout", cfg)
 
+    from evaluators.vllm_engine import check_engine
+
+    issues += check_engine(cfg)  # lm_eval objectives with engine: vllm
+
     # workers
     w = cfg.workers
     if w.backend == "local" and w.gpus_per_worker > 1:

@@ -52,6 +52,7 @@ class WorkerResult:
     error: str | None = None
     worker: str = ""
     materialize_s: float | None = None
+    push_s: float | None = None  # engine: vllm only (copy into the engine + the stale-weight check)
     evaluate_s: float | None = None
     died: bool = False
 
@@ -97,14 +98,44 @@ class TrialWorker:
         self.tokenizer = load_tokenizer(cfg)
         names = [n for n, _ in self.model.named_parameters()]
         self.space = CoefficientSpace.build(names, [e.name for e in cfg.models.experts], cfg.merge)
-        self.materializer = build_materializer(cfg, self.model, self.space, self.device)
+        from evaluators.vllm_engine import engine_options, engine_reserve_bytes
+
+        self.engine_options = engine_options(cfg)
+        reserve = 0
+        if self.engine_options is not None:
+            mbytes = sum(p.numel() * p.element_size() for p in self.model.parameters())
+            reserve = engine_reserve_bytes(self.engine_options, self.device, mbytes)
+        self.materializer = build_materializer(cfg, self.model, self.space, self.device, reserve_bytes=reserve)
         self._build_evaluator = build_evaluator
         self._context_for = context_for
         self.evaluators = [
             build_evaluator(o.evaluator, o.settings, context_for(cfg, "search", self.device)) for o in cfg.objectives
         ]
         self._heldout: list[Any] | None = None
+        self.engine: Any = None
+        if self.engine_options is not None:
+            self._start_engine()
         log.info("worker %s ready on %s in %.1fs (%s)", worker_id, self.device, time.perf_counter() - t0, self.space.describe())
+
+    def _on_engine(self, evs: list[Any]) -> list[tuple[int, Any]]:
+        return [(i, ev) for i, ev in enumerate(evs) if ev is not None and getattr(getattr(ev, "settings", None), "engine", "hf") == "vllm"]
+
+    def _start_engine(self) -> None:
+        """Start the worker's one vLLM engine from the base model (engine: vllm)."""
+        from evaluators.vllm_engine import VLLMEngine, check_context
+
+        from .models import resolve_source
+
+        cfg = self.cfg
+        assert self.engine_options is not None
+        on_engine = self._on_engine(self.evaluators)
+        check_context(cfg, self.engine_options, on_engine, self.tokenizer, self.model.config)
+        self.engine = VLLMEngine(
+            resolve_source(cfg.models.base, cfg.base_dir), resolve_source(cfg.models.tokenizer or cfg.models.base, cfg.base_dir),
+            self.engine_options, self.device, cfg.models.dtype, seed=cfg.seed, trust_remote_code=cfg.models.trust_remote_code,
+        )
+        for _, ev in on_engine:
+            ev.attach_engine(self.engine)
 
     def _heldout_evaluators(self) -> list[Any]:
         if self._heldout is None:
@@ -114,7 +145,32 @@ class TrialWorker:
                 else None
                 for o in self.cfg.objectives
             ]
+            if self.engine_options is not None:
+                from evaluators.vllm_engine import check_context
+
+                on_engine = self._on_engine(self._heldout)
+                check_context(self.cfg, self.engine_options, on_engine, self.tokenizer, self.model.config)
+                for _, ev in on_engine:
+                    ev.attach_engine(self.engine)
         return self._heldout
+
+    def _push(self, res: WorkerResult) -> bool:
+        """Push the merge into the vLLM engine and prove it serves it; False (``res`` failed,
+        marked died so the controller retries the trial) after a stale push, with the engine
+        restarted."""
+        from evaluators.vllm_engine import StaleEngineError
+
+        t0 = time.perf_counter()
+        self.engine.push(self.model.named_parameters())
+        try:
+            self.engine.verify(self.model)
+        except StaleEngineError as e:
+            log.warning("worker %s: %s", self.worker_id, e)
+            res.error, res.died = str(e), True
+            self.engine.restart()
+            return False
+        res.push_s = time.perf_counter() - t0
+        return True
 
     def run(self, task: TrialTask) -> WorkerResult:
         import torch
@@ -128,6 +184,8 @@ class TrialWorker:
                 self.materializer.apply(np.asarray(task.x, dtype=np.float64), task.number)
             res.materialize_s = time.perf_counter() - t0
             evs = self.evaluators if task.split == "search" else self._heldout_evaluators()
+            if self.engine is not None and not self._push(res):
+                return res
             seed = trial_seed(self.cfg.seed, task.number)
             values: list[float] = []
             t1 = time.perf_counter()

@@ -225,6 +225,8 @@ class Materializer:
     ``storage_dtype``: override the storage dtype (float32 on CPU, the model's elsewhere).
     ``free_bytes`` / ``host_is_device``: override the measured free memory and whether host
     memory is the merge device's (for planning tests; defaults measure the real machine).
+    ``reserve_bytes``: free memory another part of the worker will take (a vLLM engine's
+    share, docs/memory.md), subtracted from the free memory; the plan chooses from the rest.
     """
 
     def __init__(
@@ -245,8 +247,10 @@ class Materializer:
         free_bytes: int | None = None,
         host_is_device: bool | None = None,
         expert_fields: Sequence[str] | None = None,
+        reserve_bytes: int = 0,
     ):
         t0 = time.perf_counter()
+        self.reserve_bytes = int(reserve_bytes)
         self.model = model
         self.space = space
         self.method = method
@@ -329,7 +333,7 @@ class Materializer:
             n_scratch = min(chunk, max(e.numel for e in ents))
             heavy = bool(trim_params(self.method))  # masks + election buffers
             scratch = (self.K + 8) * n_scratch * 4 if heavy else n_scratch * 4
-            free = free_override if free_override is not None else _free_bytes(dev)
+            free = max(0, (free_override if free_override is not None else _free_bytes(dev)) - self.reserve_bytes)
             host_dev = (dev.type == "cpu") if hid is None else hid
             try:
                 p = choose_plan(
@@ -621,11 +625,13 @@ def _precheck(cfg: SearchConfig, model: torch.nn.Module) -> None:
                 check_source(s, ref, "the model" if field_name == "models.base" else "the base")
 
 
-def build_materializer(cfg: SearchConfig, model: torch.nn.Module, space: CoefficientSpace, device: str | torch.device = "cpu") -> Materializer:
+def build_materializer(cfg: SearchConfig, model: torch.nn.Module, space: CoefficientSpace, device: str | torch.device = "cpu",
+                       reserve_bytes: int = 0) -> Materializer:
     """The worker's materializer for ``cfg`` and its loaded base ``model``.
 
     Tensors are merged on each parameter's own device (``device`` is the worker's nominal
-    device; only a model spread with a device_map differs from it)."""
+    device; only a model spread with a device_map differs from it). ``reserve_bytes``: device
+    memory something else of the worker will take (a vLLM engine), not free for the plan."""
     m = cfg.merge
     info = method_info(m.method)
     options = {k: v for k, v in m.params.items() if k in info.options}
@@ -654,6 +660,7 @@ def build_materializer(cfg: SearchConfig, model: torch.nn.Module, space: Coeffic
         memory_budget_gb=m.memory_budget_gb,
         accumulate_fp32=m.accumulate_fp32,
         expert_fields=fields,
+        reserve_bytes=reserve_bytes,
     )
 
 

@@ -4,6 +4,7 @@
 (``$MERGESEARCH_CACHE``, default ``~/.cache/mergesearch``). Problems:
 
 * ``tiny-lm``: a tiny Llama base and experts fine-tuned on different synthetic tasks.
+* ``tiny-lm-h64``: the same with head_dim 64 (what vLLM's CPU attention needs).
 * ``digits``: an MLP base and experts on disjoint label subsets of sklearn's digits.
 """
 
@@ -24,6 +25,7 @@ from ..registry import import_object
 # problem -> (builder "module:function(out_dir: Path) -> None", model names)
 PROBLEMS: dict[str, tuple[str, tuple[str, ...]]] = {
     "tiny-lm": ("search.zoo.tiny_lm:build", ("base", "add", "reverse", "sort")),
+    "tiny-lm-h64": ("search.zoo.tiny_lm:build_h64", ("base", "add", "reverse", "sort")),
     "digits": ("search.zoo.digits:build", ("base", "low", "high", "a", "b", "c")),
 }
 

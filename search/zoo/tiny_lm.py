@@ -67,6 +67,10 @@ MODEL_CONFIG = dict(
     rms_norm_eps=1e-6,
     tie_word_embeddings=False,
 )
+# ``tiny-lm-h64``: the same problem with head_dim 64 (hidden 128, 2 heads), the smallest head
+# vLLM's CPU attention accepts (it refuses head_dim 8); used by the vLLM engine's tests.
+MODEL_CONFIG_H64 = {**MODEL_CONFIG, "hidden_size": 128, "intermediate_size": 256, "num_attention_heads": 2,
+                    "num_key_value_heads": 2}
 BATCH = 64
 WARMUP_STEPS = 30
 CHECK_EVERY = 100
@@ -346,8 +350,9 @@ def _sampler(mix: dict[tuple[str, str], float], heldout: set[str]) -> Callable[[
     return sample
 
 
-def build_models(out_dir: Path) -> dict[str, Any]:
-    """Train base + experts into ``out_dir/<model>``; returns final training losses and seconds."""
+def build_models(out_dir: Path, model_config: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Train base + experts into ``out_dir/<model>`` (shape: ``model_config``, default
+    ``MODEL_CONFIG``); returns final training losses and seconds."""
     import torch
     from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
 
@@ -361,7 +366,7 @@ def build_models(out_dir: Path) -> dict[str, Any]:
             bos_token_id=tok.bos_token_id,
             eos_token_id=tok.eos_token_id,
             pad_token_id=tok.pad_token_id,
-            **MODEL_CONFIG,
+            **(model_config or MODEL_CONFIG),
         )
         gen = GenerationConfig(
             bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, do_sample=False
@@ -405,6 +410,11 @@ def build_models(out_dir: Path) -> dict[str, Any]:
 def build(out_dir: Path) -> None:
     """Zoo builder: the whole problem into ``out_dir`` (atomic, safe against concurrent builds)."""
     atomic_build(out_dir, build_models, VERSION)
+
+
+def build_h64(out_dir: Path) -> None:
+    """Zoo builder of ``tiny-lm-h64``: the same recipe with ``MODEL_CONFIG_H64``."""
+    atomic_build(out_dir, lambda d: build_models(d, MODEL_CONFIG_H64), VERSION)
 
 
 if __name__ == "__main__":  # pragma: no cover - maintenance entry point
