@@ -52,13 +52,13 @@ def _digits(tmp_path: Path, workers: int, budget: int, strategy: str = "mobo") -
     return cfg
 
 
-def _launch_and_crash(path: Path, point: str, extra: str = "") -> None:
+def _launch_and_crash(path: Path, point: str, extra: str = "", **env: str) -> None:
     """Run `search launch` in a process that SIGKILLs itself at ``point``; its local workers
     notice and exit by themselves."""
     code = f"{extra}\nimport sys\nfrom search.cli import main\nsys.exit(main(['launch', {str(path)!r}]))"
     log = path.with_suffix(".log")
     with open(log, "w") as f:
-        proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=dict(os.environ, MERGESEARCH_CRASH_AT=point),
+        proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=dict(os.environ, MERGESEARCH_CRASH_AT=point, **env),
                               stdout=f, stderr=subprocess.STDOUT, timeout=240)
     assert proc.returncode == -9, (point, proc.returncode, log.read_text()[-3000:])
 
@@ -195,7 +195,8 @@ def test_waiting_duplicates_survive_kill_9(toy_root: Path, tmp_path: Path) -> No
     cfg = _grid_cfg(toy_root, tmp_path, budget=5, workers=2)
     path = _write(tmp_path, cfg)
     register = "from search.strategies import STRATEGIES\nfrom tests.test_resume import _Grid\nSTRATEGIES.register('grid3', _Grid)"
-    _launch_and_crash(path, "waiting:1", extra=register)  # a proposal waits on its running original
+    # a proposal waits on its running original (slow trials: both workers are up before the first ends)
+    _launch_and_crash(path, "waiting:1", extra=register, TOY_DELAY="3")
     st = Store.open(str(tmp_path / "dup.db"), readonly=True)
     events = st.events(st.study("dup").id)
     st.close()
