@@ -407,7 +407,7 @@ def main(argv: list[str] | None = None) -> int:
         print("error: no CUDA device visible to torch (use --tiny for a CPU smoke test)", file=sys.stderr)
         return 2
     if device.type == "cpu":
-        torch.set_num_threads(1)  # one thread per process on small CPU machines (FACTS.md)
+        torch.set_num_threads(1)  # one thread per process on small CPU machines (docs/facts.md)
     reps = args.reps or (3 if args.tiny else 10)
     limit = args.limit or (8 if args.tiny else 100)
     shape = LLAMA_TINY if args.tiny else LLAMA_1B

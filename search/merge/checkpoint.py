@@ -13,7 +13,7 @@ A *tensor source* maps the model's parameter names to tensors of one checkpoint:
 * ``DictSource``: in-memory tensors (tests, callers that already hold the weights).
 
 Names. The model's parameters are walked with ``named_parameters()`` (tied tensors once,
-FACTS.md); a parameter is looked up under each of its aliases (``named_parameters(
+docs/facts.md); a parameter is looked up under each of its aliases (``named_parameters(
 remove_duplicate=False)`` lists e.g. ``lm_head.weight`` and ``model.embed_tokens.weight``
 for tied embeddings), with and without the model's ``base_model_prefix``.
 """

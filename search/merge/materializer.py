@@ -7,7 +7,7 @@ reads, sharded checkpoints too; a loaded model only as a fallback), check names 
 shapes), compute tau_t = theta_t - theta_0 once (in float32, then stored in the storage
 dtype), and keep base + task vectors where the memory plan says (``plan``; docs/memory.md).
 
-* Storage dtype: float32 on CPU (bf16 arithmetic on CPU is slow, FACTS.md); the model's
+* Storage dtype: float32 on CPU (bf16 arithmetic on CPU is slow, docs/facts.md); the model's
   dtype on accelerators. Arithmetic runs in the storage dtype, or in float32 with
   ``merge.accumulate_fp32``; the result is cast into the parameter.
 * Each tensor is merged on the device its parameter lives on (``param.device``), so models

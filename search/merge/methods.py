@@ -11,7 +11,7 @@ linear
     theta_0 + sum_t w_t tau_t.
 task_arithmetic
     theta_0 + lambda * sum_t w_t tau_t.
-ties  (mergekit-compatible; FACTS.md checked mergekit 0.1.5 bit for bit against this)
+ties  (mergekit-compatible: mergekit 0.1.5 gave the same tensors bit for bit; docs/facts.md)
     k_t = int(d_t * numel). Keep the entries of tau_t with |tau_t| >= the k_t-th largest
     |tau_t| (k_t = 0: nothing kept; k_t >= numel: everything kept). Weighted deltas
     D_t = w_t * kept_t. Elected sign E = +1 where sum_t D_t >= 0, else -1. An entry of D_t
@@ -42,7 +42,7 @@ breadcrumbs  (mergekit's ``magnitude_outliers`` ranks)
 Exactness. Magnitude thresholds are the exact k-th largest |tau| in the storage dtype (from a
 sort done once at worker start, see ``SortedMagnitudes``), compared with ``>=``, so the kept
 set equals a top-k reference's (up to ties in |tau|, where ``>=`` keeps all tied entries,
-as FACTS.md's mergekit reference does). Fixed trims are applied once at start (the stored
+as mergekit's ties does, docs/facts.md). Fixed trims are applied once at start (the stored
 task vector is already trimmed), which yields the same tensors as trimming per trial.
 
 The kernels run on flat chunks of a tensor (``merge_tensor``): every formula is elementwise

@@ -1,6 +1,6 @@
 """MAP: amortized Pareto fronts via quadratic approximation (Li et al. 2024), as a strategy.
 
-What it does (``ALGORITHMS.md`` has the paper's recipe; the changes below fix the weak
+What it does (docs/facts.md has the paper's recipe; the changes below fix the weak
 spots seen when re-running its code):
 
 1. **Initial design**, about ``(d+1)(d+2)`` points (twice the quadratic's parameters):

@@ -8,7 +8,8 @@ the strategy: the project's own store stays the record of what was evaluated.
 Samplers (``sampler``):
 
 * ``default``: whatever ``optuna.create_study`` picks for this number of objectives in the
-  installed Optuna (TPE for one and several objectives in Optuna 4-5), seeded;
+  installed Optuna (TPE for one and for several objectives since Optuna 5, the floor; Optuna
+  4 picked NSGA-II for several), seeded;
 * ``tpe`` (``TPESampler``, multi-objective capable), ``gp`` (``GPSampler``: log EI / log EHVI),
   ``nsga2`` (``NSGAIISampler``), ``random`` (``RandomSampler``);
 * ``cmaes`` (``CmaEsSampler``, from the ``cmaes`` package): single objective only.
