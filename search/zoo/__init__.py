@@ -5,6 +5,7 @@
 
 * ``tiny-lm``: a tiny Llama base and experts fine-tuned on different synthetic tasks.
 * ``digits``: an MLP base and experts on disjoint label subsets of sklearn's digits.
+* ``digits-deep``: the same on a 14-layer residual MLP (12 hidden blocks): 84 TIES coordinates.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from ..registry import import_object
 PROBLEMS: dict[str, tuple[str, tuple[str, ...]]] = {
     "tiny-lm": ("search.zoo.tiny_lm:build", ("base", "add", "reverse", "sort")),
     "digits": ("search.zoo.digits:build", ("base", "low", "high", "a", "b", "c")),
+    "digits-deep": ("search.zoo.digits_deep:build", ("base", "a", "b", "c")),
 }
 
 
