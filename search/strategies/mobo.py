@@ -207,7 +207,7 @@ class MOBOStrategy(Strategy):
         refit = self._refit_due(len(U))
         gps: list[GaussianProcess] = []
         for j in range(p.n_obj):
-            gp = GaussianProcess(p.dim, self._thetas[j])
+            gp = self._new_gp(self._thetas[j])
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 if refit:
@@ -217,7 +217,7 @@ class MOBOStrategy(Strategy):
             self._thetas[j] = gp.theta.copy()
             gps.append(gp)
         for j, Mj in margin_data.items():
-            mgp = SharedKernelGP(p.dim, self._mthetas[j])
+            mgp = self._new_margin_gp(self._mthetas[j])
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 if refit or self._mthetas[j] is None:
@@ -249,6 +249,14 @@ class MOBOStrategy(Strategy):
             if len(out) < k:
                 fU, fF, score_F = self._fantasise(gps, fU, fF, score_F, u[None, :])
         return out
+
+    def _new_gp(self, theta: np.ndarray | None) -> GaussianProcess:
+        """The surrogate of one objective (subclasses change the kernel)."""
+        return GaussianProcess(self.problem.dim, theta)
+
+    def _new_margin_gp(self, theta: np.ndarray | None) -> SharedKernelGP:
+        """The shared-kernel surrogate of one objective's margins."""
+        return SharedKernelGP(self.problem.dim, theta)
 
     def _local_candidate(self, front_U: np.ndarray, front_F: np.ndarray, taken: np.ndarray) -> np.ndarray:
         """A small move from the measured front, aimed at its gaps.
