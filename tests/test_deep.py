@@ -69,3 +69,24 @@ def test_turbo_searches_the_deep_space_mobo_refuses(deep_digits: Path, tmp_path:
     values = np.array([t.values for t in trials])
     assert values.shape == (24, 3) and values.max(0).min() > 0.5  # the experts (seeds) are in
     st.close()
+
+
+def test_tiny_lm_deep_shape_gives_at_least_70_ties_coordinates() -> None:
+    """The tiny-lm-deep model (built from its config, untrained: the shape is what matters here)
+    under configs/tiny-lm-deep.yaml: 8 layers split into attention / MLP / norms, TIES weight and
+    density per part and expert; schedule:4 keeps 4 knots per part."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from search.space import CoefficientSpace
+    from search.zoo.tiny_lm_deep import MODEL_CONFIG
+
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=32, **MODEL_CONFIG))
+    names = [n for n, _ in model.named_parameters()]
+    cfg = load_config(REPO / "configs" / "tiny-lm-deep.yaml")
+    experts = [e.name for e in cfg.models.experts]
+    space = CoefficientSpace.build(names, experts, cfg.merge)
+    assert MODEL_CONFIG["num_hidden_layers"] >= 8 and space.n_layers == MODEL_CONFIG["num_hidden_layers"]
+    assert space.dim == (8 * 3 + 2) * 3 * 2 >= 70
+    sched = CoefficientSpace.build(names, experts, cfg.merge.model_copy(update={"granularity": "schedule:4"}))
+    assert sched.dim == (4 * 3 + 2) * 3 * 2
+    assert {g.split(".", 2)[-1] for g in sched.cgroups if g.startswith("knot.")} == {"self_attn", "mlp", "rest"}
