@@ -120,7 +120,7 @@ class MOBOStrategy(Strategy):
         dim = problem_info.get("dim")
         if dim is not None and dim > options.max_dim:  # type: ignore[attr-defined]
             return [f"mobo models up to max_dim={options.max_dim} coordinates and this space has {dim}; use a coarser "  # type: ignore[attr-defined]
-                    "granularity (global, block:K) or cmaes / nsga2 for large spaces, or raise strategy.options.max_dim"]
+                    "granularity (global, block:K, schedule:K), turbo (up to 512 coordinates) or cmaes / nsga2 for large spaces, or raise strategy.options.max_dim"]
         return []
 
     # ------------------------------------------------------------------ ask / tell
