@@ -101,7 +101,7 @@ def test_changed_config_is_refused_but_budget_may_grow(toy_root: Path, tmp_path:
         launch(str(_write(tmp_path, cfg)))
 
 
-@pytest.mark.parametrize("strategy", ["random", "nsga2", "cmaes", "m2n2", "mobo"])
+@pytest.mark.parametrize("strategy", ["random", "nsga2", "cmaes", "m2n2", "mobo", "turbo"])
 def test_kill_9_controller_then_resume_continues_exactly(strategy: str, toy_root: Path, tmp_path: Path) -> None:
     """SIGKILL the controller mid-run; `search resume` loses nothing, retries the running trial,
     continues numbering, and proposes exactly what an uninterrupted run proposes."""
