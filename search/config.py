@@ -375,6 +375,10 @@ def check_config(cfg: SearchConfig, *, check_files: bool = True) -> list[ConfigI
         from .models import check_model_sources
 
         issues += check_model_sources(cfg.models, cfg.base_dir)
+        if m.schedule_knots and not issues:
+            from .space import schedule_issues
+
+            issues += schedule_issues(cfg)
     return issues
 
 

@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .config import MergeConfig
+from .config import MergeConfig, SearchConfig
 from .errors import ConfigError, ConfigIssue
 from .merge.info import method_info
 
@@ -306,3 +306,30 @@ def _knot_groups(
         j0, j1, f = weights[group_layers[g][0]]
         interp.append((index[f"knot.{j0:0{width}d}{suffix}"], index[f"knot.{j1:0{width}d}{suffix}"], f))
     return tuple(cg), tuple(interp)
+
+
+def schedule_issues(cfg: SearchConfig) -> list[ConfigIssue]:
+    """``search validate``'s check that ``schedule:K`` fits the base model's layers, from its
+    safetensors headers only (no weights loaded; nothing reported when they cannot be read)."""
+    from pathlib import Path
+
+    from .models import is_zoo, safetensors_shapes
+
+    src = cfg.models.base
+    try:
+        if is_zoo(src):
+            from .zoo import zoo_path
+
+            folder = Path(zoo_path(src, build=False))
+        else:
+            folder = cfg.resolve(src)
+        shapes = safetensors_shapes(folder) if folder.is_dir() else None
+    except Exception:  # noqa: BLE001 - unreadable here; the run checks again with the real model
+        return []
+    if not shapes:
+        return []
+    try:
+        CoefficientSpace.build(list(shapes), [e.name for e in cfg.models.experts], cfg.merge)
+    except ConfigError as e:
+        return list(e.issues)
+    return []

@@ -151,3 +151,33 @@ def test_recipe_writes_gradient_lists_that_resolve_to_every_layers_value() -> No
                 else:
                     got = entry
                 assert abs(got - vals[p][g, e]) < 1e-12, (n, p)
+
+
+def test_validate_refuses_more_knots_than_layers(tmp_path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`search validate` reads the base's safetensors headers: schedule:K with K above the
+    model's layer count is one line naming merge.granularity and the fix, exit code 2."""
+    import yaml
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from search.cli import main
+    from search.zoo.tiny_lm import build_tokenizer
+
+    tok = build_tokenizer()
+    conf = LlamaConfig(vocab_size=len(tok), hidden_size=16, intermediate_size=32, num_hidden_layers=3,
+                       num_attention_heads=2, num_key_value_heads=2, tie_word_embeddings=False)
+    for name in ("base", "a"):
+        LlamaForCausalLM(conf).save_pretrained(tmp_path / name)
+        tok.save_pretrained(tmp_path / name)
+    (tmp_path / "text.txt").write_text("some text\n")
+    cfg = {"name": "s", "models": {"base": "base", "experts": [{"name": "a", "path": "a"}]},
+           "merge": {"granularity": "schedule:3", "search": {"weight": [0.0, 1.0]}},
+           "objectives": [{"name": "o", "evaluator": "perplexity", "direction": "minimize", "settings": {"path": "text.txt"}}]}
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    assert main(["validate", str(path)]) == 0, capsys.readouterr().err
+    capsys.readouterr()
+    cfg["merge"]["granularity"] = "schedule:4"
+    path.write_text(yaml.safe_dump(cfg))
+    assert main(["validate", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "merge.granularity: schedule:4 has more knots than the model's 3 layers; use schedule:K with K <= 3" in err
