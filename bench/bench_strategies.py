@@ -75,8 +75,9 @@ QUICK_BUDGETS = (25, 50, 100)
 # ----------------------------------------------------------------------------- problems
 
 
-def load_problems(config_paths: list[Path]) -> dict[str, dict[str, Any]]:
-    """Each config as given, forced to layer-wise task arithmetic with weights in [0, 1.5] and
+def load_problems(config_paths: list[Path], keep_merge: bool = False) -> dict[str, dict[str, Any]]:
+    """Each config as given, forced to layer-wise task arithmetic with weights in [0, 1.5]
+    (``keep_merge``: the config's own merge method and searched parameters, layer-wise) and
     one in-process worker thread; the problem is named after the run name."""
     import yaml
 
@@ -84,10 +85,19 @@ def load_problems(config_paths: list[Path]) -> dict[str, dict[str, Any]]:
     for path in config_paths:
         raw = yaml.safe_load(path.read_text())
         raw.setdefault("name", path.stem)
-        raw["merge"] = {**raw.get("merge", {}), "method": "task_arithmetic", "granularity": "layer", "search": {"weight": [0.0, 1.5]}}
+        if keep_merge:
+            raw["merge"] = {**raw.get("merge", {}), "granularity": "layer"}
+        else:
+            raw["merge"] = {**raw.get("merge", {}), "method": "task_arithmetic", "granularity": "layer", "search": {"weight": [0.0, 1.5]}}
         raw["workers"] = {"backend": "local", "count": 1, "threads": 1}
         out[raw["name"]] = raw
     return out
+
+
+def granularity_variant(cfg: dict[str, Any], granularity: str) -> dict[str, Any]:
+    c = copy.deepcopy(cfg)
+    c["merge"]["granularity"] = granularity
+    return c
 
 
 def global_variant(cfg: dict[str, Any]) -> dict[str, Any]:
@@ -202,6 +212,9 @@ def main() -> None:
     ap.add_argument("--reference-factor", type=int, default=20, help="reference run = this x the target budget (0: none)")
     ap.add_argument("--reference-strategy", default="nsga2:pop_size=100", help="strategy (with options) of the reference run")
     ap.add_argument("--baselines", default="random,optuna", help="comma-separated baseline strategies (the rest are the project's)")
+    ap.add_argument("--keep-merge", action="store_true", help="keep each config's merge method and searched parameters (default: task arithmetic, weights)")
+    ap.add_argument("--granularities", default="layer", help="comma-separated granularities run by every strategy (e.g. layer,schedule:4); "
+                    "runs of another than the first are named strategy@granularity and share the problem's pooled reference")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "strategies.json"))
     ap.add_argument("--combine", default=None, help="comma-separated result files of earlier runs (e.g. one per problem): merge them into --out and print")
     args = ap.parse_args()
@@ -227,7 +240,8 @@ def main() -> None:
     seeds = list(range(args.seeds if args.seeds is not None else (2 if args.quick else 5)))
     names = args.strategies.split(",") if args.strategies else [*STRATEGIES.names(), "map@global"]
     cfg_paths = [Path(c).resolve() for c in args.configs.split(",")]
-    problems = load_problems(cfg_paths)
+    problems = load_problems(cfg_paths, args.keep_merge)
+    grans = args.granularities.split(",")
     base_dir = cfg_paths[0].parent
     if args.problems:
         problems = {k: v for k, v in problems.items() if k in args.problems.split(",")}
@@ -253,8 +267,17 @@ def main() -> None:
         ev = evs["layer"]
         print(f"   {ev.space.describe()}; objectives {[o.name for o in ev.cfg.objectives]}", flush=True)
         raw_runs: list[tuple[str, int, dict[str, Any], Evaluated]] = []
-        for name in names:
+        for gran, name in [(g, nm) for g in grans for nm in names]:
             strat, opts, e = parse_strategy(name), parse_options(name), ev
+            if gran != grans[0] or gran != "layer":
+                if name == "map@global":
+                    continue
+                if gran not in evs:
+                    evs[gran] = Evaluated(granularity_variant(cfg_dict, gran), base_dir)
+                    print(f"   {gran}: {evs[gran].space.describe()}", flush=True)
+                e = evs[gran]
+                if gran != grans[0]:
+                    name = f"{name}@{gran}"
             if name == "map@global":
                 if "global" not in evs:
                     evs["global"] = Evaluated(global_variant(cfg_dict), base_dir)
@@ -284,7 +307,8 @@ def main() -> None:
         from search.pareto import hypervolume, pareto_mask
 
         allV = np.vstack([r["V"] for _, _, r, _ in raw_runs])
-        allX = np.vstack([r["X"] if e is ev else np.array([_lift(x, evs, ev) for x in r["X"]]) for _, _, r, e in raw_runs])
+        # each point with the evaluator of its own space (global, layer, schedule)
+        allXE = [(x, e) for _, _, r, e in raw_runs for x in r["X"]]
         finite = np.all(np.isfinite(allV), axis=1)
         from search.report import reference_point
 
@@ -293,10 +317,11 @@ def main() -> None:
         mask = pareto_mask(allV, ev.directions) & finite
         ref_front = allV[mask]
         ref_hv = hypervolume(ref_front, ev.directions, ref)
-        # held-out values of the pooled front (evaluated in the layer-wise space: global points are in it too)
+        # held-out values of the pooled front
         H = []
         for i in np.flatnonzero(mask):
-            vals, _, _ = ev(allX[i], 2_000_000 + int(i), split="heldout")
+            x_i, e_i = allXE[i]
+            vals, _, _ = e_i(x_i, 2_000_000 + int(i), split="heldout")
             H.append(vals if vals is not None else np.full(len(ev.directions), np.nan))
         ref_hv_test = hypervolume(np.asarray(H), ev.directions, ref) if H else 0.0
         runs_out = []
@@ -363,13 +388,6 @@ def parse_options(name: str) -> dict[str, Any]:
     return {k: yaml.safe_load(v) for k, v in (kv.split("=", 1) for kv in name.split(":", 1)[1].split(";"))}
 
 
-def _lift(x: np.ndarray, evs: dict[str, Evaluated], ev: Evaluated) -> np.ndarray:
-    """A global-granularity point as a layer-wise point (same coefficient in every group)."""
-    g = evs["global"].space
-    per_expert = dict(zip(g.experts, x, strict=True))
-    return ev.space.point(per_expert)
-
-
 def summarise(results: dict[str, Any], budgets: list[int]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for pname, p in results["problems"].items():
@@ -402,7 +420,7 @@ def check_target(results: dict[str, Any], budgets: list[int], target_budget: int
     out: dict[str, Any] = {}
     for pname, p in results["problems"].items():
         runs = p["runs"]
-        names = [n for n in dict.fromkeys(r["strategy"] for r in runs) if n not in baselines and "@" not in n]
+        names = [n for n in dict.fromkeys(r["strategy"] for r in runs) if n.split("@")[0] not in baselines and n != "map@global"]
         hv = {(r["strategy"], r["seed"]): r["hv_val"] for r in runs}
         seeds = sorted({r["seed"] for r in runs})
         hv_test = {(r["strategy"], r["seed"]): r["hv_test"] for r in runs}

@@ -154,6 +154,9 @@ def render_card(c: CardInfo) -> str:
 
     # coefficients
     parts += ["## Coefficients", ""]
+    if c.space.knots:
+        parts += [f"Per layer, interpolated from the {c.space.knots} searched knots of each (expert, parameter) "
+                  "(the mergekit recipe writes the knots as gradient lists).", ""]
     vals = c.space.values(c.x)
     for p, table in vals.items():
         searched = " (searched)" if p in c.space.searched else " (fixed)"

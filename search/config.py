@@ -65,13 +65,15 @@ class ModelsConfig(_Frozen):
         return self
 
 
-Granularity = str  # "global" | "layer" | "block:K"
-_GRAN_RE = re.compile(r"^(global|layer|block:([1-9][0-9]*))$")
+Granularity = str  # "global" | "layer" | "block:K" | "schedule:K"
+_GRAN_RE = re.compile(r"^(global|layer|block:([1-9][0-9]*)|schedule:([1-9][0-9]*))$")
 
 
 class MergeConfig(_Frozen):
     method: str = "task_arithmetic"
-    granularity: Granularity = Field("layer", description="'global', 'layer' or 'block:K'")
+    granularity: Granularity = Field(
+        "layer", description="'global', 'layer', 'block:K' (K layers per group) or 'schedule:K' (K knots over the layers)"
+    )
     split: list[str] = Field(
         default_factory=list,
         description="module-name filters that split each layer group, e.g. [self_attn, mlp]; the rest form a 'rest' group",
@@ -91,7 +93,9 @@ class MergeConfig(_Frozen):
     @classmethod
     def _gran(cls, v: str) -> str:
         if not _GRAN_RE.match(v):
-            raise ValueError(f"granularity {v!r} is not one of 'global', 'layer', 'block:K' (K a positive integer)")
+            raise ValueError(
+                f"granularity {v!r} is not one of 'global', 'layer', 'block:K', 'schedule:K' (K a positive integer)"
+            )
         return v
 
     @field_validator("search")
@@ -106,6 +110,12 @@ class MergeConfig(_Frozen):
     def block_size(self) -> int | None:
         m = _GRAN_RE.match(self.granularity)
         return int(m.group(2)) if m and m.group(2) else None
+
+    @property
+    def schedule_knots(self) -> int | None:
+        """K of ``schedule:K`` (knots per (expert, param) over the decoder layers), else None."""
+        m = _GRAN_RE.match(self.granularity)
+        return int(m.group(3)) if m and m.group(3) else None
 
 
 class ObjectiveConfig(_Frozen):
@@ -369,6 +379,10 @@ def check_config(cfg: SearchConfig, *, check_files: bool = True) -> list[ConfigI
         from .models import check_model_sources
 
         issues += check_model_sources(cfg.models, cfg.base_dir)
+        if m.schedule_knots and not issues:
+            from .space import schedule_issues
+
+            issues += schedule_issues(cfg)
     return issues
 
 

@@ -11,6 +11,9 @@ Shape of the recipe (mergekit >= 0.1, ``mergekit-yaml recipe.yml OUT``):
   their tensors in the first / last slice. mergekit merges embeddings and the final
   norm / lm_head with the parameters of the first / last slice (and ``t = 0`` for gradient
   lists), so without these entries they would silently take a layer's values;
+* a ``schedule:K`` space is one slice over all layers whose layer parameters are mergekit
+  gradient lists of the K knots (mergekit interpolates them at ``t = i / (L - 1)``, the
+  rule the space uses); ``embed`` / ``head`` are scalar ``filter`` entries as above;
 * ``merge.split`` groups (``self_attn``, ``mlp``, rest) become ``filter`` entries too:
   mergekit's filters match a substring of the tensor name and the first match wins, the
   same rule the coefficient space uses;
@@ -62,22 +65,34 @@ def _num(v: float) -> float | int:
 
 
 def _collapse(conds: list[dict[str, Any]]) -> Any:
-    """A filter list whose entries all share one value becomes that value."""
-    values = {c["value"] for c in conds}
+    """A filter list whose entries all share one value (number or gradient list) becomes that value."""
+    values = {tuple(v) if isinstance(v, list) else v for v in (c["value"] for c in conds)}
     if len(values) == 1:
         return conds[0]["value"]
     return conds
 
 
-def _resolve(tensor: str, setting: Any) -> Any:
-    """mergekit's rule for a per-tensor setting: a scalar, or the first entry whose filter
-    is absent, '*', or a substring of the tensor name."""
+def _gradient(values: list[float], t: float) -> float:
+    """mergekit's interpolation of a gradient list at ``t`` in [0, 1], in its float operations."""
+    scaled = t * (len(values) - 1)
+    i0 = int(scaled)
+    i1 = min(len(values) - 1, i0 + 1)
+    frac = scaled - i0
+    return (1 - frac) * float(values[i0]) + frac * float(values[i1])
+
+
+def _resolve(tensor: str, setting: Any, t: float = 0.0) -> Any:
+    """mergekit's rule for a per-tensor setting: a scalar, a gradient list (interpolated at the
+    layer's ``t``), or the first entry whose filter is absent, '*', or a substring of the
+    tensor name."""
+    if isinstance(setting, list) and setting and not isinstance(setting[0], dict):
+        return _gradient(setting, t)
     if not isinstance(setting, list):
         return setting
     for c in setting:
         f = c.get("filter")
         if f is None or f == "*" or f in tensor:
-            return c["value"]
+            return _resolve(tensor, c["value"], t)
     return None
 
 
@@ -120,7 +135,7 @@ def build_recipe(
             False,
             [f"models built by the factory {cfg.models.factory!r} are not Hugging Face architectures mergekit can read; no recipe was written"],
         )
-    ranges = _layer_ranges(space)
+    ranges = [(0, space.n_layers)] if space.knots and space.n_layers else _layer_ranges(space)
     if not ranges:
         return Recipe(None, False, ["the model has no decoder layers mergekit could slice; no recipe was written"])
 
@@ -150,6 +165,35 @@ def build_recipe(
     def group_value(g: str, e: int, p: str) -> float:
         return float(values[p][gidx[g], e])
 
+    if space.knots:
+        cube = np.asarray(x, dtype=np.float64).reshape(len(space.cgroups), len(experts), len(space.searched))
+        cidx = {c: i for i, c in enumerate(space.cgroups)}
+
+    def knots_of(part: str, e: int, p: str) -> Any:
+        """The gradient list of split part ``part`` ('' without split) for expert ``e``: the
+        knots of a searched parameter (one number for K=1), the fixed value otherwise."""
+        if p not in space.searched:
+            return _num(space.fixed[p])
+        width = len(str(space.knots - 1))
+        ks = [_num(cube[cidx[f"knot.{k:0{width}d}" + (f".{part}" if part else "")], e, space.searched.index(p)])
+              for k in range(space.knots)]
+        return ks[0] if len(ks) == 1 else ks
+
+    def schedule_setting(e: int, p: str) -> Any:
+        """Per-tensor setting of a schedule: embed / head entries, then one gradient list per split part."""
+        conds: list[dict[str, Any]] = []
+        for n in per_slice[0]:
+            g = space.groups[space.tensor_group[n]]
+            if g in ("embed", "head"):
+                conds.append({"filter": n, "value": _num(group_value(g, e, p))})
+        parts = {c.split(".", 2)[2] if c.count(".") >= 2 else "" for c in space.cgroups if c.startswith("knot.")}
+        for sub in cfg.merge.split:
+            if sub in parts:
+                conds.append({"filter": sub, "value": knots_of(sub, e, p)})
+        if not cfg.merge.split or "rest" in parts:
+            conds.append({"value": knots_of("rest" if cfg.merge.split else "", e, p)})
+        return _collapse(conds)
+
     def setting_for(si: int, e: int, p: str, value_of=group_value) -> Any:
         """Per-tensor setting of parameter ``p`` of expert ``e`` in slice ``si``."""
         names = per_slice[si]
@@ -177,6 +221,31 @@ def build_recipe(
             conds.append({"value": _num(value_of(default_group, e, p))})
         return _collapse(conds)
 
+    def schedule_base_weight() -> Any:
+        """linear without normalisation, as a schedule: the base's weight 1 - sum_e w_e per knot
+        (interpolating these equals 1 - sum of the interpolated weights up to rounding)."""
+        wj = space.searched.index("weight") if "weight" in space.searched else None
+
+        def one(c: str) -> float:
+            w = cube[cidx[c], :, wj] if wj is not None else np.full(len(experts), space.fixed["weight"])
+            return 1.0 - float(np.sum(w))
+
+        conds: list[dict[str, Any]] = []
+        for n in per_slice[0]:
+            g = space.groups[space.tensor_group[n]]
+            if g in ("embed", "head"):
+                conds.append({"filter": n, "value": _num(one(g))})
+        knots = [c for c in space.cgroups if c.startswith("knot.")]
+        by_part: dict[str, list[Any]] = {}
+        for c in knots:
+            by_part.setdefault(c.split(".", 2)[2] if c.count(".") >= 2 else "", []).append(_num(one(c)))
+        for sub in cfg.merge.split:
+            if sub in by_part:
+                conds.append({"filter": sub, "value": by_part[sub]})
+        if not cfg.merge.split or "rest" in by_part:
+            conds.append({"value": by_part["rest" if cfg.merge.split else ""]})
+        return _collapse(conds)
+
     # the slices
     slices: list[dict[str, Any]] = []
     for si, (lo, hi) in enumerate(ranges):
@@ -188,9 +257,10 @@ def build_recipe(
             def base_w(g: str, _e: int, _p: str) -> float:
                 return 1.0 - float(np.sum(values["weight"][gidx[g]]))
 
-            sources.append({"model": base_ref, "layer_range": [lo, hi], "parameters": {"weight": setting_for(si, 0, "weight", base_w)}})
+            base_setting = schedule_base_weight() if space.knots else setting_for(si, 0, "weight", base_w)
+            sources.append({"model": base_ref, "layer_range": [lo, hi], "parameters": {"weight": base_setting}})
         for e, ref in enumerate(expert_refs):
-            sp = {p: setting_for(si, e, p) for p in params}
+            sp = {p: schedule_setting(e, p) if space.knots else setting_for(si, e, p) for p in params}
             sources.append({"model": ref, "layer_range": [lo, hi], "parameters": sp})
         slices.append({"sources": sources})
 
@@ -214,6 +284,15 @@ def build_recipe(
     recipe["tokenizer_source"] = "base"
 
     # ---------------------------------------------------------------- self-check
+    def t_of(name: str, si: int) -> float:
+        """mergekit's gradient position of a tensor: i / (n - 1) over its slice's layers (1 for a
+        one-layer slice); 0 for embeddings, the final norm and lm_head."""
+        layers = space.group_layers[space.tensor_group[name]]
+        if space.groups[space.tensor_group[name]] in ("embed", "head") or not layers:
+            return 0.0
+        lo, hi = ranges[si]
+        return (min(layers) - lo) / (hi - lo - 1) if hi - lo > 1 else 1.0
+
     mismatches: list[str] = []
     for si, names in enumerate(per_slice):
         for e in range(len(experts)):
@@ -222,7 +301,7 @@ def build_recipe(
                 setting = src["parameters"][p]
                 for n in names:
                     want = float(values[p][space.tensor_group[n], e])
-                    got = _resolve(n, setting)
+                    got = _resolve(n, setting, t_of(n, si))
                     if got is None or float(got) != want:
                         mismatches.append(f"{n} {experts[e]}/{p}: recipe gives {got}, trial used {want}")
     if mismatches:

@@ -90,7 +90,8 @@ def test_changed_config_is_refused_but_budget_may_grow(toy_root: Path, tmp_path:
 
 
 @pytest.mark.parametrize("strategy,sig", [("random", signal.SIGKILL), ("nsga2", signal.SIGKILL), ("cmaes", signal.SIGKILL),
-                                          ("m2n2", signal.SIGKILL), ("mobo", signal.SIGKILL), ("mobo", signal.SIGINT)])
+                                          ("m2n2", signal.SIGKILL), ("mobo", signal.SIGKILL), ("mobo", signal.SIGINT),
+                                          ("turbo", signal.SIGKILL)])
 def test_kill_9_controller_then_resume_continues_exactly(strategy: str, sig: int, toy_root: Path, tmp_path: Path) -> None:
     """SIGKILL (or Ctrl-C) the controller mid-run; `search resume` loses nothing, retries the
     running trial, continues numbering, and proposes exactly what an uninterrupted run proposes."""

@@ -299,7 +299,7 @@ class Materializer:
     # ---------------------------------------------------------------- planning
     def _search_bounds(self) -> dict[str, tuple[float, float]]:
         sp = self.space
-        G, E, P = len(sp.groups), len(sp.experts), len(sp.searched)
+        G, E, P = len(sp.cgroups), len(sp.experts), len(sp.searched)  # interpolated knots stay inside
         out: dict[str, tuple[float, float]] = {}
         if P:
             lo = sp.lower.reshape(G, E, P)

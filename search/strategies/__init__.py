@@ -24,6 +24,7 @@ STRATEGIES: Registry[type[Strategy]] = Registry(
         "m2n2": "search.strategies.m2n2:M2N2Strategy",
         "optuna": "search.strategies.optuna:OptunaStrategy",
         "mobo": "search.strategies.mobo:MOBOStrategy",
+        "turbo": "search.strategies.turbo:TurboStrategy",
     },
 )
 

@@ -157,8 +157,8 @@ class SharedKernelGP:
     component (the direction most of their variation shares), by :class:`GaussianProcess`.
     """
 
-    def __init__(self, dim: int, theta: np.ndarray | None = None):
-        self.gp = GaussianProcess(dim, theta)
+    def __init__(self, dim: int, theta: np.ndarray | None = None, gp: GaussianProcess | None = None):
+        self.gp = gp if gp is not None else GaussianProcess(dim, theta)
 
     @property
     def theta(self) -> np.ndarray:
@@ -189,3 +189,89 @@ class SharedKernelGP:
     def predict_mean(self, Xs: np.ndarray) -> np.ndarray:
         """Posterior means (len(Xs), n_targets) in target units."""
         return (self.gp.cross_kernel(Xs) @ self._alpha) * self._std + self._mean
+
+
+class TiedGaussianProcess(GaussianProcess):
+    """:class:`GaussianProcess` whose inputs share lengthscales by class (``ties[i]`` = the class
+    of input ``i``): ``theta`` = (log ls per class, log sf2, log noise).
+
+    For hundreds of inputs and a few hundred observations, where one lengthscale per input
+    cannot be learned: a layer-wise merge ties each (expert, parameter)'s coordinates over all
+    layers. The prior mean of a class's lengthscale is 0.5 x sqrt(its size), so that random
+    points are as far apart in kernel units as in a one-input-per-class problem."""
+
+    def __init__(self, ties: np.ndarray, theta: np.ndarray | None = None):
+        self.ties = np.asarray(ties, dtype=np.int64)
+        self.sizes = np.bincount(self.ties).astype(np.float64)
+        super().__init__(len(self.sizes), theta)
+        self._sq: list[np.ndarray] | None = None  # per-class squared distances of the data being fitted
+
+    def fit(self, X: np.ndarray, y: np.ndarray, *, restarts: bool = True, maxiter: int = 200) -> None:
+        """As :meth:`GaussianProcess.fit`; the per-class distances (independent of theta) are computed once."""
+        self._sq = self._class_sqdist(np.asarray(X, dtype=np.float64))
+        try:
+            super().fit(X, y, restarts=restarts, maxiter=maxiter)
+        finally:
+            self._sq = None
+
+    def default_theta(self, dim: int) -> np.ndarray:  # type: ignore[override]
+        return np.concatenate([PRIOR_LS[0] + 0.5 * np.log(self.sizes), [PRIOR_SF2[0], PRIOR_NOISE[0]]])
+
+    def _bounds(self) -> list[tuple[float, float]]:
+        return [(LOG_LS[0], LOG_LS[1] + 0.5 * float(np.log(s))) for s in self.sizes] + [LOG_SF2, LOG_NOISE]
+
+    def _class_sqdist(self, X: np.ndarray) -> list[np.ndarray]:
+        out = []
+        for c in range(self.dim):
+            Xc = X[:, self.ties == c]
+            sq = (Xc * Xc).sum(1)
+            out.append(np.maximum(sq[:, None] + sq[None, :] - 2.0 * Xc @ Xc.T, 0.0))
+        return out
+
+    def _nll(self, theta: np.ndarray, X: np.ndarray, y: np.ndarray) -> tuple[float, np.ndarray]:
+        d = self.dim
+        ls, sf2, noise = np.exp(theta[:d]), np.exp(theta[d]), np.exp(theta[d + 1])
+        n = len(y)
+        sq = self._sq if self._sq is not None else self._class_sqdist(X)
+        diff2 = [s / ls[c] ** 2 for c, s in enumerate(sq)]
+        r = np.sqrt(np.maximum(sum(diff2), 0.0))
+        e = np.exp(-SQRT5 * r)
+        Kf = sf2 * (1.0 + SQRT5 * r + (5.0 / 3.0) * r * r) * e
+        K = Kf + (noise + 1e-9) * np.eye(n)
+        try:
+            L = cholesky(K, lower=True)
+        except np.linalg.LinAlgError:
+            return 1e10, np.zeros_like(theta)
+        alpha = cho_solve((L, True), y)
+        nll = 0.5 * y @ alpha + np.log(np.diag(L)).sum() + 0.5 * n * np.log(2 * np.pi)
+        W = cho_solve((L, True), np.eye(n)) - np.outer(alpha, alpha)
+        grad = np.empty_like(theta)
+        common = sf2 * (5.0 / 3.0) * (1.0 + SQRT5 * r) * e
+        for c in range(d):
+            grad[c] = 0.5 * np.sum(W * common * diff2[c])
+        grad[d] = 0.5 * np.sum(W * Kf)
+        grad[d + 1] = 0.5 * noise * np.trace(W)
+        sd = self._prior_sd(d)
+        z = (theta - self.default_theta(d)) / sd
+        nll += 0.5 * float(z @ z)
+        grad += z / sd
+        return float(nll), grad
+
+    def input_lengthscales(self) -> np.ndarray:
+        """The lengthscale of every input (its class's)."""
+        return np.exp(self.theta[: self.dim])[self.ties]
+
+    def factorise(self, X: np.ndarray) -> None:
+        self.X = np.asarray(X, dtype=np.float64)
+        n = len(self.X)
+        K = matern52(self.X, self.X, self.input_lengthscales(), np.exp(self.theta[self.dim])) + (np.exp(self.theta[self.dim + 1]) + 1e-9) * np.eye(n)
+        jitter = 0.0
+        while True:
+            try:
+                self._L = cholesky(K + jitter * np.eye(n), lower=True)
+                break
+            except np.linalg.LinAlgError:
+                jitter = max(1e-8, 10 * jitter)
+
+    def cross_kernel(self, Xs: np.ndarray) -> np.ndarray:
+        return matern52(np.asarray(Xs, dtype=np.float64), self.X, self.input_lengthscales(), np.exp(self.theta[self.dim]))

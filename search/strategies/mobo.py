@@ -122,7 +122,7 @@ class MOBOStrategy(Strategy):
         dim = problem_info.get("dim")
         if dim is not None and dim > options.max_dim:  # type: ignore[attr-defined]
             return [f"mobo models up to max_dim={options.max_dim} coordinates and this space has {dim}; use a coarser "  # type: ignore[attr-defined]
-                    "granularity (global, block:K) or cmaes / nsga2 for large spaces, or raise strategy.options.max_dim"]
+                    "granularity (global, block:K, schedule:K), turbo (up to 512 coordinates) or cmaes / nsga2 for large spaces, or raise strategy.options.max_dim"]
         return []
 
     # ------------------------------------------------------------------ ask / tell
@@ -209,7 +209,7 @@ class MOBOStrategy(Strategy):
         refit = self._refit_due(len(U))
         gps: list[GaussianProcess] = []
         for j in range(p.n_obj):
-            gp = GaussianProcess(p.dim, self._thetas[j])
+            gp = self._new_gp(self._thetas[j])
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 if refit:
@@ -219,7 +219,7 @@ class MOBOStrategy(Strategy):
             self._thetas[j] = gp.theta.copy()
             gps.append(gp)
         for j, Mj in margin_data.items():
-            mgp = SharedKernelGP(p.dim, self._mthetas[j])
+            mgp = self._new_margin_gp(self._mthetas[j])
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 if refit or self._mthetas[j] is None:
@@ -251,6 +251,14 @@ class MOBOStrategy(Strategy):
             if len(out) < k:
                 fU, fF, score_F = self._fantasise(gps, fU, fF, score_F, u[None, :])
         return out
+
+    def _new_gp(self, theta: np.ndarray | None) -> GaussianProcess:
+        """The surrogate of one objective (subclasses change the kernel)."""
+        return GaussianProcess(self.problem.dim, theta)
+
+    def _new_margin_gp(self, theta: np.ndarray | None) -> SharedKernelGP:
+        """The shared-kernel surrogate of one objective's margins."""
+        return SharedKernelGP(self.problem.dim, theta)
 
     def _local_candidate(self, front_U: np.ndarray, front_F: np.ndarray, taken: np.ndarray) -> np.ndarray:
         """A small move from the measured front, aimed at its gaps.

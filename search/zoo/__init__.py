@@ -6,6 +6,9 @@
 * ``tiny-lm``: a tiny Llama base and experts fine-tuned on different synthetic tasks.
 * ``tiny-lm-h64``: the same with head_dim 64 (what vLLM's CPU attention needs).
 * ``digits``: an MLP base and experts on disjoint label subsets of sklearn's digits.
+* ``digits-deep``: the same on a 14-layer residual MLP (12 hidden blocks): 84 TIES coordinates.
+* ``tiny-lm-deep``: the tiny-lm problem on an 8-layer Llama: 156 TIES coordinates with
+  ``split: [self_attn, mlp]``.
 """
 
 from __future__ import annotations
@@ -27,6 +30,8 @@ PROBLEMS: dict[str, tuple[str, tuple[str, ...]]] = {
     "tiny-lm": ("search.zoo.tiny_lm:build", ("base", "add", "reverse", "sort")),
     "tiny-lm-h64": ("search.zoo.tiny_lm:build_h64", ("base", "add", "reverse", "sort")),
     "digits": ("search.zoo.digits:build", ("base", "low", "high", "a", "b", "c")),
+    "digits-deep": ("search.zoo.digits_deep:build", ("base", "a", "b", "c")),
+    "tiny-lm-deep": ("search.zoo.tiny_lm_deep:build", ("base", "add", "reverse", "sort")),
 }
 
 
