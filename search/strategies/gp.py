@@ -61,11 +61,16 @@ class GaussianProcess:
         return [LOG_LS] * self.dim + [LOG_SF2, LOG_NOISE]
 
     # ------------------------------------------------------------------ fitting
+    def _scaled_sqdist(self, ls: np.ndarray, X: np.ndarray) -> list[np.ndarray]:
+        """Squared distances between the rows of X, one matrix per lengthscale, each over its
+        lengthscale squared."""
+        return [(X[:, i : i + 1] - X[:, i : i + 1].T) ** 2 / ls[i] ** 2 for i in range(self.dim)]
+
     def _nll(self, theta: np.ndarray, X: np.ndarray, y: np.ndarray) -> tuple[float, np.ndarray]:
         d = self.dim
         ls, sf2, noise = np.exp(theta[:d]), np.exp(theta[d]), np.exp(theta[d + 1])
         n = len(y)
-        diff2 = [(X[:, i : i + 1] - X[:, i : i + 1].T) ** 2 / ls[i] ** 2 for i in range(d)]
+        diff2 = self._scaled_sqdist(ls, X)
         r = np.sqrt(np.maximum(sum(diff2), 0.0))
         e = np.exp(-SQRT5 * r)
         Kf = sf2 * (1.0 + SQRT5 * r + (5.0 / 3.0) * r * r) * e
@@ -119,12 +124,16 @@ class GaussianProcess:
         self._alpha = cho_solve((self._L, True), ys)
         self.y = np.asarray(y, dtype=np.float64)
 
+    def input_lengthscales(self) -> np.ndarray:
+        """The lengthscale of every input."""
+        return np.exp(self.theta[: self.dim])
+
     def factorise(self, X: np.ndarray) -> None:
         """The Cholesky factor of the kernel matrix of ``X`` (noise and jitter included)."""
         self.X = np.asarray(X, dtype=np.float64)
         d, n = self.dim, len(self.X)
-        ls, sf2, noise = np.exp(self.theta[:d]), np.exp(self.theta[d]), np.exp(self.theta[d + 1])
-        K = matern52(self.X, self.X, ls, sf2) + (noise + 1e-9) * np.eye(n)
+        sf2, noise = np.exp(self.theta[d]), np.exp(self.theta[d + 1])
+        K = matern52(self.X, self.X, self.input_lengthscales(), sf2) + (noise + 1e-9) * np.eye(n)
         jitter = 0.0
         while True:
             try:
@@ -136,8 +145,7 @@ class GaussianProcess:
     # ------------------------------------------------------------------ prediction
     def cross_kernel(self, Xs: np.ndarray) -> np.ndarray:
         """Kernel values between ``Xs`` and the conditioned inputs, (len(Xs), len(X))."""
-        d = self.dim
-        return matern52(np.asarray(Xs, dtype=np.float64), self.X, np.exp(self.theta[:d]), np.exp(self.theta[d]))
+        return matern52(np.asarray(Xs, dtype=np.float64), self.X, self.input_lengthscales(), np.exp(self.theta[self.dim]))
 
     def predict(self, Xs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Posterior mean and standard deviation of the latent function, in target units."""
@@ -228,50 +236,10 @@ class TiedGaussianProcess(GaussianProcess):
             out.append(np.maximum(sq[:, None] + sq[None, :] - 2.0 * Xc @ Xc.T, 0.0))
         return out
 
-    def _nll(self, theta: np.ndarray, X: np.ndarray, y: np.ndarray) -> tuple[float, np.ndarray]:
-        d = self.dim
-        ls, sf2, noise = np.exp(theta[:d]), np.exp(theta[d]), np.exp(theta[d + 1])
-        n = len(y)
+    def _scaled_sqdist(self, ls: np.ndarray, X: np.ndarray) -> list[np.ndarray]:
         sq = self._sq if self._sq is not None else self._class_sqdist(X)
-        diff2 = [s / ls[c] ** 2 for c, s in enumerate(sq)]
-        r = np.sqrt(np.maximum(sum(diff2), 0.0))
-        e = np.exp(-SQRT5 * r)
-        Kf = sf2 * (1.0 + SQRT5 * r + (5.0 / 3.0) * r * r) * e
-        K = Kf + (noise + 1e-9) * np.eye(n)
-        try:
-            L = cholesky(K, lower=True)
-        except np.linalg.LinAlgError:
-            return 1e10, np.zeros_like(theta)
-        alpha = cho_solve((L, True), y)
-        nll = 0.5 * y @ alpha + np.log(np.diag(L)).sum() + 0.5 * n * np.log(2 * np.pi)
-        W = cho_solve((L, True), np.eye(n)) - np.outer(alpha, alpha)
-        grad = np.empty_like(theta)
-        common = sf2 * (5.0 / 3.0) * (1.0 + SQRT5 * r) * e
-        for c in range(d):
-            grad[c] = 0.5 * np.sum(W * common * diff2[c])
-        grad[d] = 0.5 * np.sum(W * Kf)
-        grad[d + 1] = 0.5 * noise * np.trace(W)
-        sd = self._prior_sd(d)
-        z = (theta - self.default_theta(d)) / sd
-        nll += 0.5 * float(z @ z)
-        grad += z / sd
-        return float(nll), grad
+        return [v / ls[c] ** 2 for c, v in enumerate(sq)]
 
     def input_lengthscales(self) -> np.ndarray:
         """The lengthscale of every input (its class's)."""
         return np.exp(self.theta[: self.dim])[self.ties]
-
-    def factorise(self, X: np.ndarray) -> None:
-        self.X = np.asarray(X, dtype=np.float64)
-        n = len(self.X)
-        K = matern52(self.X, self.X, self.input_lengthscales(), np.exp(self.theta[self.dim])) + (np.exp(self.theta[self.dim + 1]) + 1e-9) * np.eye(n)
-        jitter = 0.0
-        while True:
-            try:
-                self._L = cholesky(K + jitter * np.eye(n), lower=True)
-                break
-            except np.linalg.LinAlgError:
-                jitter = max(1e-8, 10 * jitter)
-
-    def cross_kernel(self, Xs: np.ndarray) -> np.ndarray:
-        return matern52(np.asarray(Xs, dtype=np.float64), self.X, self.input_lengthscales(), np.exp(self.theta[self.dim]))

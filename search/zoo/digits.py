@@ -164,7 +164,20 @@ def accuracy(model: Any, split: str, labels: tuple[int, ...] | None = None) -> f
     return float((pred == y).mean())
 
 
-def build_models(out_dir: Path) -> dict[str, Any]:
+def train_zoo(
+    out_dir: Path,
+    make_model: Any,
+    expert_labels: dict[str, tuple[int, ...]],
+    *,
+    base_steps: int,
+    expert_steps: int,
+    lr_base: float,
+    lr_expert: float,
+    seed: int,
+    what: str,
+) -> dict[str, Any]:
+    """Train a base (all digits, permuted labels) and one expert per label subset from it, on
+    one thread, and save them under ``out_dir``; returns the training losses and seconds."""
     import numpy as np
     import torch
 
@@ -174,21 +187,26 @@ def build_models(out_dir: Path) -> dict[str, Any]:
         X, y = digits_split("train")
         info: dict[str, Any] = {}
         t0 = time.perf_counter()
-        torch.manual_seed(BUILD_SEED)
-        model = __getattr__("MLP")()
-        info["base"] = {"loss": _fit(model, X, np.asarray(BASE_LABELS)[y], BASE_STEPS, LR_BASE, BUILD_SEED)}
+        torch.manual_seed(seed)
+        model = make_model()
+        info["base"] = {"loss": _fit(model, X, np.asarray(BASE_LABELS)[y], base_steps, lr_base, seed)}
         save_mlp(model, out_dir / "base")
         base_state = {k: v.clone() for k, v in model.state_dict().items()}
-        for i, (name, labels) in enumerate(EXPERT_LABELS.items()):
+        for i, (name, labels) in enumerate(expert_labels.items()):
             model.load_state_dict(base_state)
             keep = np.isin(y, labels)
-            info[name] = {"loss": _fit(model, X[keep], y[keep], EXPERT_STEPS, LR_EXPERT, BUILD_SEED + 1 + i)}
+            info[name] = {"loss": _fit(model, X[keep], y[keep], expert_steps, lr_expert, seed + 1 + i)}
             save_mlp(model, out_dir / name)
         info["seconds"] = round(time.perf_counter() - t0, 2)
-        log.info("digits zoo trained: %s", info)
+        log.info("%s zoo trained: %s", what, info)
         return info
     finally:
         torch.set_num_threads(threads)
+
+
+def build_models(out_dir: Path) -> dict[str, Any]:
+    return train_zoo(out_dir, lambda: __getattr__("MLP")(), EXPERT_LABELS, base_steps=BASE_STEPS, expert_steps=EXPERT_STEPS,
+                     lr_base=LR_BASE, lr_expert=LR_EXPERT, seed=BUILD_SEED, what="digits")
 
 
 def build(out_dir: Path) -> None:

@@ -14,15 +14,11 @@ Deterministic (seeded, one torch thread); the whole build takes a few seconds.
 from __future__ import annotations
 
 import json
-import logging
-import time
 from pathlib import Path
 from typing import Any
 
 from . import atomic_build
-from .digits import BASE_LABELS, _fit, digits_split, save_mlp
-
-log = logging.getLogger(__name__)
+from .digits import train_zoo
 
 VERSION = "digits-deep-1"  # bump when the recipe changes: cached builds of another version are rebuilt
 
@@ -95,30 +91,8 @@ def load_deep_mlp(path: str | Path, dtype: Any = None) -> Any:
 
 
 def build_models(out_dir: Path) -> dict[str, Any]:
-    import numpy as np
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        X, y = digits_split("train")
-        info: dict[str, Any] = {}
-        t0 = time.perf_counter()
-        torch.manual_seed(BUILD_SEED)
-        model = deep_mlp()
-        info["base"] = {"loss": _fit(model, X, np.asarray(BASE_LABELS)[y], BASE_STEPS, LR_BASE, BUILD_SEED)}
-        save_mlp(model, out_dir / "base")
-        base_state = {k: v.clone() for k, v in model.state_dict().items()}
-        for i, (name, labels) in enumerate(EXPERT_LABELS.items()):
-            model.load_state_dict(base_state)
-            keep = np.isin(y, labels)
-            info[name] = {"loss": _fit(model, X[keep], y[keep], EXPERT_STEPS, LR_EXPERT, BUILD_SEED + 1 + i)}
-            save_mlp(model, out_dir / name)
-        info["seconds"] = round(time.perf_counter() - t0, 2)
-        log.info("digits-deep zoo trained: %s", info)
-        return info
-    finally:
-        torch.set_num_threads(threads)
+    return train_zoo(out_dir, deep_mlp, EXPERT_LABELS, base_steps=BASE_STEPS, expert_steps=EXPERT_STEPS,
+                     lr_base=LR_BASE, lr_expert=LR_EXPERT, seed=BUILD_SEED, what="digits-deep")
 
 
 def build(out_dir: Path) -> None:
