@@ -292,7 +292,6 @@ class Controller:
         if "://" not in self.store_url and not Path(self.store_url).is_absolute():
             self.store_url = str(Path.cwd() / self.store_url)
         self.config_path = config_path
-        self._stop = False
 
     # ------------------------------------------------------------------ setup
     def _open_study(self, store: Store, space_info: dict[str, Any], fresh: bool) -> Any:

@@ -131,11 +131,15 @@ def test_a_controller_whose_lock_was_taken_over_writes_nothing_more(tmp_path: Pa
         c.exec_driver_sql("UPDATE studies SET lock_heartbeat = lock_heartbeat - 3600")
     assert other.acquire(s.id, owner="elsewhere:1") == "elsewhere:1"
     for write in (lambda: st.finish_trial(tid, COMPLETE, [0.5, 1.0]), lambda: st.add_trial(s.id, 1, {"x": [0.1], "id": 1}, {}, "random"),
-                  lambda: st.log_event(s.id, StrategyEvent(1, "tell", {"items": []})), lambda: st.set_status(s.id, "finished")):
+                  lambda: st.log_event(s.id, StrategyEvent(1, "tell", {"items": []})), lambda: st.set_status(s.id, "finished"),
+                  lambda: st.restart_trial(tid), lambda: st.set_worker(tid, "w9"), lambda: st.add_heldout(tid, [0.1, 0.2]),
+                  lambda: st.save_snapshot(s.id, 1, 0, "{}", b""), lambda: st.update_config(s.id, "name: changed\n")):
         with pytest.raises(LockLostError, match="another controller took over this run"):
             write()
     (t,) = st.trials(s.id)
-    assert t.state == "RUNNING" and st.events(s.id) == [] and st.study("r").status == "created"
+    assert t.state == "RUNNING" and t.attempts == 1 and t.worker is None and t.heldout is None
+    assert st.events(s.id) == [] and st.latest_snapshot(s.id) is None
+    assert st.study("r").status == "created" and st.study("r").config_yaml == "name: r\n"
     st.release(s.id, owner)  # releasing a lock that is no longer ours leaves the new owner's in place
     assert st.study("r").lock_owner == "elsewhere:1"
     st.close()
