@@ -30,18 +30,9 @@ import yaml  # noqa: E402
 
 
 def mc_task(folder: Path) -> None:
-    rows = [json.loads(line) for line in (ROOT / "evaluators/tasks/tinylm/add_validation.jsonl").read_text().splitlines()]
-    with open(folder / "add_mc.jsonl", "w") as f:
-        for r in rows:
-            a = int(r["answer"])
-            choices = [f"{a:03d}", f"{(a + 1) % 1000:03d}", f"{(a + 10) % 1000:03d}", f"{(a + 100) % 1000:03d}"]
-            f.write(json.dumps({"prompt": r["prompt"], "choices": choices, "gold": 0}) + "\n")
-    (folder / "tinylm_add_mc.yaml").write_text(yaml.safe_dump({
-        "task": "tinylm_add_mc", "dataset_path": "json", "dataset_kwargs": {"data_files": {"validation": str(folder / "add_mc.jsonl")}},
-        "validation_split": "validation", "output_type": "multiple_choice", "doc_to_text": "{{prompt}}",
-        "doc_to_choice": "{{choices}}", "doc_to_target": "{{gold}}", "target_delimiter": "",
-        "metric_list": [{"metric": "acc", "aggregation": "mean", "higher_is_better": True}],
-    }))
+    from search.zoo.tiny_lm import write_add_mc_task
+
+    write_add_mc_task(folder)
 
 
 def config(folder: Path, engine: str, docs: int) -> dict[str, Any]:

@@ -60,7 +60,7 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 from pydantic import Field
@@ -117,12 +117,16 @@ class MOBOStrategy(Strategy):
         self._thetas: list[np.ndarray | None] = [None] * p.n_obj
         self._fit_n = -1  # number of observations at the last hyperparameter fit
 
+    #: what the max_dim refusal suggests instead
+    _too_large_hint: ClassVar[str] = ("granularity (global, block:K, schedule:K), turbo (up to 512 coordinates) or cmaes / nsga2 "
+                                      "for large spaces")
+
     @classmethod
     def check(cls, options: StrategyOptions, problem_info: dict[str, Any]) -> list[str]:
         dim = problem_info.get("dim")
         if dim is not None and dim > options.max_dim:  # type: ignore[attr-defined]
-            return [f"mobo models up to max_dim={options.max_dim} coordinates and this space has {dim}; use a coarser "  # type: ignore[attr-defined]
-                    "granularity (global, block:K, schedule:K), turbo (up to 512 coordinates) or cmaes / nsga2 for large spaces, or raise strategy.options.max_dim"]
+            return [f"{cls.name} models up to max_dim={options.max_dim} coordinates and this space has {dim}; "  # type: ignore[attr-defined]
+                    f"use a coarser {cls._too_large_hint}, or raise strategy.options.max_dim"]
         return []
 
     # ------------------------------------------------------------------ ask / tell

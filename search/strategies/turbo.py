@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 from pydantic import Field
 
-from .base import StrategyOptions, TrialResult
+from .base import TrialResult
 from .gp import GaussianProcess, SharedKernelGP, TiedGaussianProcess
 from .mobo import MOBOOptions, MOBOStrategy, _MarginPredictor
 
@@ -61,13 +61,7 @@ class TurboStrategy(MOBOStrategy):
         self._n_design = len(self._init)  # candidate ids below this are the initial design
         self._tr = {"length": float(self.options.tr_length), "succ": 0, "fail": 0, "restarts": 0}
 
-    @classmethod
-    def check(cls, options: StrategyOptions, problem_info: dict[str, Any]) -> list[str]:
-        dim = problem_info.get("dim")
-        if dim is not None and dim > options.max_dim:  # type: ignore[attr-defined]
-            return [f"turbo models up to max_dim={options.max_dim} coordinates and this space has {dim}; use a coarser "  # type: ignore[attr-defined]
-                    "granularity (schedule:K, block:K) or raise strategy.options.max_dim"]
-        return []
+    _too_large_hint = "granularity (schedule:K, block:K)"
 
     # ------------------------------------------------------------------ model
     def _new_gp(self, theta: np.ndarray | None) -> GaussianProcess:

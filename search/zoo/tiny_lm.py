@@ -430,3 +430,28 @@ if __name__ == "__main__":  # pragma: no cover - maintenance entry point
     if args.build:
         t = time.perf_counter()
         print(build_models(Path(args.build)), f"{time.perf_counter() - t:.1f}s")
+
+
+def write_add_mc_task(folder: Path) -> Path:
+    """Write a multiple-choice (loglikelihood) lm-eval task, ``tinylm_add_mc``, into ``folder``:
+    the shipped add validation prompts, each with the right sum and three near misses (gold 0).
+    Returns ``folder`` (pass it as the evaluator's ``include_path``)."""
+    import json
+
+    import yaml
+
+    tasks = Path(__file__).resolve().parents[2] / "evaluators" / "tasks" / "tinylm"
+    rows = [json.loads(line) for line in (tasks / "add_validation.jsonl").read_text().splitlines()]
+    with open(folder / "add_mc.jsonl", "w") as f:
+        for r in rows:
+            a = int(r["answer"])
+            choices = [f"{a:03d}", f"{(a + 1) % 1000:03d}", f"{(a + 10) % 1000:03d}", f"{(a + 100) % 1000:03d}"]
+            f.write(json.dumps({"prompt": r["prompt"], "choices": choices, "gold": 0}) + "\n")
+    (folder / "tinylm_add_mc.yaml").write_text(yaml.safe_dump({
+        "task": "tinylm_add_mc", "dataset_path": "json",
+        "dataset_kwargs": {"data_files": {"validation": str(folder / "add_mc.jsonl")}},
+        "validation_split": "validation", "output_type": "multiple_choice",
+        "doc_to_text": "{{prompt}}", "doc_to_choice": "{{choices}}", "doc_to_target": "{{gold}}", "target_delimiter": "",
+        "metric_list": [{"metric": "acc", "aggregation": "mean", "higher_is_better": True}],
+    }))
+    return folder

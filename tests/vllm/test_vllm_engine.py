@@ -20,7 +20,6 @@ import yaml
 
 pytest.importorskip("vllm", reason="vLLM is not installed: these tests run in .venv-vllm (bash .ci/vllm_venv.sh)")
 
-from evaluators.lm_eval import SHIPPED_TASKS  # noqa: E402
 from search.workers import TrialTask, TrialWorker  # noqa: E402
 
 # The stated tolerance for loglikelihoods across engines (float32, see docs/engines.md): a
@@ -41,21 +40,9 @@ def h64_zoo() -> Path:
 def mc_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A loglikelihood (multiple-choice) task on the add validation prompts: the right sum and
     three near misses."""
-    d = tmp_path_factory.mktemp("mc_task")
-    rows = [json.loads(line) for line in (SHIPPED_TASKS / "tinylm" / "add_validation.jsonl").read_text().splitlines()]
-    with open(d / "add_mc.jsonl", "w") as f:
-        for r in rows:
-            a = int(r["answer"])
-            choices = [f"{a:03d}", f"{(a + 1) % 1000:03d}", f"{(a + 10) % 1000:03d}", f"{(a + 100) % 1000:03d}"]
-            f.write(json.dumps({"prompt": r["prompt"], "choices": choices, "gold": 0}) + "\n")
-    (d / "tinylm_add_mc.yaml").write_text(yaml.safe_dump({
-        "task": "tinylm_add_mc", "dataset_path": "json",
-        "dataset_kwargs": {"data_files": {"validation": str(d / "add_mc.jsonl")}},
-        "validation_split": "validation", "output_type": "multiple_choice",
-        "doc_to_text": "{{prompt}}", "doc_to_choice": "{{choices}}", "doc_to_target": "{{gold}}", "target_delimiter": "",
-        "metric_list": [{"metric": "acc", "aggregation": "mean", "higher_is_better": True}],
-    }))
-    return d
+    from search.zoo.tiny_lm import write_add_mc_task
+
+    return write_add_mc_task(tmp_path_factory.mktemp("mc_task"))
 
 
 def config(mc_dir: Path, engine: str, vllm: dict[str, Any] | None = None, budget: int = 4) -> dict[str, Any]:
