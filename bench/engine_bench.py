@@ -12,9 +12,13 @@ written as local lm-eval tasks: a generation task (200 prompts, 256 new tokens e
 ``min_new_tokens`` / ``min_tokens`` keep both engines generating all 256 tokens of a random
 model) and a loglikelihood task (multiple choice, 200 documents x 4 choices).
 
-Per trial and engine: ``materialize`` (Materializer.apply, device synchronised), ``push``
-(vllm only: ``reload_weights`` of the live model's parameters into the engine), ``verify``
-(vllm only: the stale-weight probe), ``evaluate`` per task (the project's lm_eval evaluator).
+Per trial and engine: ``materialize`` (hf: Materializer.apply into the live model; vllm: the
+time spent merging inside the push, devices synchronised per tensor), ``push`` (vllm only:
+``reload_weights`` of the merged tensors, computed one at a time by
+``Materializer.merged_tensors``, into the engine, the merging excluded: the live model's weights
+are released first, as a worker whose objectives all run on the engine does), ``verify`` (vllm
+only: the stale-weight probe, its reference a forward pass with weights merged on call),
+``evaluate`` per task (the project's lm_eval evaluator).
 The push is compared with the device's own copy floor: one ``dst.copy_(src)`` of the model's
 bytes (what moving the merge into the engine's weights costs at the least). Targets: vllm >= 5x
 faster per trial than hf on the generation task; push < 10 % of a trial.
@@ -187,8 +191,16 @@ def run(cpu_smoke: bool = False, device: str | None = None, trials: int | None =
         engine = None
         info: dict[str, Any] = {}
         if name == "vllm":
-            from evaluators.vllm_engine import VLLMEngine, VLLMOptions
+            from evaluators.vllm_engine import VLLMEngine, VLLMOptions, model_logprobs, probe_token_ids
 
+            # as a worker whose every objective runs on the engine: no live model beside it
+            ids16 = probe_token_ids(conf.vocab_size, 16)
+            why = mat.try_release_model(lambda ids16=ids16: torch.from_numpy(model_logprobs(model, ids16, dev)))
+            info["live_model_released"] = why is None
+            if why is not None:
+                info["live_model_kept_because"] = why
+            if dev.type == "cuda":
+                torch.cuda.empty_cache()
             t0 = time.perf_counter()
             engine = VLLMEngine(str(tmp / "base"), str(tmp / "base"), VLLMOptions(**common["vllm"]), str(dev), dtype_name)
             info["engine_start_s"] = time.perf_counter() - t0
@@ -197,17 +209,29 @@ def run(cpu_smoke: bool = False, device: str | None = None, trials: int | None =
         rows = []
         for t in range(trials + 1):  # trial 0 warms up (lm-eval's batch size search, vLLM's first requests)
             row: dict[str, float] = {}
-            t0 = time.perf_counter()
-            mat.apply(xs[t], trial_number=t)
-            sync(dev)
-            row["materialize_s"] = time.perf_counter() - t0
-            if engine is not None:
+            if engine is None or not mat.released:
                 t0 = time.perf_counter()
-                engine.push(model.named_parameters())
+                mat.apply(xs[t], trial_number=t)
                 sync(dev)
-                row["push_s"] = time.perf_counter() - t0
+                row["materialize_s"] = time.perf_counter() - t0
+            if engine is not None:
+                ids = engine.probe_ids(conf.vocab_size)
                 t0 = time.perf_counter()
-                row["probe_diff"] = engine.verify(model)
+                if mat.released:  # merged tensor by tensor straight into the engine (the worker's path)
+                    engine.push(mat.merged_tensors(xs[t], t))
+                    sync(dev)
+                    row["materialize_s"] = mat.last_apply_seconds or 0.0
+                    row["push_s"] = time.perf_counter() - t0 - row["materialize_s"]
+                    t0 = time.perf_counter()
+                    with mat.weights_on_call(xs[t], t):
+                        ref = model_logprobs(model, ids, dev)
+                else:
+                    engine.push(model.named_parameters())
+                    sync(dev)
+                    row["push_s"] = time.perf_counter() - t0
+                    t0 = time.perf_counter()
+                    ref = model_logprobs(model, ids, dev)
+                row["probe_diff"] = engine.verify(ref)
                 row["verify_s"] = time.perf_counter() - t0
             for key, ev in (("generation", ev_gen), ("loglikelihood", ev_mc)):
                 t0 = time.perf_counter()

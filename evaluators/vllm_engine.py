@@ -279,10 +279,7 @@ class VLLMEngine:
 
     def probe_ids(self, vocab_size: int) -> list[int]:
         if self._probe is None:
-            import numpy as np
-
-            n = min(PROBE_TOKENS, self.max_model_len - 1)
-            self._probe = [int(i) for i in np.random.default_rng(1234).integers(0, vocab_size, size=n)]
+            self._probe = probe_token_ids(vocab_size, min(PROBE_TOKENS, self.max_model_len - 1))
         return self._probe
 
     def engine_logprobs(self, ids: list[int]) -> Any:
@@ -294,25 +291,40 @@ class VLLMEngine:
         out = self.llm.generate([TokensPrompt(prompt_token_ids=ids)], sampling_params=sp, use_tqdm=False)[0]
         return np.array([lp[t].logprob for t, lp in zip(ids[1:], out.prompt_logprobs[1:], strict=True)], dtype=np.float64)
 
-    def verify(self, model: Any) -> float:
-        """Raise :class:`StaleEngineError` unless the engine's probe log-probabilities equal the
-        live model's (same weights) within ``atol``; returns the largest difference."""
+    def verify(self, reference: Any) -> float:
+        """Raise :class:`StaleEngineError` unless the engine's probe log-probabilities equal
+        ``reference`` (the same probe through the merged weights in transformers, see
+        :func:`model_logprobs`) within ``atol``; returns the largest difference."""
         import numpy as np
-        import torch
 
-        ids = self.probe_ids(int(model.get_output_embeddings().weight.shape[0]))
-        dev = next(model.parameters()).device
-        with torch.no_grad():
-            logits = model(torch.tensor([ids], device=dev)).logits[0, :-1].float()
-        ref = torch.log_softmax(logits, -1).gather(1, torch.tensor(ids[1:], device=dev)[:, None])[:, 0].cpu().numpy()
-        got = self.engine_logprobs(ids)
-        diff = float(np.max(np.abs(got - ref.astype(np.float64))))
+        if self._probe is None:
+            raise RuntimeError("VLLMEngine.verify: call probe_ids() first (the reference needs the same probe)")
+        got = self.engine_logprobs(self._probe)
+        diff = float(np.max(np.abs(got - np.asarray(reference, dtype=np.float64))))
         if not diff <= self.atol:
             raise StaleEngineError(
                 f"vLLM engine serves stale weights: after the push its probe log-probabilities differ from the merged "
                 f"model's by {diff:.3g} (tolerance {self.atol:g}); engine restarted, trial retried"
             )
         return diff
+
+
+def probe_token_ids(vocab_size: int, n: int = PROBE_TOKENS) -> list[int]:
+    """The fixed probe sequence: ``n`` seeded token ids below ``vocab_size``."""
+    import numpy as np
+
+    return [int(i) for i in np.random.default_rng(1234).integers(0, vocab_size, size=n)]
+
+
+def model_logprobs(model: Any, ids: list[int], device: Any) -> Any:
+    """Log-probability of each probe token given the ones before it, by a transformers forward
+    pass of ``model`` on ``device`` (float64 numpy array, one value per token after the first)."""
+    import torch
+
+    with torch.no_grad():
+        logits = model(torch.tensor([ids], device=device)).logits[0, :-1].float()
+        ref = torch.log_softmax(logits, -1).gather(1, torch.tensor(ids[1:], device=device)[:, None])[:, 0]
+    return ref.double().cpu().numpy()
 
 
 # ----------------------------------------------------------------------------- worker side
@@ -423,4 +435,5 @@ def engine_lm(engine: VLLMEngine, tokenizer: Any, batch_size: int | str = "auto"
     return EngineLM()
 
 
-__all__ = ["VLLMEngine", "VLLMOptions", "StaleEngineError", "check_engine", "engine_lm", "engine_options", "longest_request"]
+__all__ = ["VLLMEngine", "VLLMOptions", "StaleEngineError", "check_engine", "engine_lm", "engine_options", "longest_request",
+           "model_logprobs", "probe_token_ids"]

@@ -114,8 +114,40 @@ class TrialWorker:
         self._heldout: list[Any] | None = None
         self.engine: Any = None
         if self.engine_options is not None:
+            if self._engine_only():
+                self._release_live_model()
             self._start_engine()
         log.info("worker %s ready on %s in %.1fs (%s)", worker_id, self.device, time.perf_counter() - t0, self.space.describe())
+
+    def _engine_only(self) -> bool:
+        """Every objective, held-out settings included, runs on the vLLM engine: no evaluator
+        needs the live model, so the worker need not hold one."""
+        for o in self.cfg.objectives:
+            settings = [o.settings] + ([{**o.settings, **o.heldout}] if o.heldout is not None else [])
+            if o.evaluator != "lm_eval" or any(s.get("engine") != "vllm" for s in settings):
+                return False
+        return True
+
+    def _release_live_model(self) -> None:
+        """Free the live model's weights (engine: vllm on every objective): the engine's copy and
+        the Materializer's base + task vectors are all the worker holds. Only if a forward pass
+        with each module's weights merged on call (the stale-weight check's reference) gives the
+        live model's log-probabilities on the base and reaches every parameter; otherwise the
+        live model is kept, with a warning."""
+        import torch
+
+        from evaluators.vllm_engine import model_logprobs, probe_token_ids
+
+        model, dev = self.model, self.materializer.devices[0]
+        ids = probe_token_ids(int(model.get_output_embeddings().weight.shape[0]), 16)
+        why = self.materializer.try_release_model(lambda: torch.from_numpy(model_logprobs(model, ids, dev)))
+        if why is not None:
+            log.warning("worker %s keeps the live model beside the vLLM engine (one more copy of the weights): a forward "
+                        "pass with the weights merged on call does not reproduce %s (%s)", self.worker_id,
+                        type(model).__name__, why)
+            return
+        log.info("worker %s: live model released; the vLLM engine and the merge's base + task vectors hold the weights",
+                 self.worker_id)
 
     def _on_engine(self, evs: list[Any]) -> list[tuple[int, Any]]:
         return [(i, ev) for i, ev in enumerate(evs) if ev is not None and getattr(getattr(ev, "settings", None), "engine", "hf") == "vllm"]
@@ -154,22 +186,36 @@ class TrialWorker:
                     ev.attach_engine(self.engine)
         return self._heldout
 
-    def _push(self, res: WorkerResult) -> bool:
-        """Push the merge into the vLLM engine and prove it serves it; False (``res`` failed,
-        marked died so the controller retries the trial) after a stale push, with the engine
-        restarted."""
-        from evaluators.vllm_engine import StaleEngineError
+    def _push(self, task: TrialTask, res: WorkerResult) -> bool:
+        """Push the trial's merge into the vLLM engine and prove it serves it; False (``res``
+        failed, marked died so the controller retries the trial) after a stale push, with the
+        engine restarted. With the live model released the merged tensors go from the
+        Materializer straight into the engine, and the reference is a forward pass with the
+        weights merged on call; else the live model (already merged) is pushed and is the
+        reference."""
+        from evaluators.vllm_engine import StaleEngineError, model_logprobs
 
+        mat = self.materializer
+        x = np.asarray(task.x, dtype=np.float64)
         t0 = time.perf_counter()
-        self.engine.push(self.model.named_parameters())
+        ids = self.engine.probe_ids(int(self.model.get_output_embeddings().weight.shape[0]))
+        if mat.released:
+            mat.last_apply_seconds = None
+            self.engine.push(mat.merged_tensors(x, task.number))
+            res.materialize_s = mat.last_apply_seconds or 0.0
+            with mat.weights_on_call(x, task.number):
+                reference = model_logprobs(self.model, ids, mat.devices[0])
+        else:
+            self.engine.push(self.model.named_parameters())
+            reference = model_logprobs(self.model, ids, next(self.model.parameters()).device)
         try:
-            self.engine.verify(self.model)
+            self.engine.verify(reference)
         except StaleEngineError as e:
             log.warning("worker %s: %s", self.worker_id, e)
             res.error, res.died = str(e), True
             self.engine.restart()
             return False
-        res.push_s = time.perf_counter() - t0
+        res.push_s = time.perf_counter() - t0 - (res.materialize_s if mat.released else 0.0)
         return True
 
     def run(self, task: TrialTask) -> WorkerResult:
@@ -179,12 +225,13 @@ class TrialWorker:
 
         res = WorkerResult(number=task.number, split=task.split, worker=self.worker_id)
         try:
-            t0 = time.perf_counter()
-            with torch.no_grad():
-                self.materializer.apply(np.asarray(task.x, dtype=np.float64), task.number)
-            res.materialize_s = time.perf_counter() - t0
+            if not self.materializer.released:  # else the push merges tensor by tensor into the engine
+                t0 = time.perf_counter()
+                with torch.no_grad():
+                    self.materializer.apply(np.asarray(task.x, dtype=np.float64), task.number)
+                res.materialize_s = time.perf_counter() - t0
             evs = self.evaluators if task.split == "search" else self._heldout_evaluators()
-            if self.engine is not None and not self._push(res):
+            if self.engine is not None and not self._push(task, res):
                 return res
             seed = trial_seed(self.cfg.seed, task.number)
             values: list[float] = []

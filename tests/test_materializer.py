@@ -364,3 +364,87 @@ def test_factory_model_without_safetensors(tmp_path):
     x = rand_x(space, 2)
     mat.apply(x, 2)
     check_against_reference(model, sds[0], sds[1:], space, "ties", {}, x, 2)
+
+
+# ----------------------------------------------------------------------------- without a live model
+
+
+@pytest.mark.parametrize("plan", ["resident", "sparse", "streamed"])
+def test_merged_tensors_and_merges_on_call_equal_apply_after_release(setup, plan):
+    """The engine path (docs/engines.md): with the model released, ``merged_tensors`` yields
+    exactly what ``apply`` writes, in model order, and a forward pass with each module's weights
+    merged on call gives the live merged model's logits bit for bit, reaching every parameter."""
+    model, base, experts = setup
+    params = {"density": 0.5} if plan == "sparse" else {}
+    search = {"weight": (0.0, 1.5)} if plan == "sparse" else {"weight": (0.0, 1.5), "density": (0.2, 0.9)}
+    space, _ = make_space(model, "ties", search=search, params=params)
+    live = copy.deepcopy(model)
+    ref_mat = Materializer(live, base, experts, space, "ties", params, plan="resident")
+    x = rand_x(space, 21)
+    ref_mat.apply(x, 7)
+    ids = torch.tensor([[3, 1, 4, 1, 5, 9, 2, 6]])
+    want = live(ids).logits
+
+    skeleton = copy.deepcopy(model)
+    mat = Materializer(skeleton, base, experts, space, "ties", params, plan=plan)
+    assert mat.plan.kind == plan
+    mat.release_model()
+    assert all(p.untyped_storage().nbytes() <= p.element_size() for p in skeleton.parameters())  # no weights held
+    with pytest.raises(RuntimeError, match="released"):
+        mat.apply(x, 7)
+    got = list(mat.merged_tensors(x, 7))
+    assert [n for n, _ in got] == [n for n, _ in live.named_parameters()]
+    for (name, t), (_, p) in zip(got, live.named_parameters(), strict=True):
+        assert t.shape == p.shape and t.dtype == p.dtype
+        assert torch.equal(t, p), name
+    assert mat.last_apply_seconds is not None
+    with mat.weights_on_call(x, 7) as seen:
+        out = skeleton(ids).logits
+    assert seen == {n for n, _ in live.named_parameters()}
+    assert torch.equal(out, want)
+    assert all(p.untyped_storage().nbytes() <= p.element_size() for p in skeleton.parameters())  # given back
+    with mat.weights_on_call(None):  # the base
+        base_out = skeleton(ids).logits
+    assert not torch.equal(base_out, want)
+    mat.reattach_model()
+    assert torch.equal(skeleton(ids).logits, base_out)
+    mat.apply(x, 7)
+    assert torch.equal(skeleton(ids).logits, want)
+
+
+class _ReadsASiblingsWeight(torch.nn.Module):
+    """``b``'s weight is read outside ``b``'s own call: merging on call cannot cover it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = torch.nn.Linear(4, 4)
+        self.b = torch.nn.Linear(4, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.a(x) @ self.b.weight
+
+
+def test_release_is_refused_where_merging_on_call_does_not_reproduce_the_model():
+    torch.manual_seed(0)
+    model = _ReadsASiblingsWeight()
+    base = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    experts = [perturbed(base, 200 + i) for i in range(len(EXPERTS))]
+    space, _ = make_space(model, "task_arithmetic", granularity="global")
+    mat = Materializer(model, base, experts, space, "task_arithmetic")
+    x = torch.ones(2, 4)
+    want = model(x)
+    why = mat.try_release_model(lambda: model(x))
+    assert why == "parameters read outside their modules' calls: b.weight, b.bias"
+    assert not mat.released and torch.equal(model(x), want)  # kept, holding the base
+    mat.apply(rand_x(space, 3), 1)  # and merges as before
+    assert not torch.equal(model(x), want)
+
+
+def test_release_of_a_llama_is_accepted(setup):
+    model, base, experts = setup
+    model = copy.deepcopy(model)
+    space, _ = make_space(model, "task_arithmetic")
+    mat = Materializer(model, base, experts, space, "task_arithmetic")
+    ids = torch.tensor([[1, 2, 3]])
+    assert mat.try_release_model(lambda: model(ids).logits) is None
+    assert mat.released

@@ -24,6 +24,13 @@ tables (``CoefficientSpace.values``) and writes every parameter in place from ba
 vectors only: no state of a previous trial is read, so B after A equals B on a fresh model.
 Linear methods run ``p.copy_(base); p.add_(tau_t, alpha=c_t)`` chunk by chunk (cache-sized
 chunks on CPU, no temporaries). ``last_apply_seconds`` records the time (devices synchronised).
+
+Without a live model (a worker whose every objective runs on a vLLM engine, docs/engines.md).
+``release_model()`` frees the model's parameter storage (each parameter keeps its shape, dtype
+and device as a one-element stride-0 view). ``merged_tensors(x, n)`` then yields each merged
+parameter as a new tensor, in model order, for the caller to copy elsewhere (one tensor alive at
+a time); ``weights_on_call(x, n)`` lets the released model run a forward pass of the merge with
+each module's own parameters merged just for its call (one module's weights at a time).
 """
 
 from __future__ import annotations
@@ -31,6 +38,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Union
 
@@ -146,6 +154,8 @@ class _Entry:
     sparse: list[_Sparse] = field(default_factory=list)
     mags: list[SortedMagnitudes] = field(default_factory=list)
     l1: list[float] | None = None
+    shape: tuple[int, ...] = ()
+    dtype: torch.dtype = torch.float32
 
     def kth(self, t: int, k: int) -> float:
         return self.mags[t].kth_largest(k)
@@ -169,6 +179,11 @@ class _HostArena:
         view = self.bufs[e.storage][off : off + e.numel]
         view.copy_(x.reshape(-1))
         return view
+
+
+def _placeholder(e: _Entry) -> torch.Tensor:
+    """A parameter's stand-in once released: its shape, dtype and device, one element of storage."""
+    return torch.zeros((), dtype=e.dtype, device=e.device).expand(e.shape)
 
 
 _TRIM_AFTER = 1 << 20  # elements: give freed heap pages back after tensors at least this large
@@ -266,6 +281,7 @@ class Materializer:
         self.last_apply_seconds: float | None = None
         self._ws = Workspace()  # kernel scratch, reused across tensors and trials
         self.apply_count = 0
+        self.released = False  # release_model() freed the model's parameters (engine: vllm)
         self._aliases = param_aliases(model)
         self._prefix = getattr(model, "base_model_prefix", "") or ""
         fields = list(expert_fields) if expert_fields else [f"experts[{i}]" for i in range(self.K)]
@@ -287,7 +303,8 @@ class Materializer:
             dev = p.device
             st = storage_dtype or (torch.float32 if dev.type == "cpu" else p.dtype)
             work = torch.float32 if (self.accumulate_fp32 or st == torch.float32) else st
-            self.entries.append(_Entry(name, p, space.tensor_group[name], p.numel(), dev, st, work))
+            self.entries.append(_Entry(name, p, space.tensor_group[name], p.numel(), dev, st, work,
+                                       shape=tuple(p.shape), dtype=p.dtype))
         self.devices = sorted({e.device for e in self.entries}, key=str)
         self._cuda = any(d.type == "cuda" for d in self.devices)
 
@@ -571,31 +588,171 @@ class Materializer:
             if d.type == "cuda":
                 self._free[cur].record(torch.cuda.current_stream(d))
 
+    def _tables(self, x: np.ndarray, trial_number: int) -> tuple[list[dict[str, float]], int]:
+        """Per-group parameter rows and the trial seed of coefficient vector ``x``."""
+        vals = self.space.values(np.asarray(x, dtype=np.float64))
+        rows = [{p: vals[p][g] for p in self._params} for g in range(len(self.space.groups))]
+        return rows, trial_seed(self.run_seed, int(trial_number))
+
+    def _merge_into(self, out: torch.Tensor, e: _Entry, base: torch.Tensor, taus: list[torch.Tensor],
+                    rows: list[dict[str, float]], seed: int) -> None:
+        tp = plan_tensor(
+            self.method, self.options, rows[e.group], e.numel,
+            name=e.name, seed=seed, kth=e.kth if e.mags else None, pretrimmed=self.pretrim, l1=e.l1,
+        )
+        merge_tensor(out, base, taus, tp, work_dtype=e.work, chunk=self.chunk, ws=self._ws)
+
+    def _refuse_released(self, what: str) -> None:
+        if self.released:
+            raise RuntimeError(f"Materializer.{what}: the model's parameters were released (release_model); "
+                               "use merged_tensors() or weights_on_call()")
+
     def apply(self, x: np.ndarray, trial_number: int) -> None:
         """Write the merge for coefficient vector ``x`` of trial ``trial_number`` into the model."""
+        self._refuse_released("apply")
         t0 = time.perf_counter()
-        vals = self.space.values(np.asarray(x, dtype=np.float64))
-        seed = trial_seed(self.run_seed, int(trial_number))
-        rows = [{p: vals[p][g] for p in self._params} for g in range(len(self.space.groups))]
+        rows, seed = self._tables(x, trial_number)
         with torch.no_grad():
             for e, base, taus in self._tensors():
-                kth = e.kth if e.mags else None
-                tp = plan_tensor(
-                    self.method, self.options, rows[e.group], e.numel,
-                    name=e.name, seed=seed, kth=kth, pretrimmed=self.pretrim, l1=e.l1,
-                )
-                merge_tensor(e.param.data, base, taus, tp, work_dtype=e.work, chunk=self.chunk, ws=self._ws)
+                self._merge_into(e.param.data, e, base, taus, rows, seed)
         _sync(self.devices)
         self.last_apply_seconds = time.perf_counter() - t0
         self.apply_count += 1
 
     def restore_base(self) -> None:
         """Write the base weights back into the model."""
+        self._refuse_released("restore_base")
         with torch.no_grad():
             for e in self.entries:
                 assert e.base is not None
                 e.param.data.copy_(e.base.view(e.param.shape), non_blocking=e.base.is_pinned())
         _sync(self.devices)
+
+    # ---------------------------------------------------------------- without a live model
+    def release_model(self) -> None:
+        """Free the model's parameter storage: each parameter becomes a one-element stride-0
+        view with its shape, dtype and device, so the module keeps its structure (config,
+        buffers, forward) but holds no weights. Afterwards only ``merged_tensors`` and
+        ``weights_on_call`` merge; ``apply`` and ``restore_base`` refuse."""
+        with torch.no_grad():
+            for e in self.entries:
+                e.param.data = _placeholder(e)
+        self.released = True
+        _release_freed_memory()
+        for d in self.devices:
+            if d.type == "cuda":
+                torch.cuda.empty_cache()
+                break
+
+    def try_release_model(self, forward: Callable[[], torch.Tensor], atol: float = 1e-5) -> str | None:
+        """Release the model only if ``forward()`` (a forward pass of ``self.model`` on fixed
+        inputs) gives the live model's output again with the base weights merged on call and
+        reaches every parameter; otherwise keep the model (holding the base) and return why."""
+        with torch.no_grad():
+            live = forward().float()
+        self.release_model()
+        with self.weights_on_call(None) as seen:  # no_grad inside
+            on_call = forward().float()
+        missing = [e.name for e in self.entries if e.name not in seen]
+        diff = float((on_call - live).abs().max()) if on_call.shape == live.shape else float("inf")
+        if missing:
+            why = f"parameters read outside their modules' calls: {', '.join(missing[:3])}"
+        elif not diff <= atol:
+            why = f"outputs differ by {diff:.3g}"
+        else:
+            return None
+        self.reattach_model()
+        return why
+
+    def reattach_model(self) -> None:
+        """Undo ``release_model``: give the model its storage back, holding the base weights."""
+        with torch.no_grad():
+            for e in self.entries:
+                e.param.data = torch.empty(e.shape, dtype=e.dtype, device=e.device)
+        self.released = False
+        self.restore_base()
+
+    def merged_tensors(self, x: np.ndarray, trial_number: int) -> Iterator[tuple[str, torch.Tensor]]:
+        """Yield (parameter name, merged tensor) for every parameter, in model order, each a new
+        tensor with the parameter's shape and dtype on its device; the model is not written.
+        Bit-identical to what ``apply`` writes. The caller copies each one away before asking
+        for the next (one merged tensor alive at a time). ``last_apply_seconds`` is set to the
+        time spent merging (devices synchronised per tensor), not the caller's."""
+        rows, seed = self._tables(x, trial_number)
+        spent = 0.0
+        with torch.no_grad():
+            for e, base, taus in self._tensors():
+                t0 = time.perf_counter()
+                out = torch.empty(e.shape, dtype=e.dtype, device=e.device)
+                self._merge_into(out, e, base, taus, rows, seed)
+                _sync([e.device])
+                spent += time.perf_counter() - t0
+                yield e.name, out
+                del out
+        self.last_apply_seconds = spent
+        self.apply_count += 1
+
+    def _merged_entry(self, e: _Entry, rows: list[dict[str, float]], seed: int) -> torch.Tensor:
+        """One merged parameter, computed on its own (any plan)."""
+        assert e.base is not None
+        kind = self.plan.kind
+        if kind == "resident":
+            base, taus = e.base, e.taus
+        elif kind == "sparse":
+            bufs = self._bufs[e.device]
+            base, taus = e.base, [sp.densify(bufs[t][: e.numel]) for t, sp in enumerate(e.sparse)]
+        else:  # streamed: copy this tensor's stored vectors to the device now
+            base = e.base.to(e.device) if e.base.device != e.device else e.base
+            taus = [t.to(e.device) for t in e.taus]
+        out = torch.empty(e.shape, dtype=e.dtype, device=e.device)
+        self._merge_into(out, e, base, taus, rows, seed)
+        return out
+
+    @contextmanager
+    def weights_on_call(self, x: np.ndarray | None, trial_number: int = 0) -> Iterator[set[str]]:
+        """Within the block, every module of the released model gets its own parameters merged
+        (for ``x``; the base weights when ``x`` is None) just before its forward call and gives
+        them back just after: a forward pass of the merge holding one module's weights at a
+        time. Yields the set of parameter names merged so far, so a caller can check that the
+        forward pass reached every parameter (a module that reads another module's weights
+        outside that module's call would not be covered)."""
+        if not self.released:
+            raise RuntimeError("Materializer.weights_on_call: release_model() first (the live model holds the weights)")
+        by_id = {id(e.param): e for e in self.entries}
+        rows, seed = self._tables(x, trial_number) if x is not None else ([], 0)
+        seen: set[str] = set()
+        handles = []
+
+        def before(module: torch.nn.Module, _args: Any) -> None:
+            for p in module.parameters(recurse=False):
+                e = by_id.get(id(p))
+                if e is None:
+                    continue
+                assert e.base is not None
+                if x is None:
+                    p.data = e.base.view(e.shape).to(dtype=e.dtype, device=e.device)
+                else:
+                    p.data = self._merged_entry(e, rows, seed)
+                seen.add(e.name)
+
+        def after(module: torch.nn.Module, _args: Any, _out: Any) -> None:
+            for p in module.parameters(recurse=False):
+                e = by_id.get(id(p))
+                if e is not None:
+                    p.data = _placeholder(e)
+
+        for m in self.model.modules():
+            if any(id(p) in by_id for p in m.parameters(recurse=False)):
+                handles.append(m.register_forward_pre_hook(before))
+                handles.append(m.register_forward_hook(after))
+        try:
+            with torch.no_grad():
+                yield seen
+        finally:
+            for h in handles:
+                h.remove()
+            for e in self.entries:  # a forward that raised midway leaves no weights behind
+                e.param.data = _placeholder(e)
 
     def describe(self) -> str:
         return f"{self.method} x {self.K} experts, plan {self.plan.describe()}"

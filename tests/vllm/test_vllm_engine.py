@@ -95,15 +95,22 @@ def assert_same_scores(a: Any, b: Any) -> None:
     np.testing.assert_array_equal(a.per_sample["add_mc/tinylm_add_mc"][clear], b.per_sample["add_mc/tinylm_add_mc"][clear])
 
 
+def holds_no_weights(model: Any) -> bool:
+    return all(p.untyped_storage().nbytes() <= p.element_size() for p in model.parameters())
+
+
 def test_engine_starts_once_and_scores_equal_hf(workers: Any) -> None:
     hf, vl = workers
     assert vl.engine.starts == 1
+    # every objective runs on the engine: the live model's weights are released (no second copy)
+    assert vl.materializer.released and holds_no_weights(vl.model)
+    assert not hf.materializer.released
     points = trial_points(vl.space, 3)
     seen = set()
     for n, x in enumerate(points):
         a, b = hf.run(TrialTask(n, list(x))), vl.run(TrialTask(n, list(x)))
         assert_same_scores(a, b)
-        assert b.push_s is not None and b.push_s > 0
+        assert b.push_s is not None and b.push_s > 0 and b.materialize_s is not None and b.materialize_s > 0
         seen.add(tuple(b.values))
     assert len(seen) > 1, "the merges should score differently, else the comparison proves little"
     # held-out evaluators run on the same engine
@@ -126,6 +133,22 @@ def test_skipped_push_is_caught_and_the_trial_retried(workers: Any, caplog: pyte
     retry = vl.run(TrialTask(20, x, attempt=2))
     assert_same_scores(hf.run(TrialTask(20, x)), retry)
     assert vl.engine.starts == starts
+
+
+def test_an_objective_on_the_hf_engine_keeps_the_live_model(h64_zoo: Path, mc_dir: Path) -> None:
+    """One objective needs transformers' model (engine: hf): the worker keeps the live model,
+    pushes it into the engine, and both engines' objectives score as on an all-hf worker."""
+    raw = config(mc_dir, "vllm")
+    raw["objectives"][1]["settings"]["engine"] = "hf"
+    del raw["objectives"][1]["settings"]["vllm"]
+    mixed = TrialWorker(yaml.safe_dump(raw), str(mc_dir), "mixed")
+    try:
+        assert not mixed.materializer.released and not holds_no_weights(mixed.model)
+        hf = TrialWorker(yaml.safe_dump(config(mc_dir, "hf")), str(mc_dir), "hf2")
+        x = list(trial_points(mixed.space, 6)[5])
+        assert_same_scores(hf.run(TrialTask(30, x)), mixed.run(TrialTask(30, x)))
+    finally:
+        mixed.engine.close()
 
 
 def test_skipped_push_retried_by_the_controller(h64_zoo: Path, mc_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
