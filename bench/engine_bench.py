@@ -106,7 +106,7 @@ def sync(device: torch.device) -> None:
 
 def run(cpu_smoke: bool = False, device: str | None = None, trials: int | None = None, prompts: int | None = None,
         new_tokens: int | None = None, docs: int | None = None, gpu_memory_utilization: float = 0.5,
-        engines: tuple[str, ...] = ("hf", "vllm")) -> dict[str, Any]:
+        engines: tuple[str, ...] = ("hf", "vllm"), checkpoint: Any = None) -> dict[str, Any]:
     """Build the setup, time ``trials`` trials per engine; returns the JSON-able result."""
     from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
 
@@ -137,9 +137,14 @@ def run(cpu_smoke: bool = False, device: str | None = None, trials: int | None =
         "vllm": None,
     }
     if have_vllm:
-        import vllm
+        try:
+            import vllm
 
-        result["vllm"] = vllm.__version__
+            result["vllm"] = vllm.__version__
+        except Exception as e:  # noqa: BLE001 - a broken install: say so and time the hf engine alone
+            have_vllm = False
+            result["vllm_missing"] = f"vllm failed to import ({type(e).__name__}: {e}): only the hf engine ran"
+            engines = tuple(e for e in engines if e != "vllm")
     else:
         engines = tuple(e for e in engines if e != "vllm")
         result["vllm_missing"] = "vllm is not installed: only the hf engine ran"
@@ -181,81 +186,89 @@ def run(cpu_smoke: bool = False, device: str | None = None, trials: int | None =
     result["engines"] = {}
     ctx = EvalContext(base_dir=tmp, device=str(dev))
     for name in engines:
-        gen_kw = {"max_gen_toks": new_tokens, ("min_new_tokens" if name == "hf" else "min_tokens"): new_tokens}
-        common: dict[str, Any] = {"include_path": [str(tasks)], "engine": name, "batch_size": "auto"}
-        if name == "vllm":
-            common["vllm"] = {"gpu_memory_utilization": 0.1 if dev.type == "cpu" else gpu_memory_utilization,
-                              "max_model_len": min(conf.max_position_embeddings, 64 + new_tokens)}
-        ev_gen = LMEvalEvaluator(LMEvalSettings(tasks=["bench_gen"], metric="exact_match,none", gen_kwargs=gen_kw, **common), ctx)
-        ev_mc = LMEvalEvaluator(LMEvalSettings(tasks=["bench_mc"], metric="acc,none", **common), ctx)
-        engine = None
-        info: dict[str, Any] = {}
-        if name == "vllm":
-            from evaluators.vllm_engine import VLLMEngine, VLLMOptions, model_logprobs, probe_token_ids
+        try:
+            gen_kw = {"max_gen_toks": new_tokens, ("min_new_tokens" if name == "hf" else "min_tokens"): new_tokens}
+            common: dict[str, Any] = {"include_path": [str(tasks)], "engine": name, "batch_size": "auto"}
+            if name == "vllm":
+                common["vllm"] = {"gpu_memory_utilization": 0.1 if dev.type == "cpu" else gpu_memory_utilization,
+                                  "max_model_len": min(conf.max_position_embeddings, 64 + new_tokens)}
+            ev_gen = LMEvalEvaluator(LMEvalSettings(tasks=["bench_gen"], metric="exact_match,none", gen_kwargs=gen_kw, **common), ctx)
+            ev_mc = LMEvalEvaluator(LMEvalSettings(tasks=["bench_mc"], metric="acc,none", **common), ctx)
+            engine = None
+            info: dict[str, Any] = {}
+            if name == "vllm":
+                from evaluators.vllm_engine import VLLMEngine, VLLMOptions, model_logprobs, probe_token_ids
 
-            # as a worker whose every objective runs on the engine: no live model beside it
-            ids16 = probe_token_ids(conf.vocab_size, 16)
-            why = mat.try_release_model(lambda ids16=ids16: torch.from_numpy(model_logprobs(model, ids16, dev)))
-            info["live_model_released"] = why is None
-            if why is not None:
-                info["live_model_kept_because"] = why
+                # as a worker whose every objective runs on the engine: no live model beside it
+                ids16 = probe_token_ids(conf.vocab_size, 16)
+                why = mat.try_release_model(lambda ids16=ids16: torch.from_numpy(model_logprobs(model, ids16, dev)))
+                info["live_model_released"] = why is None
+                if why is not None:
+                    info["live_model_kept_because"] = why
+                if dev.type == "cuda":
+                    torch.cuda.empty_cache()
+                t0 = time.perf_counter()
+                engine = VLLMEngine(str(tmp / "base"), str(tmp / "base"), VLLMOptions(**common["vllm"]), str(dev), dtype_name)
+                info["engine_start_s"] = time.perf_counter() - t0
+                ev_gen.attach_engine(engine)
+                ev_mc.attach_engine(engine)
+            rows = []
+            for t in range(trials + 1):  # trial 0 warms up (lm-eval's batch size search, vLLM's first requests)
+                row: dict[str, float] = {}
+                if engine is None or not mat.released:
+                    t0 = time.perf_counter()
+                    mat.apply(xs[t], trial_number=t)
+                    sync(dev)
+                    row["materialize_s"] = time.perf_counter() - t0
+                if engine is not None:
+                    ids = engine.probe_ids(conf.vocab_size)
+                    t0 = time.perf_counter()
+                    if mat.released:  # merged tensor by tensor straight into the engine (the worker's path)
+                        engine.push(mat.merged_tensors(xs[t], t))
+                        sync(dev)
+                        row["materialize_s"] = mat.last_apply_seconds or 0.0
+                        row["push_s"] = time.perf_counter() - t0 - row["materialize_s"]
+                        t0 = time.perf_counter()
+                        with mat.weights_on_call(xs[t], t):
+                            ref = model_logprobs(model, ids, dev)
+                    else:
+                        engine.push(model.named_parameters())
+                        sync(dev)
+                        row["push_s"] = time.perf_counter() - t0
+                        t0 = time.perf_counter()
+                        ref = model_logprobs(model, ids, dev)
+                    row["probe_diff"] = engine.verify(ref)
+                    row["verify_s"] = time.perf_counter() - t0
+                for key, ev in (("generation", ev_gen), ("loglikelihood", ev_mc)):
+                    t0 = time.perf_counter()
+                    out = ev.evaluate(model, tok, seed=t)
+                    sync(dev)
+                    row[f"evaluate_{key}_s"] = time.perf_counter() - t0
+                    row[f"{key}_score"] = float(out.metrics[ev.metric])
+                fixed = row["materialize_s"] + row.get("push_s", 0.0) + row.get("verify_s", 0.0)
+                row["trial_generation_s"] = fixed + row["evaluate_generation_s"]
+                row["trial_loglikelihood_s"] = fixed + row["evaluate_loglikelihood_s"]
+                row["trial_s"] = fixed + row["evaluate_generation_s"] + row["evaluate_loglikelihood_s"]
+                rows.append(row)
+                print(f"{name} trial {t}: " + ", ".join(f"{k} {v:.4g}" for k, v in row.items()), flush=True)
+            timed = rows[1:]
+            info["trials"] = rows
+            info["median"] = {k: statistics.median(r[k] for r in timed) for k in timed[0]}
+            if engine is not None:
+                info["push_share_of_trial"] = info["median"]["push_s"] / info["median"]["trial_s"]
+                info["push_over_copy_floor"] = info["median"]["push_s"] / floor
+                engine.close()
+            result["engines"][name] = info
+            if checkpoint is not None:  # what finished survives a run cut short
+                checkpoint(result)
+            del ev_gen, ev_mc, engine
             if dev.type == "cuda":
                 torch.cuda.empty_cache()
-            t0 = time.perf_counter()
-            engine = VLLMEngine(str(tmp / "base"), str(tmp / "base"), VLLMOptions(**common["vllm"]), str(dev), dtype_name)
-            info["engine_start_s"] = time.perf_counter() - t0
-            ev_gen.attach_engine(engine)
-            ev_mc.attach_engine(engine)
-        rows = []
-        for t in range(trials + 1):  # trial 0 warms up (lm-eval's batch size search, vLLM's first requests)
-            row: dict[str, float] = {}
-            if engine is None or not mat.released:
-                t0 = time.perf_counter()
-                mat.apply(xs[t], trial_number=t)
-                sync(dev)
-                row["materialize_s"] = time.perf_counter() - t0
-            if engine is not None:
-                ids = engine.probe_ids(conf.vocab_size)
-                t0 = time.perf_counter()
-                if mat.released:  # merged tensor by tensor straight into the engine (the worker's path)
-                    engine.push(mat.merged_tensors(xs[t], t))
-                    sync(dev)
-                    row["materialize_s"] = mat.last_apply_seconds or 0.0
-                    row["push_s"] = time.perf_counter() - t0 - row["materialize_s"]
-                    t0 = time.perf_counter()
-                    with mat.weights_on_call(xs[t], t):
-                        ref = model_logprobs(model, ids, dev)
-                else:
-                    engine.push(model.named_parameters())
-                    sync(dev)
-                    row["push_s"] = time.perf_counter() - t0
-                    t0 = time.perf_counter()
-                    ref = model_logprobs(model, ids, dev)
-                row["probe_diff"] = engine.verify(ref)
-                row["verify_s"] = time.perf_counter() - t0
-            for key, ev in (("generation", ev_gen), ("loglikelihood", ev_mc)):
-                t0 = time.perf_counter()
-                out = ev.evaluate(model, tok, seed=t)
-                sync(dev)
-                row[f"evaluate_{key}_s"] = time.perf_counter() - t0
-                row[f"{key}_score"] = float(out.metrics[ev.metric])
-            fixed = row["materialize_s"] + row.get("push_s", 0.0) + row.get("verify_s", 0.0)
-            row["trial_generation_s"] = fixed + row["evaluate_generation_s"]
-            row["trial_loglikelihood_s"] = fixed + row["evaluate_loglikelihood_s"]
-            row["trial_s"] = fixed + row["evaluate_generation_s"] + row["evaluate_loglikelihood_s"]
-            rows.append(row)
-            print(f"{name} trial {t}: " + ", ".join(f"{k} {v:.4g}" for k, v in row.items()), flush=True)
-        timed = rows[1:]
-        info["trials"] = rows
-        info["median"] = {k: statistics.median(r[k] for r in timed) for k in timed[0]}
-        if engine is not None:
-            info["push_share_of_trial"] = info["median"]["push_s"] / info["median"]["trial_s"]
-            info["push_over_copy_floor"] = info["median"]["push_s"] / floor
-            engine.close()
-        result["engines"][name] = info
-        del ev_gen, ev_mc, engine
-        if dev.type == "cuda":
-            torch.cuda.empty_cache()
+        except Exception as exc:  # noqa: BLE001 - keep what the other engine measured
+            import traceback
+
+            result.setdefault("engine_errors", {})[name] = traceback.format_exc()[-3000:]
+            print(f"{name} engine failed: {type(exc).__name__}: {exc}", flush=True)
     e = result["engines"]
     if "hf" in e and "vllm" in e:
         result["speedup_generation"] = e["hf"]["median"]["trial_generation_s"] / e["vllm"]["median"]["trial_generation_s"]
@@ -275,12 +288,15 @@ def print_table(r: dict[str, Any]) -> None:
         print(f"{name:<8}" + "".join(f"{m[c]:>26.4f}" if c in m else f"{'-':>26}" for c in cols))
     if "vllm" in r["engines"]:
         v = r["engines"]["vllm"]
+        print(f"live model released before the engine started: {v.get('live_model_released')}")
         print(f"push / copy floor ({r['copy_floor_s'] * 1e3:.2f} ms): {v['push_over_copy_floor']:.2f}x; "
               f"push share of a trial: {100 * v['push_share_of_trial']:.2f} %; engine start {v['engine_start_s']:.1f} s")
     if "speedup_generation" in r:
         print(f"hf / vllm per trial: generation {r['speedup_generation']:.2f}x, loglikelihood {r['speedup_loglikelihood']:.2f}x")
     if r.get("vllm_missing"):
         print(r["vllm_missing"])
+    for name, tb in (r.get("engine_errors") or {}).items():
+        print(f"engine {name} failed:\n{tb}")
 
 
 def write(r: dict[str, Any], out: str | None, name: str) -> Path:
@@ -301,8 +317,10 @@ def main(argv: list[str] | None = None) -> int:
     if not args.cpu_smoke and not torch.cuda.is_available() and (args.device or "cuda").startswith("cuda"):
         print("error: no CUDA device visible to torch (use --cpu-smoke for a CPU check of this script)", file=sys.stderr)
         return 2
-    r = run(cpu_smoke=args.cpu_smoke, device=args.device, trials=args.trials, gpu_memory_utilization=args.gpu_memory_utilization)
-    path = write(r, args.out, "engine_bench_cpu.json" if args.cpu_smoke else "engine_bench.json")
+    name = "engine_bench_cpu.json" if args.cpu_smoke else "engine_bench.json"
+    r = run(cpu_smoke=args.cpu_smoke, device=args.device, trials=args.trials, gpu_memory_utilization=args.gpu_memory_utilization,
+            checkpoint=lambda partial: write(partial, args.out, name))
+    path = write(r, args.out, name)
     print_table(r)
     print(f"wrote {path}")
     return 0
