@@ -200,6 +200,7 @@ def run(cpu_smoke: bool = False, device: str | None = None, trials: int | None =
                 from evaluators.vllm_engine import VLLMEngine, VLLMOptions, model_logprobs, probe_token_ids
 
                 # as a worker whose every objective runs on the engine: no live model beside it
+                mat.restore_base()  # a worker releases its freshly loaded base model, not a merge
                 ids16 = probe_token_ids(conf.vocab_size, 16)
                 why = mat.try_release_model(lambda ids16=ids16: torch.from_numpy(model_logprobs(model, ids16, dev)))
                 info["live_model_released"] = why is None
