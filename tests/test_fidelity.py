@@ -330,3 +330,16 @@ def test_a_schema_2_store_is_read_and_upgraded_when_continued(toy_root: Path, tm
         st.close()
     assert [t.number for t in trials] == list(range(6)) and all(t.state == COMPLETE for t in trials)
     assert [t.examples for t in trials[4:]] == [[None, None]] * 2  # the toy's python objectives count no examples
+
+
+def test_status_shows_the_cost(fid_run: dict[str, Any]) -> None:
+    trials = fid_run["trials"]
+    proc = subprocess.run([sys.executable, "-m", "search", "status", "fid", "--store", str(fid_run["store"])], cwd=REPO,
+                          capture_output=True, text=True, timeout=120, env=dict(os.environ, COLUMNS="250"))
+    assert proc.returncode == 0, proc.stderr
+    n_stopped = sum(t.state == STOPPED for t in trials)
+    ex = [sum(t.examples[j] for t in trials) for j in (0, 1)]
+    assert f"{n_stopped} stopped at a low fidelity level" in proc.stdout
+    assert f"examples evaluated near_a={ex[0]}, near_b={ex[1]}" in proc.stdout
+    per_level = {lv: sum(1 for t in trials if t.level == lv) for lv in (0, 1, 2)}
+    assert "finished at fidelity level " + ", ".join(f"{k}: {n}" for k, n in per_level.items() if n) in proc.stdout
