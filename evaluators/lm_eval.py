@@ -527,12 +527,14 @@ class LMEvalEvaluator(Evaluator):
         if out is None:
             raise EvaluationError("lm_eval returned no results")
         res = self._result(out, names)
-        res.examples = self._examples(res, idx, names, offsets)
+        res.examples = self._examples(res, out, idx, names, offsets)
         return res
 
-    def _examples(self, res: EvalResult, idx: Any, names: list[str], offsets: Any) -> Any:
+    def _examples(self, res: EvalResult, out: dict[str, Any], idx: Any, names: list[str], offsets: Any) -> Any:
         """The per-document scores of the metric as :class:`~search.fidelity.Examples` (None
-        when a task has no per-document scores in [0, 1] for every scored document)."""
+        when a task has no per-document scores in [0, 1] for every scored document), with each
+        document's multiple-choice margin where every task has them (per task: the objective's
+        weighting of tasks is the examples' groups)."""
         import numpy as np
 
         from search.fidelity import Examples
@@ -544,7 +546,9 @@ class LMEvalEvaluator(Evaluator):
         if len(vals) != len(idx):
             return None
         group = np.searchsorted(offsets, idx, side="right") - 1
-        m = (res.margins or {}).get(self._metric)
+        mname, filt = _split_metric(self._metric)
+        parts = [_choice_margins(out.get("samples") or {}, {n: self.tasks[n]}, mname, filt) for n in names]
+        m = np.concatenate(parts) if parts and all(p is not None for p in parts) else None
         return Examples.of(idx, vals, group=group, margin=m if m is not None and len(m) == len(idx) else None)
 
     def _result(self, out: dict[str, Any], names: list[str] | None = None) -> EvalResult:
