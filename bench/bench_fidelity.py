@@ -1,12 +1,13 @@
 """Multi-fidelity on and off, against the examples evaluated (not a test).
 
 For each problem (``--configs``; default ``configs/digits3.yaml``: 3 accuracies on ~100-155
-validation examples each), each strategy (``--strategies``: mobo, nsga2, cmaes) and each seed,
+validation examples each; with ``--shifted`` also the same objectives on 9 one-pixel shifts
+of every validation image, 900-1400 examples each), each strategy (``--strategies``: mobo, nsga2, cmaes) and each seed,
 two real runs through the controller (``search.controller.launch``, one in-process worker,
 an SQLite store under ``bench/results/fidelity/``):
 
 * ``off``: ``--budget`` trials, every candidate scored on every example;
-* ``on``: the same config with ``fidelity: {levels: --levels, z: --z}`` and up to
+* ``on``: the same config with ``fidelity: {levels: --levels, z: --z, rule: --rule, epsilon: --epsilon}`` and up to
   ``--on-factor`` x ``--budget`` trials, cut at the examples the ``off`` run evaluated.
 
 From each store, in finish order: the examples evaluated so far (all objectives, from
@@ -46,6 +47,36 @@ sys.path.insert(0, str(ROOT))
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+def shifted_digits(out: Path) -> Path:
+    """An ``.npz`` for the classification evaluator: the digits validation split with every
+    image also shifted by one pixel in each of the 8 directions (zero fill): 9 x 359 = 3231
+    validation examples; the test split as it is (held out)."""
+    from search.zoo.digits import digits_split
+
+    X, y = digits_split("validation")
+    imgs = X.reshape(-1, 8, 8)
+    shifted = []
+    for dy in (-1, 0, 1):
+        for dx in (-1, 0, 1):
+            a = np.zeros_like(imgs)
+            a[:, max(dy, 0):8 + min(dy, 0), max(dx, 0):8 + min(dx, 0)] = imgs[:, max(-dy, 0):8 + min(-dy, 0), max(-dx, 0):8 + min(-dx, 0)]
+            shifted.append(a.reshape(-1, 64))
+    Xt, yt = digits_split("test")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(out, X_validation=np.concatenate(shifted).astype(np.float32), y_validation=np.tile(y, 9),
+             X_test=Xt.astype(np.float32), y_test=yt)
+    return out
+
+
+def shifted_variant(cfg: dict[str, Any], npz: Path) -> dict[str, Any]:
+    """``cfg`` (digits objectives) scored on :func:`shifted_digits`' validation examples."""
+    cfg = copy.deepcopy(cfg)
+    cfg["name"] = f"{cfg.get('name', 'digits')}-shift9"
+    for o in cfg["objectives"]:
+        o["settings"] = {**o["settings"], "dataset": str(npz)}
+    return cfg
 
 
 def run_store(cfg: dict[str, Any], base_dir: Path, store: Path) -> list[Any]:
@@ -138,7 +169,11 @@ def main() -> None:
     ap.add_argument("--on-factor", type=float, default=3.0, help="trial cap of the fidelity-on run, x --budget")
     ap.add_argument("--levels", default="0.1,0.3,1.0")
     ap.add_argument("--z", type=float, default=2.0)
+    ap.add_argument("--rule", default="paired", choices=["paired", "independent"])
+    ap.add_argument("--epsilon", type=float, default=0.0)
     ap.add_argument("--fractions", default="0.333333,0.5,1.0", help="fractions of the off run's examples to compare at")
+    ap.add_argument("--shifted", action="store_true", help="also the digits configs on 9 one-pixel shifts of each validation image")
+    ap.add_argument("--only-shifted", action="store_true", help="only the shifted variants")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "fidelity.json"))
     args = ap.parse_args()
     logging.getLogger("search").setLevel(logging.WARNING)
@@ -148,10 +183,17 @@ def main() -> None:
     store_dir.mkdir(parents=True, exist_ok=True)
     results: dict[str, Any] = {"args": vars(args), "machine": platform.platform(), "problems": {}}
     t_all = time.time()
+    problems: list[tuple[Path, dict[str, Any]]] = []
     for cpath in args.configs.split(","):
         path = (ROOT / cpath).resolve()
         base = yaml.safe_load(path.read_text())
-        pname = base.get("name", path.stem)
+        base.setdefault("name", path.stem)
+        if not args.only_shifted:
+            problems.append((path, base))
+        if args.shifted or args.only_shifted:
+            problems.append((path, shifted_variant(base, shifted_digits(store_dir / "digits-shift9.npz"))))
+    for path, base in problems:
+        pname = base["name"]
         directions = [o["direction"] for o in base["objectives"]]
         held = Heldout(base, path.parent)
         runs: dict[str, dict[str, Any]] = {}
@@ -164,7 +206,7 @@ def main() -> None:
                     cfg["strategy"] = {"name": strat, "budget": args.budget, "options": {}}
                     cfg["workers"] = {"backend": "local", "count": 1}
                     if mode == "on":
-                        cfg["fidelity"] = {"levels": levels, "z": args.z}
+                        cfg["fidelity"] = {"levels": levels, "z": args.z, "rule": args.rule, "epsilon": args.epsilon}
                         cfg["strategy"]["budget"] = int(args.on_factor * args.budget)
                     t0 = time.time()
                     trials = run_store(cfg, path.parent, store_dir / f"{cfg['name']}.db")

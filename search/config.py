@@ -159,6 +159,14 @@ class FidelityConfig(_Frozen):
         None, description="increasing numbers of examples per objective instead of fractions, e.g. [30, 100] (then all)"
     )
     z: float = Field(2.0, ge=0, description="promote while the value z standard errors better than measured could join the front")
+    epsilon: float = Field(
+        0.0, ge=0, lt=1, description="a candidate that could beat a full-fidelity trial by at most this fraction of each "
+        "objective's measured range counts as no better (epsilon-dominance); 0: any improvement counts"
+    )
+    rule: Literal["paired", "independent"] = Field(
+        "paired", description="compare per-example results with each full-fidelity trial on the same examples (paired), or "
+        "the candidate's own confidence bound with the front (independent)"
+    )
 
     @field_validator("levels")
     @classmethod

@@ -143,6 +143,7 @@ class _RunState:
         self.objectives = [(o.name, o.direction) for o in cfg.objectives] if cfg is not None else []
         self.levels: dict[int, list[LevelRows]] = {}  # running fidelity trial -> per-example results of its levels so far
         self.cost: dict[int, tuple[float, float]] = {}  # running fidelity trial -> (materialize, evaluate) seconds so far
+        self.full_examples: dict[int, tuple[Any, Any]] = {}  # full-fidelity trial -> (values, per-example results per objective)
         self.seq = 0  # last logged strategy call
         self.number = 0  # next trial number
         self.seen: dict[bytes, int] = {}
@@ -211,7 +212,10 @@ class _RunState:
         for t in old:
             self.seen[vector_key(np.asarray(t.candidate["x"], dtype=np.float64))] = t.number
             if t.state in (COMPLETE, STOPPED) and t.number in levels:  # a fidelity trial: stitched as the live run did
-                self.results[t.number] = self.fidelity_result(Candidate.from_dict(t.candidate), levels[t.number])[0]
+                tr, st = self.fidelity_result(Candidate.from_dict(t.candidate), levels[t.number])
+                self.results[t.number] = tr
+                if t.state == COMPLETE:
+                    self.full_examples[t.number] = (tr.values, st.examples_of)
             elif t.state != RUNNING:
                 self.results[t.number] = self._stored_result(t, arrays.get(t.number, ({}, {})))
             elif t.number in levels:  # promoted: its next level is what runs again
@@ -491,9 +495,15 @@ class Controller:
                         tr, st = run.fidelity_result(cand, rows)
                         examples = list(st.examples)
                         if not st.full and level < len(fid.schedule) - 1:
-                            from .fidelity import promote
+                            from .fidelity import epsilons, paired_stop, promote
 
-                            if promote(st.optimistic, run_front(run), directions):
+                            front = run_front(run)
+                            eps = epsilons(front, fid.epsilon) if len(front) else None
+                            if fid.rule == "paired":
+                                go = not paired_stop(st.examples_of, st.sizes, directions, fid.z, list(run.full_examples.values()), eps)
+                            else:
+                                go = promote(st.optimistic, front, directions, eps)
+                            if go:
                                 # on to the next level: only its new examples are scored
                                 store.add_level(tid, level, new_rows, examples, mat_s, eval_s)
                                 run.levels[task.number], run.cost[task.number] = rows, (mat_s, eval_s)
@@ -503,6 +513,8 @@ class Controller:
                                 _crash_point("promoted")
                                 continue
                             state = STOPPED
+                        else:
+                            run.full_examples[task.number] = (tr.values, st.examples_of)
                     else:
                         run.levels.pop(task.number, None)
                         run.cost.pop(task.number, None)

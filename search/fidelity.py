@@ -138,7 +138,7 @@ def new_indices(levels: Sequence[float], k: int, sizes: Sequence[int], seed: int
     return np.setdiff1d(cur, prev, assume_unique=True)
 
 
-def standard_error(ex: Examples, sizes: Sequence[int]) -> float:
+def standard_error(ex: Examples, sizes: Sequence[int], floor: float | None = None) -> float:
     """Standard error of :func:`combine`'s inner mean as an estimate of the full-set one.
 
     Per group: the ratio estimator's variance ``s^2 / n x (1 - n / N)`` (``s^2``: sample
@@ -147,7 +147,9 @@ def standard_error(ex: Examples, sizes: Sequence[int]) -> float:
     weights (accuracies) use the larger of that and ``p(1 - p)`` with ``p`` shrunk towards 1/2
     (Agresti-Coull: ``(sum + 2) / (n + 4)``), so that 5 right answers out of 5 still leave
     room. The groups' means are averaged, so their variances add over the groups squared.
-    ``inf`` when a group has fewer than two scored examples (nothing to judge by)."""
+    ``inf`` when a group has fewer than two scored examples (nothing to judge by).
+    ``floor`` (paired differences, see :func:`paired_stop`): instead of the above, the
+    variance is at least ``floor / (n + 2)``."""
     if ex.combine == "max":
         return 0.0
     var = 0.0
@@ -163,7 +165,9 @@ def standard_error(ex: Examples, sizes: Sequence[int]) -> float:
         v, w = ex.value[m], ex.weight[m]
         mean = float(np.sum(w * v) / np.sum(w))
         s2 = float(np.var(w * (v - mean) / np.mean(w), ddof=1))
-        if np.all(w == 1.0) and v.min() >= 0.0 and v.max() <= 1.0:
+        if floor is not None:
+            s2 = max(s2, floor / (n + 2.0))
+        elif np.all(w == 1.0) and v.min() >= 0.0 and v.max() <= 1.0:
             p = (float(v.sum()) + 2.0) / (n + 4.0)
             s2 = max(s2, p * (1.0 - p))
         var += s2 / n * (1.0 - n / full)
@@ -188,13 +192,62 @@ def optimistic(ex: Examples, sizes: Sequence[int], direction: str, z: float) -> 
     return b
 
 
-def promote(optimistic_values: Sequence[float], front: np.ndarray, directions: Sequence[str]) -> bool:
+def paired_stop(cand: Sequence[Examples], sizes: Sequence[Sequence[int]], directions: Sequence[str], z: float,
+                others: Sequence[tuple[Sequence[float], Sequence[Examples]]], eps: Sequence[float] | None = None) -> bool:
+    """The paired rule: stop a candidate when some full-fidelity trial is, with confidence,
+    at least as good in every objective and better in one, judged on the examples the
+    candidate scored (the same examples for every trial at a level: nested seeded subsets).
+
+    Per objective, the per-example differences (candidate minus the other trial, weights and
+    groups kept) estimate the full-set difference of the inner means; its bound is the
+    estimate ``z`` standard errors towards the candidate (finite-population corrected, the
+    variance at least ``1 / (n + 2)`` for metrics in [0, 1], so identical answers on a few
+    examples still leave room). ``max`` objectives compare the candidate's optimistic value
+    with the other's full value instead. ``others``: (values, full per-example results).
+    ``eps`` (per objective, in its units): a candidate that could be better than the other
+    trial by at most this much counts as no better (epsilon-dominance)."""
+    eps = [0.0] * len(directions) if eps is None else list(eps)
+    loose = any(e > 0 for e in eps)
+    for vals, full in others:
+        sure, strict = True, False
+        for j, (c, f, d) in enumerate(zip(cand, full, directions, strict=True)):
+            sign = 1.0 if d == "maximize" else -1.0
+            if c.combine == "max":
+                gap = sign * (optimistic(c, sizes[j], d, z) - float(vals[j]))  # > 0: the candidate could be better
+            else:
+                diff = Examples(c.index, c.value - f.value[c.index], c.weight, c.group, c.margin, "mean")
+                unit = bool(np.all(c.weight == 1.0)) and c.value.min() >= 0.0 and c.value.max() <= 1.0
+                gap = sign * combine(diff) + z * standard_error(diff, sizes[j], floor=(1.0 if unit else 0.0))
+            if gap > eps[j]:
+                sure = False
+                break
+            strict = strict or gap < 0
+        if sure and (strict or loose):
+            return True
+    return False
+
+
+def promote(optimistic_values: Sequence[float], front: np.ndarray, directions: Sequence[str],
+            eps: Sequence[float] | None = None) -> bool:
     """Whether a candidate could still reach the full-fidelity front: no front member is at
-    least as good in every objective and better in one than its optimistic values."""
+    least as good in every objective and better in one than its optimistic values (with
+    ``eps``: at least as good as them less ``eps``, per objective: epsilon-dominance)."""
     if front is None or len(front) == 0:
         return True
     sign = np.array([-1.0 if d == "maximize" else 1.0 for d in directions])
     o = np.asarray(optimistic_values, dtype=np.float64) * sign  # smaller is better
     F = np.asarray(front, dtype=np.float64) * sign
-    dominated = np.all(F <= o, axis=1) & np.any(F < o, axis=1)
+    e = np.zeros(len(directions)) if eps is None else np.asarray(eps, dtype=np.float64)
+    if np.any(e > 0):
+        dominated = np.all(F <= o + e, axis=1)
+    else:
+        dominated = np.all(F <= o, axis=1) & np.any(F < o, axis=1)
     return not bool(dominated.any())
+
+
+def epsilons(values: np.ndarray, epsilon: float) -> list[float]:
+    """``epsilon`` x each objective's range over ``values`` (the full-fidelity results)."""
+    v = np.asarray(values, dtype=np.float64)
+    if epsilon <= 0 or v.ndim != 2 or len(v) < 2:
+        return [0.0] * (v.shape[1] if v.ndim == 2 else 0)
+    return [float(epsilon * (v[:, j].max() - v[:, j].min())) for j in range(v.shape[1])]

@@ -30,6 +30,8 @@ class Stitched:
     examples: list[int]  # examples scored per objective
     per_sample: dict[str, np.ndarray] = field(default_factory=dict)  # "<objective>/examples" -> float32, NaN unscored
     margins: dict[int, np.ndarray] = field(default_factory=dict)  # objective index -> float64, NaN unscored
+    examples_of: list[Examples] = field(default_factory=list)  # the stitched per-example results, per objective
+    sizes: list[list[int]] = field(default_factory=list)  # each objective's example group sizes
 
 
 def stitch_levels(rows: Sequence[object], objectives: Sequence[tuple[str, str]], z: float) -> Stitched:
@@ -46,11 +48,14 @@ def stitch_levels(rows: Sequence[object], objectives: Sequence[tuple[str, str]],
     examples, fractions = [0] * n, [0.0] * n
     per_sample: dict[str, np.ndarray] = {}
     margins: dict[int, np.ndarray] = {}
+    stitched: list[Examples] = []
     for j, (name, direction) in enumerate(objectives):
         parts = [p for p in by_obj.get(j, []) if len(p)]
         if not parts:
+            stitched.append(Examples.of([], []))
             continue
         ex = stitch(parts)
+        stitched.append(ex)
         total = int(sum(sizes[j]))
         values[j] = combine(ex)
         se[j] = standard_error(ex, sizes[j])
@@ -68,7 +73,8 @@ def stitch_levels(rows: Sequence[object], objectives: Sequence[tuple[str, str]],
     full = all(f >= 1.0 for f in fractions)
     if full:
         se[:] = 0.0
-    return Stitched(values, se, opt, float(min(fractions)), full, examples, per_sample, margins)
+    return Stitched(values, se, opt, float(min(fractions)), full, examples, per_sample, margins, stitched,
+                    [sizes.get(j, []) for j in range(n)])
 
 
 def full_front(results: dict[int, object]) -> np.ndarray:

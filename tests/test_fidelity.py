@@ -25,10 +25,12 @@ from search.controller import launch, resume
 from search.fidelity import (
     Examples,
     combine,
+    epsilons,
     level_indices,
     level_sizes,
     new_indices,
     optimistic,
+    paired_stop,
     promote,
     standard_error,
     stitch,
@@ -101,6 +103,35 @@ def test_stitching_combining_and_the_promotion_rule() -> None:
     assert promote([0.99, 0.2], front, dirs) and promote([0.9, 0.9], front, dirs)  # could join (a tie is not dominated)
     assert promote([0.1, 0.1], np.zeros((0, 0)), dirs)  # no full-fidelity front yet: promote
     assert not promote([0.2, 0.1], np.array([[0.1, 0.05]]), ["minimize", "minimize"])
+    # epsilon-dominance: a candidate that could beat the front by at most eps counts as no better
+    assert promote([0.91, 0.85], front, dirs) and not promote([0.91, 0.85], front, dirs, eps=[0.02, 0.02])
+    assert epsilons(front, 0.1) == pytest.approx([0.005, 0.04])
+
+
+def test_the_paired_rule_judges_on_the_same_examples() -> None:
+    """Paired: a candidate is stopped when a full-fidelity trial beats it on the examples both
+    scored, with confidence; differences on shared examples are far tighter than two intervals."""
+    n, sizes = 400, [[400], [400]]
+    rng = np.random.default_rng(0)
+    base = (rng.random((2, n)) < 0.8).astype(float)
+    full = [Examples.of(range(n), base[j]) for j in range(2)]
+    vals = [float(base[j].mean()) for j in range(2)]
+    idx = level_indices(0.1, [n], 0, "o")
+    worse = base.copy()
+    for j, k in ((0, 60), (1, 40)):  # 15 and 10 points worse, on examples the other trial gets right
+        worse[j, rng.choice(np.flatnonzero(base[j] == 1), k, replace=False)] = 0.0
+    cand = [Examples.of(idx, worse[j][idx]) for j in range(2)]
+    dirs = ["maximize", "maximize"]
+    assert paired_stop(cand, sizes, dirs, 2.0, [(vals, full)])
+    # the independent rule cannot separate them on 40 examples: both intervals overlap
+    opt = [optimistic(c, sz[0:1], d, 2.0) for c, sz, d in zip(cand, sizes, dirs, strict=True)]
+    assert promote(opt, np.array([vals]), dirs)
+    same = [Examples.of(idx, base[j][idx]) for j in range(2)]  # identical answers: it could still be (a little) better
+    assert not paired_stop(same, sizes, dirs, 2.0, [(vals, full)])
+    assert paired_stop(same, sizes, dirs, 2.0, [(vals, full)], eps=[0.05, 0.05])  # ... by less than eps
+    better = base.copy()
+    better[1, rng.choice(np.flatnonzero(base[1] == 0), 40, replace=False)] = 1.0
+    assert not paired_stop([Examples.of(idx, better[j][idx]) for j in range(2)], sizes, dirs, 2.0, [(vals, full)])
 
 
 # ----------------------------------------------------------------------------- end to end
@@ -216,6 +247,7 @@ def test_subset_values_better_than_the_whole_front_stay_off_it(fid_run: dict[str
     ({"counts": [50, 20]}, "fidelity.counts", "must increase"),
     ({"levels": [0.1], "counts": [10]}, "fidelity", "exactly one of"),
     ({"levels": [0.1], "z": -1}, "fidelity.z", "greater than or equal to 0"),
+    ({"levels": [0.1], "rule": "pairs"}, "fidelity.rule", "'paired' or 'independent'"),
 ])
 def test_bad_fidelity_settings_give_one_line(fidelity: dict, where: str, what: str, toy_root: Path, tmp_path: Path) -> None:
     cfg = fidelity_config(toy_root, name="bad")
