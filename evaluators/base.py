@@ -11,8 +11,20 @@ Hooks:
 * ``check(settings, ctx)`` (classmethod): extra checks that need files or registries but
   no model (task names resolve, data files exist); returns ``(field, message)`` pairs.
 * ``metric``: the metric name whose value is the objective value.
-* ``evaluate(model, tokenizer, seed)``: returns :class:`EvalResult`. Raising, or returning a
-  NaN/inf objective value, makes the trial FAIL with that message; the run goes on.
+* ``evaluate(model, tokenizer, seed, examples=None)``: returns :class:`EvalResult`. Raising,
+  or returning a NaN/inf objective value, makes the trial FAIL with that message; the run goes on.
+
+Example subsets (``fidelity`` in the config, docs/fidelity.md). An evaluator that can score
+a subset of its examples says how many it has with ``example_groups()`` (sizes of its
+groups of examples, e.g. one per lm-eval task; their concatenation is numbered 0..N-1) and
+takes ``examples``: a sorted integer array of indices into that numbering. It then scores
+exactly those examples, computes its metrics on them, and returns their per-example results
+in :attr:`EvalResult.examples` (a :class:`search.fidelity.Examples` in the same order, whose
+``combine`` gives the objective metric back). ``examples=None`` means every example (the
+evaluator should still fill ``EvalResult.examples`` when it can: the store counts them).
+``subset_issue(settings)`` (classmethod) says why an objective cannot be scored on subsets
+(``(field, message)``) or None; ``search validate`` refuses fidelity with it. The default is
+the refusal, so an evaluator that does not implement subsets is never given any.
 """
 
 from __future__ import annotations
@@ -24,6 +36,8 @@ from typing import Any, ClassVar, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict
+
+from search.fidelity import Examples
 
 
 class EvaluatorSettings(BaseModel):
@@ -62,6 +76,7 @@ class EvalResult:
     per_sample: dict[str, np.ndarray] | None = None
     info: dict[str, Any] = field(default_factory=dict)
     margins: dict[str, np.ndarray] | None = None
+    examples: Examples | None = None  # per-example results of the objective metric (see the module docstring)
 
 
 class EvaluationError(Exception):
@@ -82,11 +97,21 @@ class Evaluator(ABC):
         """Name of the metric reported as the objective value."""
 
     @abstractmethod
-    def evaluate(self, model: Any, tokenizer: Any, seed: int = 0) -> EvalResult: ...
+    def evaluate(self, model: Any, tokenizer: Any, seed: int = 0, examples: np.ndarray | None = None) -> EvalResult: ...
 
     @classmethod
     def check(cls, settings: EvaluatorSettings, ctx: EvalContext) -> list[tuple[str, str]]:
         return []
+
+    @classmethod
+    def subset_issue(cls, settings: EvaluatorSettings) -> tuple[str, str] | None:
+        """Why this objective cannot be scored on example subsets, or None when it can."""
+        return ("", f"evaluator {cls.name!r} cannot score example subsets (it takes no 'examples' argument); "
+                    "remove the fidelity section or use an evaluator that can")
+
+    def example_groups(self) -> list[int] | None:
+        """Sizes of the groups of examples ``examples`` indexes (None: no subsets)."""
+        return None
 
     def close(self) -> None:  # noqa: B027 - an optional hook, deliberately a no-op by default
         """Release resources (optional)."""

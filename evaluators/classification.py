@@ -108,31 +108,47 @@ class ClassificationEvaluator(Evaluator):
     def metric(self) -> str:
         return self.settings.metric
 
-    def evaluate(self, model: Any, tokenizer: Any = None, seed: int = 0) -> EvalResult:
+    @classmethod
+    def subset_issue(cls, settings: EvaluatorSettings) -> tuple[str, str] | None:
+        return None
+
+    def example_groups(self) -> list[int] | None:
+        return [len(self.y)]
+
+    def evaluate(self, model: Any, tokenizer: Any = None, seed: int = 0, examples: Any = None) -> EvalResult:
         import numpy as np
         import torch
 
+        from search.fidelity import Examples
+
+        idx = np.arange(len(self.y)) if examples is None else np.asarray(examples, dtype=np.int64)
+        X, y = self.X[idx], self.y[idx]
         try:
             p = next(iter(model.parameters()), None)
             dtype = p.dtype if p is not None and p.dtype.is_floating_point else torch.float32
             device = model_device(model)
             logits = []
             with torch.no_grad():
-                for b in range(0, len(self.X), self.settings.batch_size):
-                    xb = torch.as_tensor(self.X[b : b + self.settings.batch_size], dtype=dtype, device=device)
+                for b in range(0, len(X), self.settings.batch_size):
+                    xb = torch.as_tensor(X[b : b + self.settings.batch_size], dtype=dtype, device=device)
                     logits.append(model(xb).float().cpu())
             out = torch.cat(logits)
         except Exception as e:
             raise EvaluationError(f"classification on {self.key}: forward pass failed: {type(e).__name__}: {e}") from e
-        if out.ndim != 2 or out.shape[0] != len(self.y):
-            raise EvaluationError(f"classification on {self.key}: expected logits of shape ({len(self.y)}, classes), got {tuple(out.shape)}")
-        if int(self.y.max()) >= out.shape[1]:
-            raise EvaluationError(f"classification on {self.key}: label {int(self.y.max())} but only {out.shape[1]} logits")
+        if out.ndim != 2 or out.shape[0] != len(y):
+            raise EvaluationError(f"classification on {self.key}: expected logits of shape ({len(y)}, classes), got {tuple(out.shape)}")
+        if int(y.max()) >= out.shape[1]:
+            raise EvaluationError(f"classification on {self.key}: label {int(y.max())} but only {out.shape[1]} logits")
         if not torch.isfinite(out).all():
             raise EvaluationError(f"classification on {self.key}: the model produced NaN/inf logits; the merge is probably broken")
-        margin = argmax_margins(out.numpy(), self.y)
+        margin = argmax_margins(out.numpy(), y)
         correct = (margin > 0).astype(np.float64)  # the argmax is right exactly where the margin is positive
-        nll = float(torch.nn.functional.cross_entropy(out.double(), torch.as_tensor(self.y)))
-        metrics = {"accuracy": float(correct.mean()), "nll": nll}
+        nll_i = torch.nn.functional.cross_entropy(out.double(), torch.as_tensor(y), reduction="none").numpy()
+        metrics = {"accuracy": float(correct.mean()), "nll": float(nll_i.mean())}
         require_finite(metrics, f"classification on {self.key}")
-        return EvalResult(metrics=metrics, per_sample={self.key: correct}, info={"n": len(self.y)}, margins={"accuracy": margin})
+        if self.settings.metric == "accuracy":
+            ex = Examples.of(idx, correct, margin=margin)
+        else:
+            ex = Examples.of(idx, nll_i)
+        return EvalResult(metrics=metrics, per_sample={self.key: correct}, info={"n": len(y)}, margins={"accuracy": margin},
+                          examples=ex)

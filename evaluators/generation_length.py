@@ -12,6 +12,8 @@ that text's token count. Answers that hit ``max_new_tokens`` count as that many.
 
 Metrics: ``mean_tokens`` (objective by default), ``max_tokens``, ``truncated`` (fraction of
 answers that hit ``max_new_tokens``). No per-sample scores (counts do not lie in [0, 1]).
+Example subsets (``fidelity``): the examples are the prompts (``combine``: ``mean`` for
+``mean_tokens`` and ``truncated``, ``max`` for ``max_tokens``).
 
 Failures: an exception during generation or a non-finite metric raises
 :class:`~evaluators.base.EvaluationError`; the trial is recorded as FAIL.
@@ -78,11 +80,19 @@ class GenerationLengthEvaluator(Evaluator):
     def metric(self) -> str:
         return self.settings.metric
 
-    def answer_lengths(self, model: Any, tokenizer: Any) -> tuple[list[int], list[bool]]:
-        """Token count of each prompt's greedy answer, and whether it hit ``max_new_tokens``."""
+    @classmethod
+    def subset_issue(cls, settings: EvaluatorSettings) -> tuple[str, str] | None:
+        return None
+
+    def example_groups(self) -> list[int] | None:
+        return [len(self.prompts)]
+
+    def answer_lengths(self, model: Any, tokenizer: Any, prompts: list[str] | None = None) -> tuple[list[int], list[bool]]:
+        """Token count of each prompt's greedy answer (all prompts, or ``prompts``), and whether it hit ``max_new_tokens``."""
         import torch
 
         s = self.settings
+        prompts = self.prompts if prompts is None else prompts
         eos = tokenizer.eos_token_id
         eos_ids = set(eos if isinstance(eos, list) else [eos]) - {None}
         gen_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
@@ -94,8 +104,8 @@ class GenerationLengthEvaluator(Evaluator):
         old_side = tokenizer.padding_side
         tokenizer.padding_side = "left"
         try:
-            for b in range(0, len(self.prompts), s.batch_size):
-                chunk = self.prompts[b : b + s.batch_size]
+            for b in range(0, len(prompts), s.batch_size):
+                chunk = prompts[b : b + s.batch_size]
                 enc = tokenizer(chunk, return_tensors="pt", padding=True, add_special_tokens=s.add_special_tokens)
                 enc = {k: v.to(device) for k, v in enc.items() if k in ("input_ids", "attention_mask")}
                 kwargs: dict[str, Any] = {}
@@ -130,11 +140,16 @@ class GenerationLengthEvaluator(Evaluator):
             tokenizer.padding_side = old_side
         return lengths, truncated
 
-    def evaluate(self, model: Any, tokenizer: Any, seed: int = 0) -> EvalResult:
+    def evaluate(self, model: Any, tokenizer: Any, seed: int = 0, examples: Any = None) -> EvalResult:
         if tokenizer is None:
             raise EvaluationError("generation_length needs a tokenizer; the model source has none (set models.tokenizer)")
+        import numpy as np
+
+        from search.fidelity import Examples
+
+        idx = np.arange(len(self.prompts)) if examples is None else np.asarray(examples, dtype=np.int64)
         try:
-            lengths, truncated = self.answer_lengths(model, tokenizer)
+            lengths, truncated = self.answer_lengths(model, tokenizer, [self.prompts[i] for i in idx])
         except EvaluationError:
             raise
         except Exception as e:
@@ -145,7 +160,9 @@ class GenerationLengthEvaluator(Evaluator):
             "truncated": sum(truncated) / len(truncated),
         }
         require_finite(metrics, "generation_length")
-        return EvalResult(metrics=metrics, per_sample=None, info={"prompts": len(lengths)})
+        m = self.settings.metric
+        ex = Examples.of(idx, truncated if m == "truncated" else lengths, combine="max" if m == "max_tokens" else "mean")
+        return EvalResult(metrics=metrics, per_sample=None, info={"prompts": len(lengths)}, examples=ex)
 
 
 def _task_prompts(task: str, include: list[Any]) -> tuple[list[str], list[str]]:

@@ -39,6 +39,14 @@ gold-choice loglikelihood minus the best other choice's (length-normalised for `
 when the objective is exactly the fraction of them that are positive (one task, or tasks of
 equal size); ``mobo`` models them instead of the accuracy.
 
+Example subsets (``fidelity``): the examples are the documents of every task (of its
+``limit`` subset when one is set), numbered task after task; a subset is scored through
+lm-eval's ``samples`` argument (those document ids per task, nothing else is run), and the
+per-document scores of the metric come back as :attr:`EvalResult.examples`, one group per
+task (the objective is the mean of the tasks' means). Metrics without per-document scores
+in [0, 1] (e.g. a loglikelihood perplexity) cannot be scored on subsets: the trial fails and
+says so.
+
 Guards (``check``): unknown task names get close-name suggestions; objectives on well-known
 public benchmark test sets (MMLU, GSM8K, ARC, HellaSwag, ...) are refused during the search
 unless the config sets ``allow_public_test_sets: true`` (held-out reporting on them is fine);
@@ -420,6 +428,17 @@ class LMEvalEvaluator(Evaluator):
     def metric(self) -> str:
         return self._metric
 
+    @classmethod
+    def subset_issue(cls, settings: EvaluatorSettings) -> tuple[str, str] | None:
+        return None
+
+    def _docs(self) -> list[list[int]]:
+        """The document ids each task scores (its ``limit`` subset, or all), in task order."""
+        return [self.samples.get(n) or list(range(self.n_docs[n])) for n in self.tasks]
+
+    def example_groups(self) -> list[int] | None:
+        return [len(d) for d in self._docs()]
+
     def attach_engine(self, engine: Any) -> None:
         """Run on the worker's vLLM engine (``engine: vllm``); the worker pushes every merge into it."""
         self.engine = engine
@@ -463,15 +482,29 @@ class LMEvalEvaluator(Evaluator):
         return self._lm
 
     # ------------------------------------------------------------------ per trial
-    def evaluate(self, model: Any, tokenizer: Any, seed: int = 0) -> EvalResult:
+    def evaluate(self, model: Any, tokenizer: Any, seed: int = 0, examples: Any = None) -> EvalResult:
         if self._metric_problem:
             raise EvaluationError(f"lm_eval: {self._metric_problem}")
         if tokenizer is None:
             raise EvaluationError("lm_eval needs a tokenizer; the model source has none (set models.tokenizer)")
+        import numpy as np
         import torch
         from lm_eval.evaluator import evaluate as lm_evaluate
 
         s = self.settings
+        docs = self._docs()
+        offsets = np.cumsum([0] + [len(d) for d in docs])
+        idx = np.arange(offsets[-1]) if examples is None else np.asarray(examples, dtype=np.int64)
+        names = list(self.tasks)
+        samples: dict[str, list[int]] | None = dict(self.samples) or None
+        task_dict = self.task_dict
+        if examples is not None:
+            g_of = np.searchsorted(offsets, idx, side="right") - 1
+            samples = {n: [docs[g][int(i - offsets[g])] for i in idx[g_of == g]] for g, n in enumerate(names)}
+            names = [n for n in names if samples[n]]
+            samples = {n: samples[n] for n in names}
+            if len(names) < len(self.tasks):  # a task with no document in this subset is not run at all
+                task_dict = {"tasks": {n: self.tasks[n] for n in names}, "groups": {}, "group_map": {}}
         for task in self.tasks.values():
             task.set_fewshot_seed(seed=s.fewshot_seed)
         torch.manual_seed(seed)  # only matters for sampling gen_kwargs
@@ -480,9 +513,9 @@ class LMEvalEvaluator(Evaluator):
             with torch.no_grad(), _quiet_progress_bars():
                 out = lm_evaluate(
                     lm=lm,
-                    task_dict=self.task_dict,
+                    task_dict=task_dict,
                     limit=None,
-                    samples=dict(self.samples) or None,
+                    samples=samples,
                     bootstrap_iters=0,
                     log_samples=True,
                     confirm_run_unsafe_code=s.confirm_run_unsafe_code,
@@ -493,15 +526,39 @@ class LMEvalEvaluator(Evaluator):
             raise EvaluationError(f"lm_eval on {list(self.tasks)} failed: {type(e).__name__}: {e}") from e
         if out is None:
             raise EvaluationError("lm_eval returned no results")
-        return self._result(out)
+        res = self._result(out, names)
+        res.examples = self._examples(res, out, idx, names, offsets)
+        return res
 
-    def _result(self, out: dict[str, Any]) -> EvalResult:
+    def _examples(self, res: EvalResult, out: dict[str, Any], idx: Any, names: list[str], offsets: Any) -> Any:
+        """The per-document scores of the metric as :class:`~search.fidelity.Examples` (None
+        when a task has no per-document scores in [0, 1] for every scored document), with each
+        document's multiple-choice margin where every task has them (per task: the objective's
+        weighting of tasks is the examples' groups)."""
         import numpy as np
 
+        from search.fidelity import Examples
+
+        per = res.per_sample or {}
+        if any(n not in per for n in names):
+            return None
+        vals = np.concatenate([per[n] for n in names]) if names else np.zeros(0)
+        if len(vals) != len(idx):
+            return None
+        group = np.searchsorted(offsets, idx, side="right") - 1
+        mname, filt = _split_metric(self._metric)
+        parts = [_choice_margins(out.get("samples") or {}, {n: self.tasks[n]}, mname, filt) for n in names]
+        m = np.concatenate(parts) if parts and all(p is not None for p in parts) else None
+        return Examples.of(idx, vals, group=group, margin=m if m is not None and len(m) == len(idx) else None)
+
+    def _result(self, out: dict[str, Any], names: list[str] | None = None) -> EvalResult:
+        import numpy as np
+
+        names = list(self.tasks) if names is None else names
         results = out.get("results", {})
         metrics: dict[str, float] = {}
         per_task: list[float] = []
-        for name in self.tasks:
+        for name in names:
             res = results.get(name)
             if res is None:
                 raise EvaluationError(f"lm_eval produced no results for task {name!r}")
@@ -520,7 +577,7 @@ class LMEvalEvaluator(Evaluator):
         per_sample: dict[str, np.ndarray] = {}
         mname, filt = _split_metric(self._metric)
         for name, rows in (out.get("samples") or {}).items():
-            if name not in self.tasks:
+            if name not in names:
                 continue
             rows = sorted((r for r in rows if r.get("filter") == filt), key=lambda r: r["doc_id"])
             try:
@@ -529,7 +586,7 @@ class LMEvalEvaluator(Evaluator):
                 continue
             if len(vals) and np.all(np.isfinite(vals)) and vals.min() >= 0.0 and vals.max() <= 1.0:
                 per_sample[name] = vals
-        margins = _choice_margins(out.get("samples") or {}, self.tasks, mname, filt)
+        margins = _choice_margins(out.get("samples") or {}, {n: self.tasks[n] for n in names}, mname, filt)
         if margins is not None and not margins_give_back(margins, metrics[self._metric]):
             margins = None  # the objective is not the fraction of these examples right (e.g. a group's weighting)
         info = {

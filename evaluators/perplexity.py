@@ -13,7 +13,9 @@ Settings:
 * ``metric``: ``perplexity`` (default) or ``nll``; both are reported, corpus-level: the mean
   NLL over all predicted tokens (nats), and ``perplexity = exp(mean NLL)``. Minimise either.
 
-No per-sample scores (per-document NLL does not lie in [0, 1]).
+No per-sample scores (per-document NLL does not lie in [0, 1]). Example subsets
+(``fidelity``): the examples are the documents; a subset's NLL is the token-weighted mean over
+its documents (``combine`` ``mean`` with token weights; ``exp_mean`` for perplexity).
 
 Failures: an exception in the forward pass, or a NaN/inf NLL or perplexity (a broken merge),
 raises :class:`~evaluators.base.EvaluationError`; the trial is recorded as FAIL.
@@ -57,6 +59,7 @@ class PerplexityEvaluator(Evaluator):
         docs = read_texts(ctx.resolve(s.path), field=s.text_field, per_line=s.per_line)
         self.docs = docs[: s.limit] if s.limit else docs
         self._windows: list[list[int]] | None = None
+        self._win_doc: list[int] = []  # the document of each window
         self._tok_id: int | None = None
 
     @property
@@ -73,31 +76,48 @@ class PerplexityEvaluator(Evaluator):
         """Token windows of all documents (computed once per tokenizer)."""
         if self._windows is None or self._tok_id != id(tokenizer):
             out: list[list[int]] = []
-            for doc in self.docs:
+            win_doc: list[int] = []
+            for d, doc in enumerate(self.docs):
                 ids = tokenizer(doc, add_special_tokens=self.settings.add_special_tokens)["input_ids"]
                 if len(ids) < 2:
                     continue
                 start = 0
                 while start < len(ids) - 1:
                     out.append(ids[start : start + max_length])
+                    win_doc.append(d)
                     start += max_length - 1
             if not out:
                 raise EvaluationError(f"perplexity: no document of {self.settings.path!r} has two or more tokens")
-            self._windows, self._tok_id = out, id(tokenizer)
+            self._windows, self._win_doc, self._tok_id = out, win_doc, id(tokenizer)
         return self._windows
 
-    def evaluate(self, model: Any, tokenizer: Any, seed: int = 0) -> EvalResult:
+    @classmethod
+    def subset_issue(cls, settings: EvaluatorSettings) -> tuple[str, str] | None:
+        return None
+
+    def example_groups(self) -> list[int] | None:
+        return [len(self.docs)]
+
+    def evaluate(self, model: Any, tokenizer: Any, seed: int = 0, examples: Any = None) -> EvalResult:
         if tokenizer is None:
             raise EvaluationError("perplexity needs a tokenizer; the model source has none (set models.tokenizer)")
+        import numpy as np
         import torch
 
+        from search.fidelity import Examples
+
+        idx = np.arange(len(self.docs)) if examples is None else np.asarray(examples, dtype=np.int64)
         try:
             windows = self.windows(tokenizer, self._max_length(model))
             device = model_device(model)
             pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
             total, count = 0.0, 0
+            doc_nll = np.zeros(len(self.docs))
+            doc_tok = np.zeros(len(self.docs))
             bs = self.settings.batch_size
-            order = sorted(range(len(windows)), key=lambda i: -len(windows[i]))  # less padding
+            keep = set(idx.tolist())
+            chosen = [i for i in range(len(windows)) if self._win_doc[i] in keep]
+            order = sorted(chosen, key=lambda i: -len(windows[i]))  # less padding
             with torch.no_grad():
                 for b in range(0, len(order), bs):
                     batch = [windows[i] for i in order[b : b + bs]]
@@ -115,14 +135,24 @@ class PerplexityEvaluator(Evaluator):
                     m = mask[:, 1:].bool()
                     total += float(nll[m].double().sum())
                     count += int(m.sum())
+                    per_win = (nll.double() * m).sum(1).cpu().numpy()
+                    for j, i in enumerate(order[b : b + bs]):
+                        doc_nll[self._win_doc[i]] += per_win[j]
+                        doc_tok[self._win_doc[i]] += len(windows[i]) - 1
         except EvaluationError:
             raise
         except Exception as e:
             raise EvaluationError(f"perplexity on {self.settings.path!r} failed: {type(e).__name__}: {e}") from e
+        if count == 0:
+            raise EvaluationError(f"perplexity: none of the {len(idx)} documents scored has two or more tokens")
         mean_nll = total / count
         if not math.isfinite(mean_nll):
             raise EvaluationError(f"perplexity: mean NLL is {mean_nll} (not finite); the merged model is probably broken")
         ppl = math.exp(mean_nll) if mean_nll < 700 else math.inf
         metrics = {"nll": mean_nll, "perplexity": ppl}
         require_finite(metrics, f"perplexity on {self.settings.path!r}")
-        return EvalResult(metrics=metrics, per_sample=None, info={"docs": len(self.docs), "tokens": count, "windows": len(windows)})
+        tok = doc_tok[idx]
+        ex = Examples.of(idx, np.where(tok > 0, doc_nll[idx] / np.maximum(tok, 1), 0.0), weight=tok,
+                         combine="exp_mean" if self.settings.metric == "perplexity" else "mean")
+        return EvalResult(metrics=metrics, per_sample=None, info={"docs": len(idx), "tokens": count, "windows": len(order)},
+                          examples=ex)

@@ -10,7 +10,13 @@ The function returns ``dict[str, float]``, or ``(metrics, per_sample)`` where ``
 maps a name to per-example scores in [0, 1] (M2N2 uses them), or ``(metrics, per_sample,
 margins)`` where ``margins`` maps an accuracy-like metric to per-example margins with
 ``metrics[k] == mean(margins[k] > 0)`` (e.g. the true class's logit minus the best other;
-``mobo`` predicts the metric from them). Nothing from a config runs
+``mobo`` predicts the metric from them).
+
+Example subsets (``fidelity``): set ``n_examples`` to the number of examples the function
+scores; it is then called as ``function(model, tokenizer, examples=[...], **kwargs)`` with
+a sorted list of indices in ``range(n_examples)``, scores exactly those, and returns
+``per_sample[metric]``: each listed example's value of the metric (in [0, 1], in that
+order), whose mean is the metric. Nothing from a config runs
 unless the config names ``module:function`` here (or in ``models.factory``). A function that
 raises, or returns a NaN/inf metric, fails the trial with that message; the run goes on.
 """
@@ -30,6 +36,7 @@ class PythonSettings(EvaluatorSettings):
     function: str = Field(description="'module:function' called as function(model, tokenizer, **kwargs)")
     metric: str = Field("value", description="the returned metric used as the objective value")
     kwargs: dict[str, Any] = Field(default_factory=dict)
+    n_examples: int | None = Field(None, gt=0, description="examples the function scores; needed for fidelity (it then gets examples=[...])")
 
     @field_validator("function")
     @classmethod
@@ -68,8 +75,22 @@ class PythonEvaluator(Evaluator):
             return [("function", f"module {mod!r} cannot be found; is it installed or on PYTHONPATH?")]
         return []
 
-    def evaluate(self, model: Any, tokenizer: Any, seed: int = 0) -> EvalResult:
-        out = self._fn(model, tokenizer, **self.settings.kwargs)
+    @classmethod
+    def subset_issue(cls, settings: EvaluatorSettings) -> tuple[str, str] | None:
+        assert isinstance(settings, PythonSettings)
+        if settings.n_examples is None:
+            return ("n_examples", "fidelity needs the number of examples the function scores: set n_examples, and let the "
+                    "function take examples=[...] and return per_sample[metric] for them (docs/fidelity.md)")
+        return None
+
+    def example_groups(self) -> list[int] | None:
+        return [self.settings.n_examples] if self.settings.n_examples else None
+
+    def evaluate(self, model: Any, tokenizer: Any, seed: int = 0, examples: Any = None) -> EvalResult:
+        kw = dict(self.settings.kwargs)
+        if examples is not None:
+            kw["examples"] = [int(i) for i in examples]
+        out = self._fn(model, tokenizer, **kw)
         per: dict[str, np.ndarray] | None = None
         margins_raw: dict[str, Any] | None = None
         if isinstance(out, tuple) and len(out) == 3:
@@ -102,4 +123,17 @@ class PythonEvaluator(Evaluator):
                     f"(got mean {float((m > 0).mean()) if m.size else float('nan'):.6g} for {k} = {metrics[str(k)]:.6g}); return no margins for other metrics"
                 )
             margins[str(k)] = m
-        return EvalResult(metrics=metrics, per_sample=per or None, margins=margins or None)
+        ex = None
+        vals = (per or {}).get(self.metric)
+        if examples is not None or self.settings.n_examples:
+            from search.fidelity import Examples
+
+            idx = np.asarray(examples if examples is not None else range(self.settings.n_examples or 0), dtype=np.int64)
+            if vals is None or len(vals) != len(idx):
+                raise EvaluationError(
+                    f"{self.settings.function}: with n_examples set, return per_sample[{self.metric!r}] with one value per "
+                    f"scored example ({len(idx)}); got {'none' if vals is None else len(vals)}"
+                )
+            m = margins.get(self.metric)
+            ex = Examples.of(idx, vals, margin=m if m is not None and len(m) == len(idx) else None)
+        return EvalResult(metrics=metrics, per_sample=per or None, margins=margins or None, examples=ex)

@@ -8,6 +8,7 @@ folders exist and agree in shapes). Both report every problem as one
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from pathlib import Path
@@ -146,6 +147,76 @@ class StrategyConfig(_Frozen):
     options: dict[str, Any] = Field(default_factory=dict)
 
 
+class FidelityConfig(_Frozen):
+    """Multi-fidelity evaluation (docs/fidelity.md): candidates are scored on nested, seeded
+    subsets of each objective's examples first and promoted to the next level only while
+    they could still reach the full-fidelity front."""
+
+    levels: list[float] | None = Field(
+        None, description="increasing fractions of each objective's examples, e.g. [0.1, 0.3, 1.0] (1.0 is added when missing)"
+    )
+    counts: list[int] | None = Field(
+        None, description="increasing numbers of examples per objective instead of fractions, e.g. [30, 100] (then all)"
+    )
+    z: float = Field(2.0, ge=0, description="promote while the value z standard errors better than measured could join the front")
+    epsilon: float = Field(
+        0.0, ge=0, lt=1, description="a candidate that could beat a full-fidelity trial by at most this fraction of each "
+        "objective's measured range counts as no better (epsilon-dominance); 0: any improvement counts"
+    )
+    rule: Literal["paired", "independent"] = Field(
+        "paired", description="compare per-example results with each full-fidelity trial on the same examples (paired), or "
+        "the candidate's own confidence bound with the front (independent)"
+    )
+
+    @field_validator("levels")
+    @classmethod
+    def _levels(cls, v: list[float] | None) -> list[float] | None:
+        if v is None:
+            return v
+        if not v:
+            raise ValueError("levels is empty; give fractions such as [0.1, 0.3, 1.0]")
+        for x in v:
+            if x > 1.0:
+                raise ValueError(f"level {x} is above 1: levels are fractions of each objective's examples "
+                                 "(use fidelity.counts for numbers of examples)")
+            if x <= 0.0:
+                raise ValueError(f"level {x} must be above 0")
+        if any(b <= a for a, b in zip(v, v[1:], strict=False)):
+            raise ValueError(f"levels {v} must increase strictly, e.g. [0.1, 0.3, 1.0]")
+        return v
+
+    @field_validator("counts")
+    @classmethod
+    def _counts(cls, v: list[int] | None) -> list[int] | None:
+        if v is None:
+            return v
+        if not v:
+            raise ValueError("counts is empty; give numbers of examples such as [30, 100]")
+        if any(x < 1 for x in v):
+            raise ValueError(f"counts {v} must be at least 1")
+        if any(b <= a for a, b in zip(v, v[1:], strict=False)):
+            raise ValueError(f"counts {v} must increase strictly, e.g. [30, 100]")
+        return v
+
+    @model_validator(mode="after")
+    def _one(self) -> FidelityConfig:
+        if (self.levels is None) == (self.counts is None):
+            raise ValueError("give exactly one of levels (fractions, e.g. [0.1, 0.3, 1.0]) or counts (e.g. [30, 100])")
+        return self
+
+    @property
+    def by_count(self) -> bool:
+        return self.counts is not None
+
+    @property
+    def schedule(self) -> list[float]:
+        """Every level, the full set last (``1.0``; ``inf`` with counts)."""
+        if self.counts is not None:
+            return [float(c) for c in self.counts] + [math.inf]
+        lv = list(self.levels or [])
+        return lv if lv and lv[-1] == 1.0 else [*lv, 1.0]
+
+
 class WorkersConfig(_Frozen):
     backend: Literal["local", "ray"] = "local"
     count: int = Field(1, ge=1)
@@ -170,6 +241,7 @@ class SearchConfig(_Frozen):
     objectives: list[ObjectiveConfig] = Field(min_length=1)
     strategy: StrategyConfig = Field(default_factory=StrategyConfig)
     workers: WorkersConfig = Field(default_factory=WorkersConfig)
+    fidelity: FidelityConfig | None = Field(None, description="score candidates on nested example subsets first (docs/fidelity.md)")
     store: str | None = Field(None, description="SQLite path or SQLAlchemy URL (default runs/<name>.db)")
     allow_public_test_sets: bool = Field(
         False, description="allow objectives on well-known public benchmark test sets (contamination risk)"
@@ -359,6 +431,8 @@ def check_config(cfg: SearchConfig, *, check_files: bool = True) -> list[ConfigI
             )
             continue
         issues += validate_settings(o.evaluator, o.settings, f"objectives[{i}].settings", cfg)
+        if cfg.fidelity is not None:
+            issues += subset_issues(o.evaluator, o.settings, i)
         if o.heldout is not None:
             issues += validate_settings(o.evaluator, {**o.settings, **o.heldout}, f"objectives[{i}].heldout", cfg)
 
@@ -384,6 +458,21 @@ def check_config(cfg: SearchConfig, *, check_files: bool = True) -> list[ConfigI
 
             issues += schedule_issues(cfg)
     return issues
+
+
+def subset_issues(evaluator: str, settings: dict[str, Any], i: int) -> list[ConfigIssue]:
+    """Why objective ``i`` cannot be scored on example subsets (``fidelity``), as issues."""
+    from evaluators import EVALUATORS
+
+    try:
+        cls = EVALUATORS.get(evaluator)
+        found = cls.subset_issue(cls.Settings(**settings))
+    except (ImportError, ValidationError):  # reported by the settings checks
+        return []
+    if found is None:
+        return []
+    field, msg = found
+    return [ConfigIssue(f"objectives[{i}].settings.{field}" if field else f"objectives[{i}].evaluator", msg)]
 
 
 def validate_file(path: str | os.PathLike[str], *, check_files: bool = True) -> SearchConfig:

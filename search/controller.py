@@ -36,7 +36,17 @@ import numpy as np
 from .config import SearchConfig, load_config, parse_config
 from .errors import StoreError
 from .replay import clip_candidates, digest, vector_key
-from .store import COMPLETE, FAIL, RUNNING, SCHEMA_VERSION, Store, StrategyEvent, default_store_for
+from .store import (
+    COMPLETE,
+    FAIL,
+    RUNNING,
+    SCHEMA_VERSION,
+    STOPPED,
+    LevelRows,
+    Store,
+    StrategyEvent,
+    default_store_for,
+)
 from .strategies.base import TrialResult
 from .validation import CheckedRun, check_run
 from .workers import TrialTask, make_pool
@@ -49,6 +59,8 @@ _IDENTITY_EXCLUDE = {"strategy": {"budget", "max_time"}, "workers": True, "store
 def config_identity(cfg: SearchConfig) -> str:
     """Hash of what defines a run's search problem (budget, workers and store may change)."""
     d = cfg.model_dump(mode="json", exclude=_IDENTITY_EXCLUDE)  # type: ignore[arg-type]
+    if d.get("fidelity") is None:  # runs from before the fidelity section keep their identity
+        d.pop("fidelity", None)
     return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()
 
 
@@ -125,8 +137,13 @@ class _RunState:
     trial numbers, results by number, running trials and duplicates waiting on them.
     :meth:`restore` rebuilds all of it from the store."""
 
-    def __init__(self, store: Store, study_id: int, strategy: Any, space: Any):
+    def __init__(self, store: Store, study_id: int, strategy: Any, space: Any, cfg: SearchConfig | None = None):
         self.store, self.study_id, self.strategy, self.space = store, study_id, strategy, space
+        self.fidelity = cfg.fidelity if cfg is not None else None
+        self.objectives = [(o.name, o.direction) for o in cfg.objectives] if cfg is not None else []
+        self.levels: dict[int, list[LevelRows]] = {}  # running fidelity trial -> per-example results of its levels so far
+        self.cost: dict[int, tuple[float, float]] = {}  # running fidelity trial -> (materialize, evaluate) seconds so far
+        self.full_examples: dict[int, tuple[Any, Any]] = {}  # full-fidelity trial -> (values, per-example results per objective)
         self.seq = 0  # last logged strategy call
         self.number = 0  # next trial number
         self.seen: dict[bytes, int] = {}
@@ -143,8 +160,17 @@ class _RunState:
         return StrategyEvent(self.seq, kind, payload)
 
     def result_of(self, cand: Any, number: int) -> Any:
-        r = self.results[number]
-        return TrialResult(cand, r.values, r.per_sample, r.error, r.margins)
+        return dataclasses.replace(self.results[number], candidate=cand)
+
+    def fidelity_result(self, cand: Any, rows: list[LevelRows]) -> tuple[Any, Any]:
+        """The result a fidelity trial's levels give (what its strategy is told) and the stitching."""
+        from .promotion import stitch_levels
+
+        assert self.fidelity is not None
+        st = stitch_levels(rows, self.objectives, self.fidelity.z)
+        tr = TrialResult(cand, st.values.copy(), flat_per_sample(st.per_sample), None, dict(st.margins) or None,
+                         fidelity=1.0 if st.full else st.fraction, value_se=None if st.full else st.se.copy())
+        return tr, st
 
     def tell(self, batch: list[Any], items: list[tuple[int, int]]) -> None:
         """Tell results that need no trial row (duplicates of finished trials) and log it."""
@@ -181,11 +207,20 @@ class _RunState:
         old = store.trials(self.study_id)
         by_number = {t.number: t for t in old}
         arrays = store.trial_arrays(self.study_id) if old else {}
+        levels = store.trial_levels(self.study_id) if old and self.fidelity is not None else {}
         self.number = max(by_number) + 1 if old else 0
         for t in old:
             self.seen[vector_key(np.asarray(t.candidate["x"], dtype=np.float64))] = t.number
-            if t.state != RUNNING:
+            if t.state in (COMPLETE, STOPPED) and t.number in levels:  # a fidelity trial: stitched as the live run did
+                tr, st = self.fidelity_result(Candidate.from_dict(t.candidate), levels[t.number])
+                self.results[t.number] = tr
+                if t.state == COMPLETE:
+                    self.full_examples[t.number] = (tr.values, st.examples_of)
+            elif t.state != RUNNING:
                 self.results[t.number] = self._stored_result(t, arrays.get(t.number, ({}, {})))
+            elif t.number in levels:  # promoted: its next level is what runs again
+                self.levels[t.number] = levels[t.number]
+                self.cost[t.number] = (t.materialize_s or 0.0, t.evaluate_s or 0.0)
         self.n_done = len(self.results)
         self.n_fail = sum(1 for t in old if t.state == FAIL)
         if replay_legacy and old:
@@ -251,7 +286,8 @@ class _RunState:
             else:
                 n = int(it["number"])
                 t = by_number[n]
-                self.pending[n] = (t.id, cand, TrialTask(n, t.candidate["x"], attempt=t.attempts + 1))
+                level = None if self.fidelity is None else (max(r.level for r in self.levels[n]) + 1 if n in self.levels else 0)
+                self.pending[n] = (t.id, cand, TrialTask(n, t.candidate["x"], attempt=t.attempts + 1, level=level))
         if immediate:
             self.tell([self.result_of(c, o) for c, o in immediate], [(c.id, o) for c, o in immediate])
 
@@ -337,7 +373,8 @@ class Controller:
         study = self._open_study(store, space_info, fresh)
         owner = store.acquire(study.id)
         if store.version < SCHEMA_VERSION:
-            log.warning("upgrading %s to store schema %d; its pickled strategy states are dropped unread", self.store_url, SCHEMA_VERSION)
+            log.warning("upgrading %s to store schema %d%s", self.store_url, SCHEMA_VERSION,
+                        "; its pickled strategy states are dropped unread" if store.version < 2 else "")
             store.upgrade()
         if study.config_yaml != cfg.to_yaml():
             store.update_config(study.id, cfg.to_yaml())
@@ -345,7 +382,9 @@ class Controller:
         hb = threading.Thread(target=_heartbeat, args=(self.store_url, study.id, owner, hb_stop), daemon=True)
         hb.start()
 
-        run = _RunState(store, study.id, strategy, space)
+        run = _RunState(store, study.id, strategy, space, cfg)
+        fid = cfg.fidelity
+        directions = [o.direction for o in cfg.objectives]
         run.restore(replay_legacy)
         strategy = run.strategy  # a new instance if the snapshot could not be read
         pending, waiting_dups = run.pending, run.waiting_dups
@@ -403,7 +442,7 @@ class Controller:
                                 waiting_dups.setdefault(orig, []).append(cand)
                             continue
                         dup_streak = 0
-                        task = TrialTask(run.number, cand.x.tolist())
+                        task = TrialTask(run.number, cand.x.tolist(), level=0 if fid is not None else None)
                         # submit, then record (nothing comes back before the next poll): the rows
                         # name their workers, and the ask with all its trials is one transaction
                         wid = pool.submit(task)
@@ -438,46 +477,86 @@ class Controller:
                     if res.died and task.attempt <= cfg.workers.max_retries:
                         log.warning("retrying trial %d (attempt %d): %s", task.number, task.attempt + 1, res.error)
                         store.restart_trial(tid)
-                        retry = TrialTask(task.number, task.x, attempt=task.attempt + 1)
+                        retry = TrialTask(task.number, task.x, attempt=task.attempt + 1, level=task.level)
                         pending[task.number] = (tid, cand, retry)
                         queue_.append(retry)
                         continue
+                    ok = res.ok
+                    mat_s, eval_s = res.materialize_s, res.evaluate_s
+                    state = COMPLETE if ok else FAIL
+                    level = task.level
+                    new_rows: list[LevelRows] = []
+                    examples = [len(res.examples[j]) if j in res.examples else None for j in range(len(cfg.objectives))]
+                    if ok and fid is not None and level is not None:
+                        m0, e0 = run.cost.pop(task.number, (0.0, 0.0))
+                        mat_s, eval_s = m0 + (mat_s or 0.0), e0 + (eval_s or 0.0)
+                        new_rows = [LevelRows(j, level, ex.combine, res.sizes[j], ex.to_array()) for j, ex in sorted(res.examples.items())]
+                        rows = run.levels.pop(task.number, []) + new_rows
+                        tr, st = run.fidelity_result(cand, rows)
+                        examples = list(st.examples)
+                        if not st.full and level < len(fid.schedule) - 1:
+                            from .fidelity import epsilons, paired_stop, promote
+
+                            front = run_front(run)
+                            eps = epsilons(front, fid.epsilon) if len(front) else None
+                            if fid.rule == "paired":
+                                go = not paired_stop(st.examples_of, st.sizes, directions, fid.z, list(run.full_examples.values()), eps)
+                            else:
+                                go = promote(st.optimistic, front, directions, eps)
+                            if go:
+                                # on to the next level: only its new examples are scored
+                                store.add_level(tid, level, new_rows, examples, mat_s, eval_s)
+                                run.levels[task.number], run.cost[task.number] = rows, (mat_s, eval_s)
+                                nxt = TrialTask(task.number, task.x, level=level + 1)
+                                pending[task.number] = (tid, cand, nxt)
+                                queue_.append(nxt)
+                                _crash_point("promoted")
+                                continue
+                            state = STOPPED
+                        else:
+                            run.full_examples[task.number] = (tr.values, st.examples_of)
+                    else:
+                        run.levels.pop(task.number, None)
+                        run.cost.pop(task.number, None)
+                        tr = TrialResult(
+                            cand,
+                            np.asarray(res.values) if ok else None,
+                            flat_per_sample(res.per_sample) if ok else None,
+                            res.error,
+                            dict(res.margins) if ok and res.margins else None,
+                        )
                     del pending[task.number]
                     n_done += 1
-                    ok = res.ok
                     if not ok:
                         n_fail += 1
                         log.warning("trial %d failed: %s", task.number, res.error)
-                    tr = TrialResult(
-                        cand,
-                        np.asarray(res.values) if ok else None,
-                        flat_per_sample(res.per_sample) if ok else None,
-                        res.error,
-                        dict(res.margins) if ok and res.margins else None,
-                    )
                     run.results[task.number] = tr
                     dups = waiting_dups.pop(task.number, [])
-                    strategy.tell([tr] + [TrialResult(d, tr.values, tr.per_sample, tr.error, tr.margins) for d in dups])
+                    strategy.tell([tr] + [dataclasses.replace(tr, candidate=d) for d in dups])
                     _crash_point("tell")
+                    fidelity_trial = bool(new_rows)
                     store.finish_trial(
                         tid,
-                        COMPLETE if ok else FAIL,
-                        values=res.values if ok else None,
-                        evaluations_=res.evaluations,
-                        per_sample_=res.per_sample if ok else None,
+                        state,
+                        values=tr.values if ok else None,
+                        evaluations_=[] if fidelity_trial else res.evaluations,  # a level's metrics cover its new examples only
+                        per_sample_=(st.per_sample if fidelity_trial else res.per_sample) if ok else None,
                         error=res.error,
                         worker=res.worker,
-                        materialize_s=res.materialize_s,
-                        evaluate_s=res.evaluate_s,
+                        materialize_s=mat_s,
+                        evaluate_s=eval_s,
                         margins_=tr.margins,
                         event=run.event("tell", {"items": [[int(c.id), task.number] for c in [cand, *dups]]}),
                         study_id=study.id,
+                        level=level if fidelity_trial else None,
+                        examples_=examples,
+                        levels_=new_rows,
                     )
                     run.told()
                     asked_dry = False
                     _crash_point("told")
                     progress.update(
-                        n_done, n_fail, lambda: np.array([r.values for r in run.results.values() if r.values is not None]), cfg
+                        n_done, n_fail, lambda: np.array([r.values for r in run.results.values() if r.ok and not r.low_fidelity]), cfg
                     )
             progress.stop()
             run.snapshot(force=True)
@@ -549,6 +628,13 @@ class Controller:
                     log.warning("held-out evaluation of trial %d failed: %s", task.number, res.error)
 
 
+def run_front(run: _RunState) -> np.ndarray:
+    """Values of the run's full-fidelity results: what a low-fidelity candidate must be able to join."""
+    from .promotion import full_front
+
+    return full_front(run.results)
+
+
 def _diff_keys(a: Any, b: Any, prefix: str = "") -> list[str]:
     if isinstance(a, dict) and isinstance(b, dict):
         out = []
@@ -564,7 +650,8 @@ _crash_hits: dict[str, int] = {}
 def _crash_point(name: str) -> None:
     """Fault injection for tests: ``MERGESEARCH_CRASH_AT=<name>:<k>`` SIGKILLs this process the
     k-th time it passes point ``name`` (``ask``, ``asked``, ``waiting``: recorded an ask with a
-    duplicate of a running trial, ``tell``, ``told``, ``heldout``)."""
+    duplicate of a running trial, ``tell``, ``told``, ``promoted``: recorded a fidelity level
+    and queued the next, ``heldout``)."""
     spec = os.environ.get("MERGESEARCH_CRASH_AT")
     if not spec:
         return

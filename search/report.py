@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .store import COMPLETE, FAIL, RUNNING, Store, Study, Trial, default_store_for, open_run
+from .store import COMPLETE, FAIL, RUNNING, STOPPED, Store, Study, Trial, default_store_for, open_run
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -160,7 +160,7 @@ def front_numbers(trials: Sequence[Trial], directions: Sequence[str]) -> list[in
 
 def _finish_order(trials: Sequence[Trial]) -> list[Trial]:
     return sorted(
-        (t for t in trials if t.state in (COMPLETE, FAIL)),
+        (t for t in trials if t.state in (COMPLETE, FAIL, STOPPED)),
         key=lambda t: (t.finished_at if t.finished_at is not None else math.inf, t.number),
     )
 
@@ -183,6 +183,10 @@ class HypervolumeTracker:
         self._front = np.zeros((0, len(self.directions)))
         self._hv = 0.0
         self.history: list[tuple[int, float]] = []
+        #: per history entry: examples evaluated so far (None while no trial counted any) and evaluation seconds so far
+        self.cost: list[tuple[int | None, float]] = []
+        self._examples: int | None = None
+        self._seconds = 0.0
 
     def update(self, trials: Sequence[Trial]) -> list[tuple[int, float]]:
         from .pareto import pareto_mask
@@ -201,7 +205,18 @@ class HypervolumeTracker:
                     self._hv = _hv(self._front, self.directions, self.ref)
             self._ids.append(t.id)
             self.history.append((len(self._ids), self._hv))
+            n_ex = trial_examples(t)
+            if n_ex is not None:
+                self._examples = (self._examples or 0) + n_ex
+            self._seconds += t.evaluate_s or 0.0
+            self.cost.append((self._examples, self._seconds))
         return self.history
+
+
+def trial_examples(t: Trial) -> int | None:
+    """Examples a trial evaluated, summed over its objectives (None when none were counted)."""
+    counted = [n for n in (t.examples or []) if n is not None]
+    return sum(counted) if counted else None
 
 
 def hypervolume_history(
@@ -240,6 +255,25 @@ class RunData:
         for t in self.trials:
             c[t.state] = c.get(t.state, 0) + 1
         return c
+
+    def cost(self) -> dict[str, Any]:
+        """What the run's evaluations cost: examples evaluated per objective (None where no
+        trial counted any), evaluation and materialization seconds, and (fidelity) how many
+        finished trials stopped at each level."""
+        ex: list[int | None] = [None] * len(self.objectives)
+        levels: dict[int, int] = {}
+        for t in self.trials:
+            for j, n in enumerate(t.examples or []):
+                if n is not None and j < len(ex):
+                    ex[j] = (ex[j] or 0) + int(n)
+            if t.level is not None and t.state in (COMPLETE, STOPPED):
+                levels[t.level] = levels.get(t.level, 0) + 1
+        return {
+            "examples": ex,
+            "evaluate_s": float(sum(t.evaluate_s or 0.0 for t in self.trials)),
+            "materialize_s": float(sum(t.materialize_s or 0.0 for t in self.trials)),
+            "levels": dict(sorted(levels.items())),
+        }
 
     @property
     def front_trials(self) -> list[Trial]:
@@ -471,9 +505,10 @@ def print_status(run: str, store: str | None = None, console: Console | None = N
     con = console or _console()
     data = load_run(run, store)
     c = data.counts()
-    finished = c.get(COMPLETE, 0) + c.get(FAIL, 0)
+    finished = c.get(COMPLETE, 0) + c.get(FAIL, 0) + c.get(STOPPED, 0)
     con.print(f"[bold]run {data.name}[/bold]  status {data.study.status}  store {data.store_url}", highlight=False)
-    con.print(f"trials: {c.get(COMPLETE, 0)} complete, {c.get(FAIL, 0)} failed, {c.get(RUNNING, 0)} running", markup=False)
+    stopped = f", {c[STOPPED]} stopped at a low fidelity level" if c.get(STOPPED) else ""
+    con.print(f"trials: {c.get(COMPLETE, 0)} complete, {c.get(FAIL, 0)} failed, {c.get(RUNNING, 0)} running{stopped}", markup=False)
     if data.budget:
         pct = 100.0 * finished / data.budget
         bar_w = 20
@@ -501,6 +536,15 @@ def print_status(run: str, store: str | None = None, console: Console | None = N
     ref = ", ".join(f"{n}={r:.6g}" for n, r in zip(data.objectives, data.ref_point, strict=True))
     hv = "-" if data.hypervolume is None else _fmt(data.hypervolume, 6)
     con.print(f"front: {len(data.front)} trials   hypervolume {hv}  (reference point {ref})", markup=False)
+    cost = data.cost()
+    ex = ", ".join(f"{n}={'-' if e is None else e}" for n, e in zip(data.objectives, cost["examples"], strict=True))
+    def secs(v: float) -> str:
+        return f"{v:.1f}s" if v < 60 else _dur(v)
+
+    line = f"cost: examples evaluated {ex}; evaluation {secs(cost['evaluate_s'])}, materialization {secs(cost['materialize_s'])}"
+    if cost["levels"]:
+        line += "; finished at fidelity level " + ", ".join(f"{k}: {n}" for k, n in cost["levels"].items())
+    con.print(line, markup=False)
 
     workers = data.workers()
     if workers:

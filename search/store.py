@@ -11,19 +11,26 @@ Tables::
     objectives(study_id, idx, name, direction)
     trials(id, study_id, number UNIQUE per study, strategy, generation, parents_json,
            candidate_json, state, worker, attempts, started_at, heartbeat_at, finished_at,
-           error, materialize_s, evaluate_s)
+           error, materialize_s, evaluate_s, level, examples_json)
+                                      state: RUNNING | COMPLETE | FAIL | STOPPED (fidelity:
+                                      stopped at a low level; its values are split 'low')
     trial_params(trial_id, name, value)
-    trial_values(trial_id, objective_idx, split, value)      split: 'search' | 'heldout'
+    trial_values(trial_id, objective_idx, split, value)      split: 'search' | 'heldout' | 'low'
     evaluations(trial_id, objective_idx, split, evaluator, metric, value, raw_json)
     per_sample(trial_id, name, blob)                         .npy bytes (float32)
     margins(trial_id, objective_idx, blob)                   .npy bytes (float64)
     strategy_events(study_id, seq, kind, payload_json)       every ask and tell, in order
     strategy_snapshots(study_id, seq, n_told, state_json, arrays, created_at)
+    trial_examples(trial_id, objective_idx, level, combine, sizes_json, blob)
+                                                             per-example results of each fidelity
+                                                             level, .npy (n, 5) float64
 
 Nothing in a store is ever unpickled: arrays are ``.npy``/``.npz`` read with
 ``allow_pickle=False`` and a strategy's state is plain data (:mod:`search.statedata`) or
 rebuilt by replaying ``strategy_events``. Stores of schema 1 kept pickled strategy states;
-they are read for reports but never continued (see :meth:`Store.require_current`).
+they are read for reports but never continued (see :meth:`Store.require_current`). Schema 3
+added fidelity (``trials.level``, ``trials.examples_json``, ``trial_examples``, the STOPPED
+state); schema-2 stores are read as they are and upgraded in place when a run continues.
 
 While a controller holds a run's lock (:meth:`Store.acquire`), every write it makes first
 checks, in the same transaction, that the lock is still its own; a controller whose lock
@@ -49,9 +56,11 @@ from sqlalchemy import event
 
 from .errors import StoreError, did_you_mean
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 SQLITE_MAGIC = b"SQLite format 3\x00"
-RUNNING, COMPLETE, FAIL = "RUNNING", "COMPLETE", "FAIL"
+RUNNING, COMPLETE, FAIL, STOPPED = "RUNNING", "COMPLETE", "FAIL", "STOPPED"
+#: trials columns schema 3 added (a schema-2 store is read without them)
+_V3_TRIAL_COLUMNS = ("level", "examples_json")
 STALE_LOCK_SECONDS = 60.0
 
 md = sa.MetaData()
@@ -97,6 +106,8 @@ trials = sa.Table(
     sa.Column("error", sa.Text),
     sa.Column("materialize_s", sa.Float),
     sa.Column("evaluate_s", sa.Float),
+    sa.Column("level", sa.Integer),  # fidelity level reached (None: fidelity off)
+    sa.Column("examples_json", sa.Text),  # examples evaluated per objective, e.g. [36, 36, 40]
     sa.UniqueConstraint("study_id", "number"),
 )
 trial_params = sa.Table(
@@ -161,6 +172,18 @@ strategy_snapshots = sa.Table(
     sa.Column("created_at", sa.Float, nullable=False),
 )
 
+trial_examples = sa.Table(
+    "trial_examples",
+    md,
+    sa.Column("trial_id", sa.ForeignKey("trials.id", ondelete="CASCADE"), nullable=False, index=True),
+    sa.Column("objective_idx", sa.Integer, nullable=False),
+    sa.Column("level", sa.Integer, nullable=False),
+    sa.Column("combine", sa.String(16), nullable=False),
+    sa.Column("sizes_json", sa.Text, nullable=False),
+    sa.Column("blob", sa.LargeBinary, nullable=False),
+    sa.UniqueConstraint("trial_id", "objective_idx", "level"),
+)
+
 #: schema 1 kept pickled strategy states here; they are never read
 _legacy_md = sa.MetaData()
 legacy_strategy_state = sa.Table("strategy_state", _legacy_md, sa.Column("study_id", sa.Integer), sa.Column("blob", sa.LargeBinary))
@@ -223,6 +246,21 @@ class Trial:
     materialize_s: float | None
     evaluate_s: float | None
     metrics: list[dict[str, Any]] = field(default_factory=list)
+    level: int | None = None  # fidelity level reached (None: fidelity off)
+    examples: list[int | None] | None = None  # examples evaluated per objective (None: not counted)
+    low_values: list[float] | None = None  # a STOPPED trial's values on its subsets (never on the front)
+
+
+@dataclass
+class LevelRows:
+    """One objective's per-example results of one fidelity level (:class:`search.fidelity.Examples`
+    as an (n, 5) array), with how they combine and the sizes of the objective's example groups."""
+
+    objective_idx: int
+    level: int
+    combine: str
+    sizes: list[int]
+    array: np.ndarray
 
 
 def _npy(a: np.ndarray, dtype: type = np.float32) -> bytes:
@@ -368,7 +406,7 @@ class Store:
     def require_current(self, run: str) -> None:
         """Refuse to continue a run kept by an older schema (its strategy state is a pickle,
         which is never loaded)."""
-        if self.version < SCHEMA_VERSION:
+        if self.version < 2:
             raise StoreError(
                 f"{self.where}: run {run!r} was written by an older mergesearch (store schema {self.version}) that kept "
                 "its strategy state as a pickle, which is never loaded; continue it with 'search resume "
@@ -377,14 +415,20 @@ class Store:
             )
 
     def upgrade(self) -> None:
-        """Bring a schema-1 store to the current schema: add the new tables, drop the pickled
-        strategy states (unread). Trials, values and per-example scores are kept."""
+        """Bring an older store to the current schema: add the new tables and columns, drop
+        schema 1's pickled strategy states (unread). Trials, values and per-example scores are kept."""
         self._w()
         if self.version >= SCHEMA_VERSION:
             return
         md.create_all(self.engine)
         with self.engine.begin() as c:
-            if sa.inspect(c).has_table("strategy_state"):
+            insp = sa.inspect(c)
+            have = {col["name"] for col in insp.get_columns("trials")}
+            for name in _V3_TRIAL_COLUMNS:
+                if name not in have:
+                    kind = trials.c[name].type.compile(dialect=self.engine.dialect)
+                    c.exec_driver_sql(f"ALTER TABLE trials ADD COLUMN {name} {kind}")
+            if insp.has_table("strategy_state"):
                 c.execute(legacy_strategy_state.delete())
             c.execute(schema_info.update().where(schema_info.c.key == "version").values(value=str(SCHEMA_VERSION)))
             if self.engine.dialect.name == "sqlite":
@@ -603,9 +647,14 @@ class Store:
         margins_: dict[int, np.ndarray] | None = None,
         event: StrategyEvent | None = None,
         study_id: int | None = None,
+        level: int | None = None,
+        examples_: Sequence[int | None] | None = None,
+        levels_: Sequence[LevelRows] = (),
     ) -> None:
-        """Record a trial's outcome in one transaction (values only for COMPLETE trials),
-        with its per-example scores and margins, and the tell that passed it to the strategy
+        """Record a trial's outcome in one transaction (values only for COMPLETE trials, and
+        for STOPPED ones under split ``low``), with its per-example scores and margins, the
+        fidelity level reached, the examples evaluated per objective, the last level's
+        per-example results (``levels_``), and the tell that passed it to the strategy
         (``event``, needs ``study_id``)."""
         with self._tx() as c:
             upd: dict[str, Any] = dict(
@@ -613,12 +662,18 @@ class Store:
             )
             if worker is not None:
                 upd["worker"] = worker
+            if level is not None:
+                upd["level"] = int(level)
+            if examples_ is not None:
+                upd["examples_json"] = json.dumps([None if n is None else int(n) for n in examples_])
             c.execute(trials.update().where(trials.c.id == trial_id).values(**upd))
-            if values is not None and state == COMPLETE:
+            if values is not None and state in (COMPLETE, STOPPED):
+                split = "search" if state == COMPLETE else "low"
                 c.execute(
                     trial_values.insert(),
-                    [{"trial_id": trial_id, "objective_idx": i, "split": "search", "value": float(v)} for i, v in enumerate(values)],
+                    [{"trial_id": trial_id, "objective_idx": i, "split": split, "value": float(v)} for i, v in enumerate(values)],
                 )
+            self._put_levels(c, trial_id, levels_)
             ev = [dict(e, trial_id=trial_id) for e in evaluations_]
             if ev:
                 c.execute(evaluations.insert(), ev)
@@ -633,6 +688,46 @@ class Store:
                 )
             if event is not None and study_id is not None:
                 self._put_event(c, study_id, event)
+
+    def add_level(
+        self, trial_id: int, level: int, levels_: Sequence[LevelRows], examples_: Sequence[int | None],
+        materialize_s: float | None, evaluate_s: float | None,
+    ) -> None:
+        """A RUNNING trial's fidelity level ``level`` is done and it is promoted: its per-example
+        results, the level, the examples and seconds so far, in one transaction."""
+        with self._tx() as c:
+            c.execute(
+                trials.update().where(trials.c.id == trial_id).values(
+                    level=int(level), examples_json=json.dumps([None if n is None else int(n) for n in examples_]),
+                    materialize_s=materialize_s, evaluate_s=evaluate_s,
+                )
+            )
+            self._put_levels(c, trial_id, levels_)
+
+    @staticmethod
+    def _put_levels(c: sa.Connection, trial_id: int, levels_: Sequence[LevelRows]) -> None:
+        if levels_:
+            c.execute(trial_examples.insert(), [
+                {"trial_id": trial_id, "objective_idx": int(r.objective_idx), "level": int(r.level), "combine": r.combine,
+                 "sizes_json": json.dumps([int(n) for n in r.sizes]), "blob": _npy(r.array, np.float64)}
+                for r in levels_
+            ])
+
+    def trial_levels(self, study_id: int, numbers: Sequence[int] | None = None) -> dict[int, list[LevelRows]]:
+        """Trial number -> its stored per-level per-example results (fidelity runs; schema 3)."""
+        if self.version < 3:
+            return {}
+        q = (sa.select(trials.c.number, trial_examples).join(trials, trials.c.id == trial_examples.c.trial_id)
+             .where(trials.c.study_id == study_id))
+        if numbers is not None:
+            q = q.where(trials.c.number.in_([int(n) for n in numbers]))
+        out: dict[int, list[LevelRows]] = {}
+        with self.engine.connect() as c:
+            for r in c.execute(q.order_by(trials.c.number, trial_examples.c.level, trial_examples.c.objective_idx)):
+                out.setdefault(int(r.number), []).append(
+                    LevelRows(int(r.objective_idx), int(r.level), r.combine, json.loads(r.sizes_json), _from_npy(r.blob))
+                )
+        return out
 
     def add_heldout(self, trial_id: int, values: Sequence[float | None], evaluations_: Iterable[dict[str, Any]] = ()) -> None:
         with self._tx() as c:
@@ -723,7 +818,8 @@ class Store:
     ) -> list[Trial]:
         """Trials of a study in number order; ``after_id`` returns only newer rows (for polling),
         ``numbers`` only those trial numbers."""
-        q = sa.select(trials).where(trials.c.study_id == study_id)
+        cols = [col for col in trials.c if self.version >= 3 or col.name not in _V3_TRIAL_COLUMNS]
+        q = sa.select(*cols).where(trials.c.study_id == study_id)
         if numbers is not None:
             q = q.where(trials.c.number.in_([int(n) for n in numbers]))
         if states:
@@ -737,19 +833,19 @@ class Store:
                 return []
             ids = [r["id"] for r in rows]
             params: dict[int, dict[str, float]] = {i: {} for i in ids}
-            vals: dict[int, dict[str, dict[int, float]]] = {i: {"search": {}, "heldout": {}} for i in ids}
+            vals: dict[int, dict[str, dict[int, float]]] = {i: {"search": {}, "heldout": {}, "low": {}} for i in ids}
             mets: dict[int, list[dict[str, Any]]] = {i: [] for i in ids}
             for chunk in (ids[i : i + 500] for i in range(0, len(ids), 500)):
                 for r in c.execute(sa.select(trial_params).where(trial_params.c.trial_id.in_(chunk))):
                     params[r.trial_id][r.name] = r.value
                 for r in c.execute(sa.select(trial_values).where(trial_values.c.trial_id.in_(chunk))):
-                    vals[r.trial_id][r.split][r.objective_idx] = r.value
+                    vals[r.trial_id].setdefault(r.split, {})[r.objective_idx] = r.value
                 if with_metrics:
                     for r in c.execute(sa.select(evaluations).where(evaluations.c.trial_id.in_(chunk))).mappings():
                         mets[r["trial_id"]].append({k: r[k] for k in ("objective_idx", "split", "evaluator", "metric", "value")})
         out = []
         for r in rows:
-            sv, hv = vals[r["id"]]["search"], vals[r["id"]]["heldout"]
+            sv, hv, lv = vals[r["id"]]["search"], vals[r["id"]]["heldout"], vals[r["id"]]["low"]
             n_obj = max(list(sv) + list(hv) + [-1]) + 1
             out.append(
                 Trial(
@@ -771,6 +867,9 @@ class Store:
                     materialize_s=r["materialize_s"],
                     evaluate_s=r["evaluate_s"],
                     metrics=mets[r["id"]],
+                    level=r.get("level"),
+                    examples=json.loads(r["examples_json"]) if r.get("examples_json") else None,
+                    low_values=[lv[i] for i in range(len(lv))] if lv and r["state"] == STOPPED else None,
                 )
             )
         return out

@@ -39,6 +39,7 @@ class TrialTask:
     x: list[float]
     split: str = "search"  # "search" or "heldout"
     attempt: int = 1
+    level: int | None = None  # fidelity level to score (its new examples only); None: every example
 
 
 @dataclass
@@ -55,6 +56,8 @@ class WorkerResult:
     push_s: float | None = None  # engine: vllm only (copy into the engine + the stale-weight check)
     evaluate_s: float | None = None
     died: bool = False
+    examples: dict[int, Any] = field(default_factory=dict)  # objective index -> search.fidelity.Examples scored
+    sizes: dict[int, list[int]] = field(default_factory=dict)  # objective index -> its example groups' sizes
 
     @property
     def ok(self) -> bool:
@@ -236,12 +239,27 @@ class TrialWorker:
             seed = trial_seed(self.cfg.seed, task.number)
             values: list[float] = []
             t1 = time.perf_counter()
+            fid = self.cfg.fidelity if task.split == "search" and task.level is not None else None
             for o, ev in zip(self.cfg.objectives, evs, strict=True):
                 if ev is None:  # no held-out settings for this objective
                     values.append(math.nan)
                     continue
+                idx = None
+                sizes = ev.example_groups()
+                if sizes is not None:
+                    res.sizes[len(values)] = [int(n) for n in sizes]
+                if fid is not None:
+                    from .fidelity import Examples, new_indices
+
+                    if sizes is None:
+                        raise ValueError(f"objective {o.name!r}: evaluator {o.evaluator!r} cannot score example subsets")
+                    idx = new_indices(fid.schedule, int(task.level or 0), sizes, self.cfg.seed, o.name, fid.by_count)
+                    if not len(idx):  # this level adds no example to this objective (all were scored below)
+                        res.examples[len(values)] = Examples.of([], [])
+                        values.append(math.nan)
+                        continue
                 with torch.no_grad():
-                    out = ev.evaluate(self.model, self.tokenizer, seed=seed)
+                    out = ev.evaluate(self.model, self.tokenizer, seed=seed, examples=idx)
                 if ev.metric not in out.metrics:
                     raise ValueError(
                         f"objective {o.name!r}: evaluator {o.evaluator!r} produced no metric {ev.metric!r} "
@@ -260,6 +278,15 @@ class TrialWorker:
                     )
                 if not math.isfinite(v):
                     raise ValueError(f"objective {o.name!r}: evaluator {o.evaluator!r} returned {v} for {ev.metric!r}")
+                if out.examples is not None:
+                    problem = _examples_problem(o.name, o.evaluator, ev.metric, v, out.examples, idx)
+                    if problem and idx is not None:
+                        raise ValueError(problem)
+                    if not problem:  # without fidelity they only count the examples scored
+                        res.examples[len(values)] = out.examples
+                elif idx is not None:
+                    raise ValueError(f"objective {o.name!r}: evaluator {o.evaluator!r} gave no per-example scores of "
+                                     f"{ev.metric!r}, so it cannot be scored on subsets; remove the fidelity section")
                 values.append(v)
                 for key, arr in (out.per_sample or {}).items():
                     res.per_sample[f"{o.name}/{key}"] = np.asarray(arr, dtype=np.float32)
@@ -272,6 +299,20 @@ class TrialWorker:
             res.error = f"{type(e).__name__}: {e}"
             res.values = None
         return res
+
+
+def _examples_problem(name: str, evaluator: str, metric: str, value: float, ex: Any, idx: Any) -> str | None:
+    """Why an evaluator's per-example results are unusable (not the examples asked for, or
+    they do not give the metric back), or None."""
+    from .fidelity import combine
+
+    if idx is not None and not np.array_equal(ex.index, np.asarray(idx)):
+        return f"objective {name!r}: evaluator {evaluator!r} scored other examples than the {len(idx)} asked for"
+    got = combine(ex)
+    if not math.isclose(got, value, rel_tol=1e-6, abs_tol=1e-9):
+        return (f"objective {name!r}: evaluator {evaluator!r}'s per-example scores give {got:.6g}, not its "
+                f"{metric!r} of {value:.6g}, so it cannot be scored on subsets; remove the fidelity section")
+    return None
 
 
 # ----------------------------------------------------------------------------- pools

@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+import yaml
 
 from search.report import load_run
 from search.store import COMPLETE, FAIL, Store
@@ -397,9 +398,33 @@ def test_hypervolume_curves_share_a_reference_point(client: Any, small_store: Pa
     assert g["ref_point"] == [0.0, 0.0] and set(g["runs"]) == {"nsga", "rand"}
     for run, curve in g["runs"].items():
         data = load_run(run, str(small_store))
-        assert [n for n, _ in curve] == list(range(1, sum(1 for t in data.trials if t.state in (COMPLETE, FAIL)) + 1))
+        assert [p[0] for p in curve] == list(range(1, sum(1 for t in data.trials if t.state in (COMPLETE, FAIL)) + 1))
         assert curve[-1][1] == pytest.approx(data.hypervolume)
         assert all(b[1] >= a[1] for a, b in zip(curve, curve[1:], strict=False))
+
+
+def test_hypervolume_against_examples_and_seconds_of_a_fidelity_run(toy_root: Path, tmp_path: Path) -> None:
+    """Each point of the curve carries the examples evaluated and the evaluation seconds so far
+    (in finish order, stopped trials included), so the page can plot against either."""
+    from fastapi.testclient import TestClient
+
+    from search.controller import launch
+    from search.dashboard.server import create_app
+    from search.report import _finish_order
+    from tests.toy_problem import fidelity_config
+
+    store = tmp_path / "fid.db"
+    cfg = fidelity_config(toy_root, name="fid", budget=12, strategy="random", z=1.0, store=str(store))
+    (tmp_path / "fid.yaml").write_text(yaml.safe_dump(cfg))
+    assert launch(str(tmp_path / "fid.yaml")) == 0
+    with TestClient(create_app(["fid"], store=str(store))) as c:
+        (g,) = c.get("/api/hypervolume").json()["groups"]
+    curve = g["runs"]["fid"]
+    data = load_run("fid", str(store))
+    done = _finish_order(data.trials)
+    assert [p[0] for p in curve] == list(range(1, len(data.trials) + 1))
+    assert [p[2] for p in curve] == list(np.cumsum([sum(t.examples) for t in done]))
+    assert [p[3] for p in curve] == pytest.approx(list(np.cumsum([t.evaluate_s for t in done])))
 
 
 def test_runs_with_other_objectives_get_their_own_reference(small_store: Path) -> None:
@@ -634,6 +659,10 @@ def test_browser_shows_the_front_heatmap_and_exports(launched_store: Path, brows
             shown = browser.eval("[...document.querySelectorAll('#trials tbody tr.FAIL td.err')].map(td => td.title)")
             assert sorted(e for e in shown if e) == sorted(e[:600] + ("..." if len(e) > 600 else "") for e in errs)
         assert browser.eval("document.querySelectorAll('#hv path[data-run]').length") == 1
+        # the same curve against evaluation seconds
+        browser.eval("(() => { const s = document.getElementById('hv-x'); s.value = '3'; s.dispatchEvent(new Event('change')); })()")
+        assert browser.eval("document.querySelectorAll('#hv path[data-run]').length") == 1
+        assert "evaluation seconds" in browser.eval("document.getElementById('hv').innerText")
         assert browser.eval("document.querySelectorAll('#workers rect.bar').length") == len(data.trials)
         browser.screenshot(ARTIFACTS / "dashboard.png")
         # export from the page: the real search.export writes the model folder

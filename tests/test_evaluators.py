@@ -524,3 +524,67 @@ def test_evaluator_modules_import_light() -> None:
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"
+
+
+# ----------------------------------------------------------------------------- example subsets (fidelity)
+
+
+def test_every_evaluator_scores_exactly_the_examples_asked_for(lm: dict, digits_zoo: Path, tmp_path: Path) -> None:
+    """``evaluate(..., examples=idx)`` scores those examples only, and their per-example results
+    are the full run's at those indices: two disjoint subsets stitched give the full value back."""
+    from search.fidelity import combine, stitch
+
+    def check(ev: Any, model: Any, tok: Any, cut: int) -> None:
+        full = ev.evaluate(model, tok)
+        n = sum(ev.example_groups())
+        assert full.examples is not None and full.examples.index.tolist() == list(range(n))
+        assert combine(full.examples) == pytest.approx(full.metrics[ev.metric], rel=1e-9)
+        rng = np.random.default_rng(0)
+        a = np.sort(rng.choice(n, size=cut, replace=False))
+        b = np.setdiff1d(np.arange(n), a)
+        ra, rb = ev.evaluate(model, tok, examples=a), ev.evaluate(model, tok, examples=b)
+        assert ra.examples.index.tolist() == a.tolist() and rb.examples.index.tolist() == b.tolist()
+        assert combine(ra.examples) == pytest.approx(ra.metrics[ev.metric], rel=1e-9)
+        np.testing.assert_allclose(ra.examples.value, full.examples.value[a], rtol=1e-5, atol=1e-6)
+        both = stitch([ra.examples, rb.examples])
+        assert combine(both) == pytest.approx(full.metrics[ev.metric], rel=1e-5)
+        if full.examples.has_margins:
+            np.testing.assert_allclose(both.margin, full.examples.margin, rtol=1e-5, atol=1e-5)
+
+    from typing import Any
+
+    load(lm, "reverse")
+    m, tok = lm["model"], lm["tok"]
+    # lm-eval, two tasks (a group each); a subset may leave a task out entirely
+    _mc_task(tmp_path, "mc_a", 12, 0)
+    _mc_task(tmp_path, "mc_b", 12, 1)
+    mc = build_evaluator("lm_eval", {"tasks": ["mc_a", "mc_b"], "metric": "acc", "include_path": ["."]}, EvalContext(base_dir=tmp_path))
+    assert mc.example_groups() == [12, 12]
+    check(mc, m, tok, 9)
+    only_b = mc.evaluate(m, tok, examples=np.array([13, 20]))
+    assert only_b.examples.group.tolist() == [1, 1] and set(only_b.per_sample) == {"mc_b"}
+    gen = build_evaluator("lm_eval", {"tasks": ["tinylm_add", "tinylm_reverse"], "limit": 8}, EvalContext(seed=2))
+    check(gen, m, tok, 5)
+    # perplexity (token-weighted), generation length, classification
+    f = tmp_path / "docs.jsonl"
+    f.write_text("".join(json.dumps({"text": t}) + "\n" for t in ("rev:abc=cba", "rev:kdhl=lhdk", "07+45=052 and text", "x", "ab+cd")))
+    for metric in ("nll", "perplexity"):
+        check(build_evaluator("perplexity", {"path": str(f), "metric": metric, "batch_size": 2}, EvalContext()), m, tok, 2)
+    for metric in ("mean_tokens", "max_tokens", "truncated"):
+        check(build_evaluator("generation_length", {"path": str(TINY_DATA / "add_validation.jsonl"), "limit": 10, "metric": metric,
+                                                    "max_new_tokens": 4}, EvalContext()), m, tok, 4)
+    from search.config import parse_config
+    from search.models import load_model
+
+    cfg = parse_config(yaml_digits())
+    digits = load_model(cfg.models.base, cfg, device="cpu")
+    for metric in ("accuracy", "nll"):
+        check(build_evaluator("classification", {"dataset": "digits", "labels": [0, 1, 2], "metric": metric}, EvalContext()), digits, None, 20)
+
+
+def yaml_digits() -> dict:
+    import yaml
+
+    cfg = yaml.safe_load((REPO / "configs" / "digits.yaml").read_text())
+    cfg.setdefault("name", "digits")
+    return cfg

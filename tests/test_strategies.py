@@ -12,6 +12,7 @@ random order, each free worker asking for one candidate.
 
 from __future__ import annotations
 
+import dataclasses
 import pickle
 from types import SimpleNamespace
 
@@ -192,9 +193,8 @@ class _Logged:
             c = self.cands[cid]
             return Candidate(c.x.copy(), c.id, c.generation, c.parents, dict(c.meta))
 
-        def result_of(cand, number):
-            r = self.results[number]
-            return TrialResult(cand, r.values, r.per_sample, r.error, r.margins)
+        def result_of(cand, number):  # as the controller does: the stored result, fidelity flag included
+            return dataclasses.replace(self.results[number], candidate=cand)
 
         asked, diverged = replay(fresh, self.events[after:], fresh.problem.lower, fresh.problem.upper, candidate_of, result_of)
         assert diverged is None
@@ -810,3 +810,87 @@ def test_turbo_runs_200_coordinates_that_mobo_refuses() -> None:
     again = make("turbo", prob, seed=0)
     again.load_state_dict(pickle.loads(pickle.dumps(s.state_dict())))
     assert same(s.ask(2), again.ask(2))
+
+
+# ----------------------------------------------------------------------------- fidelity on
+
+
+def _fidelity_result(c: Candidate, low: bool, n: int = 50, k: int = 10) -> TrialResult:
+    """What the controller tells with fidelity on: accuracies over ``n`` examples with per-example
+    scores and margins; ``low``: measured on the first ``k`` examples only (NaN elsewhere),
+    flagged, with standard errors."""
+    acc = two_accuracies(c.x)
+    thr = (np.arange(n) + 0.5) / n
+    M = {j: acc[j] - thr[np.random.default_rng(j).permutation(n)] for j in range(2)}
+    if low:
+        for j in M:
+            M[j][k:] = np.nan
+        vals = np.array([float((M[j][:k] > 0).mean()) for j in range(2)])
+        se = np.sqrt(np.clip(vals * (1 - vals), 0.05, None) / k)
+        ps = np.concatenate([np.where(np.isnan(M[j]), np.nan, M[j] > 0) for j in range(2)]).astype(np.float32)
+        return TrialResult(c, vals, ps, None, M, fidelity=k / n, value_se=se)
+    vals = np.array([float((M[j] > 0).mean()) for j in range(2)])
+    return TrialResult(c, vals, np.concatenate([(M[j] > 0) for j in range(2)]).astype(np.float32), None, M)
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_conformance_with_fidelity_on(name: str) -> None:
+    """Every strategy takes a mix of full and flagged low-fidelity results (subset values,
+    standard errors, per-example scores and margins with NaN where not scored): valid
+    proposals, in order, and an exact rebuild from the logged calls (and from a snapshot)."""
+    prob = problem(**UNEVEN)
+    live = _Logged(make(name, prob, seed=4))
+    rng = np.random.default_rng(0)
+    cands = live.ask(3)
+    for i in range(26):
+        c = cands.pop(int(rng.integers(len(cands))))
+        live.tell([_fidelity_result(c, low=i % 3 != 0)])
+        got = live.ask(1)
+        assert_candidates(got, prob)
+        cands += got
+    snap = statedata.encode(live.s.state_dict()) if live.s.snapshots else None
+    at = len(live.events)
+    restored = make(name, prob, seed=4)
+    asked = live.rebuild(restored)
+    assert sorted(asked) == sorted(c.id for c in cands)
+    for step in range(4):
+        a, b = live.s.ask(2), restored.ask(2)
+        assert same(a, b), (step, a, b)
+        assert_candidates(a, prob)
+        live.s.tell([_fidelity_result(c, low=step % 2 == 0) for c in a])
+        restored.tell([_fidelity_result(c, low=step % 2 == 0) for c in b])
+    if snap is not None:
+        again = make(name, prob, seed=4)
+        again.load_state_dict(statedata.decode(*snap))
+        live2 = _Logged(make(name, prob, seed=4))
+        live2.events, live2.results, live2.cands = live.events[:at], live.results, live.cands
+        live2.rebuild(again, after=at)  # nothing after the snapshot: the state alone
+        ref = make(name, prob, seed=4)
+        live2.rebuild(ref)
+        assert same(again.ask(2), ref.ask(2))
+
+
+def test_mobo_treats_low_fidelity_values_as_noisier() -> None:
+    """The GP gives a value measured on a subset (known standard error) less pull than the
+    same value measured on every example."""
+    from search.strategies.gp import GaussianProcess
+
+    X = np.array([[0.1], [0.5], [0.9]])
+    y = np.array([0.2, 0.9, 0.3])
+    exact, noisy = GaussianProcess(1), GaussianProcess(1)
+    exact.condition(X, y)
+    noisy.extra_noise = np.array([0.0, 0.3**2, 0.0])
+    noisy.condition(X, y)
+    at = np.array([[0.5]])
+    assert abs(exact.predict(at)[0][0] - 0.9) < abs(noisy.predict(at)[0][0] - 0.9)
+    assert noisy.predict(at)[1][0] > exact.predict(at)[1][0]
+    # mobo feeds each low-fidelity result's standard errors to its GPs, and the margins the
+    # subset did not score are filled from the margin model
+    prob = problem(budget=40)
+    s = make("mobo", prob, seed=1)
+    for i in range(16):
+        c = s.ask(1)[0]
+        s.tell([_fidelity_result(c, low=i % 2 == 1)])
+    assert sum(x is not None for x in s._S) == 8
+    assert sorted(s._margin_data()) == [0, 1]
+    assert_candidates(s.ask(2), prob)

@@ -126,3 +126,36 @@ def hang_some(model: torch.nn.Module, tokenizer: object) -> dict[str, float]:
     if (v * 1000) % 1.0 < 0.25:
         time.sleep(60)
     return {"closeness": v}
+
+
+def example_closeness(model: torch.nn.Module, tokenizer: object, expert: str = "expert_a", n: int = 200,
+                      examples: list[int] | None = None) -> tuple[dict[str, float], dict[str, list[float]], dict[str, list[float]]]:
+    """Closeness as an accuracy over ``n`` examples (for fidelity): example i is right when the
+    closeness exceeds (i + 0.5) / n, its margin the difference. With ``examples`` only those are
+    scored; each call's examples are appended to $TOY_EXAMPLES_LOG (a JSON line) when set."""
+    import json
+
+    idx = list(range(n)) if examples is None else list(examples)
+    log = os.environ.get("TOY_EXAMPLES_LOG")
+    if log:
+        with open(log, "a") as f:
+            f.write(json.dumps({"expert": expert, "n": n, "examples": idx}) + "\n")
+    c = _closeness(model, expert)
+    margin = [c - (i + 0.5) / n for i in idx]
+    right = [1.0 if m > 0 else 0.0 for m in margin]
+    return {"accuracy": sum(right) / len(right)}, {"accuracy": right}, {"accuracy": margin}
+
+
+def fidelity_config(root: Path, *, levels: list[float] | None = None, counts: list[int] | None = None, z: float = 2.0,
+                    n: int = 200, **kw: object) -> dict:
+    """:func:`toy_config` with two ``example_closeness`` objectives of ``n`` examples and a fidelity section."""
+    cfg = toy_config(root, **kw)  # type: ignore[arg-type]
+    for o, expert in zip(cfg["objectives"], ("expert_a", "expert_b"), strict=True):
+        o["settings"] = {"function": "tests.toy_problem:example_closeness", "metric": "accuracy", "n_examples": n,
+                         "kwargs": {"expert": expert, "n": n}}
+        o.pop("heldout", None)
+    cfg["objectives"][1]["heldout"] = {"kwargs": {"expert": "expert_b", "n": 2 * n}, "n_examples": 2 * n}
+    cfg["fidelity"] = {"levels": levels, "z": z} if counts is None else {"counts": counts, "z": z}
+    if counts is None and levels is None:
+        cfg["fidelity"]["levels"] = [0.1, 0.3, 1.0]
+    return cfg

@@ -21,8 +21,10 @@ JSON API (``{run}`` is a run key from ``GET /api/runs``: the run's name, made un
                                           restarted) start again without a cursor.
     GET  /api/runs/{run}/trials/{number}  one trial in full: params, coefficient maps
                                           (experts x groups per searched param), metrics, error
-    GET  /api/hypervolume                 hypervolume against evaluations per run, runs with
-                                          the same objectives sharing one reference point
+    GET  /api/hypervolume                 hypervolume against evaluations per run ([evaluations,
+                                          hypervolume, examples so far, evaluation seconds so
+                                          far] per finished trial), runs with the same
+                                          objectives sharing one reference point
     POST /api/runs/{run}/trials/{number}/export   {"out_dir": "...", "force": false}
                                           -> 202 {"job": ...}; runs search.export.export_trial
                                           in a background thread; 501 if export is unavailable
@@ -502,11 +504,13 @@ def create_app(
         )
         return out
 
-    def track(c: RunCache, directions: list[str], ref: list[float]) -> list[tuple[int, float]]:
+    def track(c: RunCache, directions: list[str], ref: list[float]) -> list[list[Any]]:
+        """[evaluations, hypervolume, examples evaluated so far, evaluation seconds so far] per finished trial."""
         tr = hv_trackers.get(c.key)
         if tr is None or tr.ref != [float(r) for r in ref] or tr.directions != directions:
             tr = hv_trackers[c.key] = HypervolumeTracker(directions, ref)
-        return tr.update(c.trials())
+        hist = tr.update(c.trials())
+        return [[n, _num(h), ex, _num(sec)] for (n, h), (ex, sec) in zip(hist, tr.cost, strict=True)]
 
     @app.get("/api/hypervolume")
     def api_hypervolume() -> dict[str, Any]:
@@ -538,7 +542,7 @@ def create_app(
                     {
                         "objectives": [{"name": n, "direction": d} for n, d in objs],
                         "ref_point": _nums(ref),
-                        "runs": {c.key: [[n, _num(h)] for n, h in track(c, directions, ref)] for c in members},
+                        "runs": {c.key: track(c, directions, ref) for c in members},
                     }
                 )
             doc = {"groups": doc_groups}

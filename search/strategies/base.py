@@ -90,6 +90,12 @@ class TrialResult:
     ``margins``: objective index -> per-example margins with ``values[i] == mean(margins[i]
     > 0)`` (accuracies whose evaluator reports them; ``mobo`` models them); None or missing
     keys when evaluators give none.
+    ``fidelity``: 1.0 for a result on every example; below 1 (the smallest fraction of an
+    objective's examples scored) for a candidate that fidelity stopped at a low level: its
+    ``values`` are then estimates from subsets, ``value_se`` their standard errors as
+    estimates of the full-set values, and its ``per_sample`` / ``margins`` have NaN for the
+    examples not scored. A strategy may use such results as they are, or as noisier
+    observations (``mobo``); they never enter the front.
     """
 
     candidate: Candidate
@@ -97,6 +103,12 @@ class TrialResult:
     per_sample: np.ndarray | None = None
     error: str | None = None
     margins: dict[int, np.ndarray] | None = None
+    fidelity: float = 1.0
+    value_se: np.ndarray | None = None
+
+    @property
+    def low_fidelity(self) -> bool:
+        return self.fidelity < 1.0
 
     @property
     def ok(self) -> bool:

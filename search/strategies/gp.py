@@ -47,6 +47,9 @@ class GaussianProcess:
         self.X = np.zeros((0, dim))
         self.y = np.zeros(0)
         self._mean, self._std = 0.0, 1.0
+        #: known extra noise variance of the first observations, in target units (e.g. values
+        #: measured on example subsets); observations past its end have none
+        self.extra_noise: np.ndarray | None = None
 
     @staticmethod
     def default_theta(dim: int) -> np.ndarray:
@@ -74,7 +77,7 @@ class GaussianProcess:
         r = np.sqrt(np.maximum(sum(diff2), 0.0))
         e = np.exp(-SQRT5 * r)
         Kf = sf2 * (1.0 + SQRT5 * r + (5.0 / 3.0) * r * r) * e
-        K = Kf + (noise + 1e-9) * np.eye(n)
+        K = Kf + (noise + 1e-9) * np.eye(n) + np.diag(self._extra(n))
         try:
             L = cholesky(K, lower=True)
         except np.linalg.LinAlgError:
@@ -124,6 +127,14 @@ class GaussianProcess:
         self._alpha = cho_solve((self._L, True), ys)
         self.y = np.asarray(y, dtype=np.float64)
 
+    def _extra(self, n: int) -> np.ndarray:
+        """:attr:`extra_noise` of ``n`` observations in standardised units (zeros past its end)."""
+        out = np.zeros(n)
+        if self.extra_noise is not None:
+            k = min(n, len(self.extra_noise))
+            out[:k] = np.nan_to_num(np.asarray(self.extra_noise[:k], dtype=np.float64), posinf=1e6) / self._std**2
+        return out
+
     def input_lengthscales(self) -> np.ndarray:
         """The lengthscale of every input."""
         return np.exp(self.theta[: self.dim])
@@ -133,7 +144,7 @@ class GaussianProcess:
         self.X = np.asarray(X, dtype=np.float64)
         d, n = self.dim, len(self.X)
         sf2, noise = np.exp(self.theta[d]), np.exp(self.theta[d + 1])
-        K = matern52(self.X, self.X, self.input_lengthscales(), sf2) + (noise + 1e-9) * np.eye(n)
+        K = matern52(self.X, self.X, self.input_lengthscales(), sf2) + (noise + 1e-9) * np.eye(n) + np.diag(self._extra(n))
         jitter = 0.0
         while True:
             try:

@@ -112,6 +112,7 @@ class MOBOStrategy(Strategy):
         self._X: list[np.ndarray] = []  # told points (real units)
         self._Y: list[np.ndarray | None] = []  # raw values, None = failed
         self._M: list[dict[int, np.ndarray] | None] = []  # per-example margins by objective (successful results)
+        self._S: list[np.ndarray | None] = []  # standard errors of low-fidelity values (None: measured on every example)
         self._mthetas: list[np.ndarray | None] = [None] * p.n_obj
         self._pending: dict[int, np.ndarray] = {}
         self._thetas: list[np.ndarray | None] = [None] * p.n_obj
@@ -158,6 +159,7 @@ class MOBOStrategy(Strategy):
             self._X.append(np.asarray(r.candidate.x if x is None else x, dtype=np.float64))
             self._Y.append(np.asarray(r.values, dtype=np.float64).copy() if r.ok else None)
             self._M.append({int(j): np.asarray(m, dtype=np.float64).ravel().copy() for j, m in r.margins.items()} if r.ok and r.margins else None)
+            self._S.append(np.asarray(r.value_se, dtype=np.float64).copy() if r.ok and r.low_fidelity and r.value_se is not None else None)
             self._next_id = max(self._next_id, cid + 1)
 
     # ------------------------------------------------------------------ the model step
@@ -175,16 +177,30 @@ class MOBOStrategy(Strategy):
         give its value back (``value == mean(margins > 0)``); others are modelled by value."""
         if not self.options.margins:
             return {}
-        ok = [(y, m) for y, m in zip(self._Y, self._M, strict=True) if y is not None]
+        ok = [(y, m, s is None) for y, m, s in zip(self._Y, self._M, self._S, strict=True) if y is not None]
         out = {}
         for j in range(self.problem.n_obj):
-            rows = [m.get(j) if m else None for _, m in ok]
+            rows = [m.get(j) if m else None for _, m, _ in ok]
             if not rows or any(r is None or len(r) != len(rows[0]) or len(r) == 0 for r in rows):
                 continue
             Mj = np.vstack(rows)
-            if np.isfinite(Mj).all() and np.allclose((Mj > 0).mean(1), [y[j] for y, _ in ok], rtol=0.0, atol=1e-9):
+            full = np.array([f for _, _, f in ok])
+            # low-fidelity rows have NaN for the examples not scored (filled by the model later)
+            if (full.sum() >= 2 and np.isfinite(Mj[full]).all() and not np.isinf(Mj).any()
+                    and np.allclose((Mj[full] > 0).mean(1), [y[j] for y, _, f in ok if f], rtol=0.0, atol=1e-9)):
                 out[j] = Mj
         return out
+
+    def _fill_unscored(self, U: np.ndarray, Mj: np.ndarray, j: int) -> np.ndarray:
+        """Margins of examples a low-fidelity result did not score: the margin model's
+        prediction from the rows that scored every example."""
+        miss = np.isnan(Mj)
+        if not miss.any():
+            return Mj
+        full = ~miss.any(axis=1)
+        mgp = self._new_margin_gp(self._mthetas[j])
+        mgp.condition(U[full], Mj[full])
+        return np.where(miss, mgp.predict_mean(U), Mj)
 
     def _refit_due(self, n: int) -> bool:
         step = 1 if n <= 50 else math.ceil(n / 25)
@@ -212,8 +228,10 @@ class MOBOStrategy(Strategy):
             return out
         refit = self._refit_due(len(U))
         gps: list[GaussianProcess] = []
+        noise = low_fidelity_noise([s for s, y in zip(self._S, self._Y, strict=True) if y is not None], p.n_obj)
         for j in range(p.n_obj):
             gp = self._new_gp(self._thetas[j])
+            gp.extra_noise = None if noise is None else noise[:, j]
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 if refit:
@@ -223,6 +241,7 @@ class MOBOStrategy(Strategy):
             self._thetas[j] = gp.theta.copy()
             gps.append(gp)
         for j, Mj in margin_data.items():
+            Mj = margin_data[j] = self._fill_unscored(U, Mj, j)
             mgp = self._new_margin_gp(self._mthetas[j])
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
@@ -361,6 +380,7 @@ class MOBOStrategy(Strategy):
             "init": [(name, x.copy()) for name, x in self._init],
             "thetas": [None if t is None else t.copy() for t in self._thetas],
             "M": [None if m is None else {int(j): v.copy() for j, v in m.items()} for m in self._M],
+            "S": [None if s is None else s.copy() for s in self._S],
             "mthetas": [None if t is None else t.copy() for t in self._mthetas],
             "fit_n": self._fit_n,
             "rng": self._rng.bit_generator.state,
@@ -374,9 +394,19 @@ class MOBOStrategy(Strategy):
         self._init = [(name, np.asarray(x, dtype=np.float64)) for name, x in state["init"]]
         self._thetas = [None if t is None else np.asarray(t, dtype=np.float64) for t in state["thetas"]]
         self._M = [None if m is None else {int(j): np.asarray(v, dtype=np.float64) for j, v in m.items()} for m in state.get("M", [None] * len(self._X))]
+        self._S = [None if s is None else np.asarray(s, dtype=np.float64) for s in state.get("S", [None] * len(self._X))]
         self._mthetas = [None if t is None else np.asarray(t, dtype=np.float64) for t in state.get("mthetas", [None] * self.problem.n_obj)]
         self._fit_n = int(state["fit_n"])
         self._rng.bit_generator.state = state["rng"]
+
+
+def low_fidelity_noise(se: Sequence[np.ndarray | None], n_obj: int) -> np.ndarray | None:
+    """Per-observation extra noise variance (rows: observations, columns: objectives) of
+    values measured on example subsets: their standard errors squared; 0 for values measured
+    on every example. None when every value was."""
+    if all(s is None for s in se):
+        return None
+    return np.vstack([np.zeros(n_obj) if s is None else np.asarray(s, dtype=np.float64) ** 2 for s in se])
 
 
 class _MarginPredictor:

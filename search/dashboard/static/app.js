@@ -432,12 +432,15 @@ function renderHV() {
   const refs = [];
   for (const grp of doc.groups) {
     refs.push("reference point: " + grp.objectives.map((o, i) => `${o.name}=${fmt(grp.ref_point[i])}`).join(", "));
-    const series = Object.entries(grp.runs);
+    // x: evaluations (0), examples evaluated (2) or evaluation seconds (3); runs without that measure are left out
+    const xi = +($("hv-x") ? $("hv-x").value : 0);
+    const xLabel = { 0: "evaluations (finished trials, failed ones included)", 2: "examples evaluated (all objectives)", 3: "evaluation seconds" }[xi];
+    const series = Object.entries(grp.runs).map(([k, s]) => [k, s.filter((p) => p[xi] !== null && p[xi] !== undefined).map((p) => [p[xi], p[1]])]);
     const W = box.clientWidth || 500, H = 230, m = { l: 58, r: 14, t: 12, b: 40 };
     const svg = el("svg", { viewBox: `0 0 ${W} ${H}`, height: H });
-    let xmax = 1, ymax = 0;
+    let xmax = xi === 3 ? 1e-9 : 1, ymax = 0;
     for (const [, s] of series) for (const [n, h] of s) { xmax = Math.max(xmax, n); ymax = Math.max(ymax, h || 0); }
-    for (const r of S.runs) if (grp.runs[r.key] && r.budget) xmax = Math.max(xmax, r.budget);
+    if (xi === 0) for (const r of S.runs) if (grp.runs[r.key] && r.budget) xmax = Math.max(xmax, r.budget);
     if (ymax <= 0) ymax = 1;
     const sx = (v) => m.l + (v / xmax) * (W - m.l - m.r), sy = (v) => H - m.b - (v / (ymax * 1.08)) * (H - m.t - m.b);
     const xt = niceTicks(0, xmax, 6), yt = niceTicks(0, ymax * 1.08, 5);
@@ -451,14 +454,14 @@ function renderHV() {
     }
     svg.append(el("line", { class: "axisline", x1: m.l, x2: W - m.r, y1: H - m.b, y2: H - m.b }));
     svg.append(el("line", { class: "axisline", x1: m.l, x2: m.l, y1: m.t, y2: H - m.b }));
-    svg.append(el("text", { class: "axis-label", x: (m.l + W - m.r) / 2, y: H - 6, "text-anchor": "middle", text: "evaluations (finished trials, failed ones included)" }));
+    svg.append(el("text", { class: "axis-label", x: (m.l + W - m.r) / 2, y: H - 6, "text-anchor": "middle", text: xLabel }));
     svg.append(el("text", { class: "axis-label", transform: `translate(14 ${(m.t + H - m.b) / 2}) rotate(-90)`, "text-anchor": "middle", text: "hypervolume" }));
     for (const [key, s] of series) {
       if (!s.length) continue;
       let d = `M${sx(0)},${sy(0)}`, prev = 0;
       for (const [n, h] of s) { d += ` L${sx(n)},${sy(prev)} L${sx(n)},${sy(h || 0)}`; prev = h || 0; }
       svg.append(el("path", { d, fill: "none", stroke: runColor(key), "stroke-width": 2, "data-run": key },
-        el("title", { text: `${key}: hypervolume ${fmt(prev)} after ${s[s.length - 1][0]} evaluations` })));
+        el("title", { text: `${key}: hypervolume ${fmt(prev)} after ${fmt(s[s.length - 1][0])} ${xLabel}` })));
     }
     // legend
     let lx = m.l + 10;
@@ -790,6 +793,7 @@ async function start() {
   }
   document.title = `${S.runs.map((r) => r.key).join(", ")} · mergesearch`;
   setupControls(); setup3d();
+  $("hv-x").onchange = () => renderHV();
   renderHeader();
   let rt = null;
   window.addEventListener("resize", () => { clearTimeout(rt); rt = setTimeout(renderAll, 150); });
