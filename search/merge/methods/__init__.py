@@ -22,6 +22,7 @@ METHODS: Registry[MergeMethod] = Registry(
         "dare_linear": "search.merge.methods.dare_linear:DARE_LINEAR",
         "breadcrumbs": "search.merge.methods.breadcrumbs:BREADCRUMBS",
     },
+    group="mergesearch.merge_methods",
 )
 
 
