@@ -69,7 +69,12 @@ class PythonEvaluator(Evaluator):
         return []
 
     def evaluate(self, model: Any, tokenizer: Any, seed: int = 0) -> EvalResult:
-        out = self._fn(model, tokenizer, **self.settings.kwargs)
+        try:
+            out = self._fn(model, tokenizer, **self.settings.kwargs)
+        except EvaluationError:
+            raise
+        except Exception as e:  # noqa: BLE001 - whatever the user's function raises fails this trial only
+            raise EvaluationError(f"{self.settings.function} raised {type(e).__name__}: {e}") from e
         per: dict[str, np.ndarray] | None = None
         margins_raw: dict[str, Any] | None = None
         if isinstance(out, tuple) and len(out) == 3:
