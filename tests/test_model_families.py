@@ -94,7 +94,6 @@ def test_family_through_the_pipeline(family: str, tmp_path: Path) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from evaluators import build_evaluator, context_for
-    from search.config import validate_file
     from search.controller import launch
     from search.export import export_trial
     from search.models import param_names
@@ -102,6 +101,7 @@ def test_family_through_the_pipeline(family: str, tmp_path: Path) -> None:
     from search.seeding import trial_seed
     from search.space import CoefficientSpace
     from search.store import COMPLETE
+    from search.validation import validate_file
 
     torch.set_num_threads(1)
     root = build_family(tmp_path, family)
