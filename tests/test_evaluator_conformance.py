@@ -194,3 +194,32 @@ def test_failures_become_evaluation_errors(key: str, models: dict) -> None:
                 assert all(math.isfinite(v) for v in res.metrics.values()), res.metrics
     finally:
         put(model, states["add" if case.model == "lm" else "low"])
+
+
+# ----------------------------------------------------------------------------- dataset registry
+
+
+def _blobs(split: str) -> tuple[np.ndarray, np.ndarray]:
+    """Two Gaussian blobs, 40 points per split (a dataset registered by this test)."""
+    rng = np.random.default_rng({"train": 0, "validation": 1, "test": 2}[split])
+    y = np.arange(40) % 2
+    return (rng.standard_normal((40, 3)) + 2.0 * y[:, None]).astype(np.float32), y.astype(np.int64)
+
+
+def test_classification_reads_registered_datasets() -> None:
+    import torch
+
+    from evaluators import validate_settings
+    from evaluators.datasets import DATASETS, Dataset
+
+    DATASETS.register("blobs", Dataset("blobs", _blobs, (0, 1)))
+    model = torch.nn.Linear(3, 2)
+    ev = build_evaluator("classification", {"dataset": "blobs", "split": "test"}, EvalContext())
+    X, y = _blobs("test")
+    with torch.no_grad():
+        pred = model(torch.as_tensor(X)).argmax(-1).numpy()
+    assert ev.evaluate(model).metrics["accuracy"] == float((pred == y).mean())
+    assert validate_settings("classification", {"dataset": "blobs", "labels": [1, 2]}, "o")[0].message == (
+        "blobs has labels 0-1; [2] are not among them")
+    msg = validate_settings("classification", {"dataset": "blob"}, "o")[0].message
+    assert "unknown dataset 'blob'; did you mean 'blobs'?" in msg
