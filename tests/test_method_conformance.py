@@ -17,8 +17,6 @@ Parameter ranges come from the method's declaration: ``bounds`` where given, els
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import zlib
 from pathlib import Path
 
@@ -193,16 +191,13 @@ def test_mergekit_round_trip(name: str, tiny_lm_zoo: Path, tmp_path: Path) -> No
     from search.export import export_trial
     from search.models import param_names
     from search.store import COMPLETE
-    from tests.test_export import flat_state, hand_store, tiny_cfg
+    from tests.test_export import flat_state, hand_store, mergekit_merge, tiny_cfg
 
     cfg = tiny_cfg(f"mk-{name}", name)
     cfg["merge"]["search"] = {p: list(r) for p, r in search_ranges(m).items()}
     store = hand_store(tmp_path / "mk.db", cfg, [(0, COMPLETE, (0.5,))], x_seed=3, names=param_names(parse_config(cfg)))
     out = export_trial(cfg["name"], store, 0, tmp_path / "export")
-    proc = subprocess.run([exe, str(out / "mergekit_config.yml"), str(tmp_path / "mk")], env={**os.environ, "HF_HUB_OFFLINE": "1"},
-                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    ours, theirs = flat_state(out), flat_state(tmp_path / "mk")
+    ours, theirs = flat_state(out), mergekit_merge(exe, out, tmp_path / "mk")
     assert set(ours) == set(theirs)
     for n in ours:
         torch.testing.assert_close(ours[n], theirs[n], rtol=2e-6, atol=1e-6, msg=f"{name} {n}")

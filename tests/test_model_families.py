@@ -55,6 +55,7 @@ def build_family(root: Path, family: str) -> Path:
     import transformers
 
     from search.zoo.tiny_lm import build_tokenizer
+    from tests.test_export import save_base_and_experts
 
     cls_name, conf_name, kw, _, _ = FAMILIES[family]
     if not hasattr(transformers, cls_name) or not hasattr(transformers, conf_name):
@@ -63,16 +64,7 @@ def build_family(root: Path, family: str) -> Path:
     conf = getattr(transformers, conf_name)(vocab_size=len(tok), bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
                                             pad_token_id=tok.pad_token_id, **kw)
     torch.manual_seed(0)
-    model = getattr(transformers, cls_name)(conf).eval()
-    base = {n: p.detach().clone() for n, p in model.named_parameters()}
-    for i, name in enumerate(("base", "e0", "e1")):
-        g = torch.Generator().manual_seed(10 + i)
-        with torch.no_grad():
-            for n, p in model.named_parameters():
-                p.copy_(base[n] + (0.05 * torch.randn(p.shape, generator=g) if i else 0.0))
-        model.save_pretrained(root / name)
-        tok.save_pretrained(root / name)
-    return root
+    return save_base_and_experts(getattr(transformers, cls_name)(conf).eval(), tok, root, ("base", "e0", "e1"), 0.05, seed=10)
 
 
 def family_config(root: Path, family: str) -> dict:

@@ -6,7 +6,9 @@ No torch here: merge methods build plans from these, config validation imports t
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
 
 from ..seeding import derive_seed
 
@@ -31,10 +33,19 @@ class TensorPlan:
     elect: bool = False
     normalize: bool = False
     lam: float = 1.0
-    trimmed: bool = field(init=False, default=False)
 
-    def __post_init__(self) -> None:
-        self.trimmed = any(v is not None for v in self.lo + self.hi + self.dare)
+    @classmethod
+    def start(cls, weights: Sequence[float], coeffs: list[float] | None = None, **flags: Any) -> TensorPlan:
+        """A plan with nothing trimmed: coefficients ``coeffs`` (default: the weights) and ``flags``
+        (``elect``, ``normalize``, ``lam``); a method then fills in what it trims."""
+        w = [float(v) for v in weights]
+        K = len(w)
+        return cls(list(w) if coeffs is None else coeffs, w, [None] * K, [None] * K, [None] * K, [None] * K, **flags)
+
+    @property
+    def trimmed(self) -> bool:
+        """True when some expert has magnitude bounds or a DARE mask."""
+        return any(v is not None for v in self.lo + self.hi + self.dare)
 
 
 def dare_key(seed: int, name: str, expert: int) -> int:

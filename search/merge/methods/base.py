@@ -25,7 +25,8 @@ and implements
 * :attr:`kernel`: None for the shared kernels (``kernels.merge_chunk``: copy + K adds, or the
   election), or a function with ``merge_chunk``'s signature for a method that needs
   different elementwise arithmetic;
-* :meth:`fixed_trim_mask` (``magnitude_trim`` methods): the keep-mask of a fixed trim;
+* :meth:`fixed_trim_mask` (``magnitude_trim`` methods): the keep-mask of a fixed trim (by
+  default read off :meth:`plan`'s magnitude bounds);
 * :meth:`rank_range`: the ranks of |tau| a searched trim can ask for (sorted once at build);
 * :meth:`reference`: a slow, obviously-correct numpy version of the formula, which the
   conformance suite (``tests/test_method_conformance.py``) compares the kernels against;
@@ -132,8 +133,27 @@ class MergeMethod:
         return 1, n
 
     def fixed_trim_mask(self, tau: torch.Tensor, vals: dict[str, float]) -> torch.Tensor | None:
-        """Keep-mask (bool, flat) of a fixed magnitude trim of one expert's tau; None keeps all."""
-        raise ValueError(f"method {self.name!r} has no fixed magnitude trim")
+        """Keep-mask (bool, flat) of a fixed magnitude trim of one expert's tau; None keeps all.
+
+        For ``magnitude_trim`` methods it is read off :meth:`plan` for this expert alone
+        (exact thresholds): a zero coefficient keeps nothing, else lo <= |tau| < hi, so the
+        stored, pre-trimmed task vector gives the same tensors as trimming per trial."""
+        if not self.magnitude_trim:
+            raise ValueError(f"method {self.name!r} has no fixed magnitude trim")
+        import torch
+
+        from ..kernels import exact_kth_largest
+
+        a = tau.abs()
+        tp = self.plan(self.resolve_options(), {**{p: [v] for p, v in vals.items()}, "weight": [1.0]}, tau.numel(),
+                       kth=lambda _t, k: exact_kth_largest(a, k))
+        if tp.coeffs[0] == 0.0:
+            return torch.zeros(tau.numel(), dtype=torch.bool, device=tau.device)
+        lo, hi = tp.lo[0], tp.hi[0]
+        m = a >= lo if lo is not None else None
+        if hi is not None:
+            m = (a < hi) if m is None else m.logical_and_(a < hi)
+        return m  # bool: used once at start (masked_fill / sparse encoding)
 
     def reference(
         self,

@@ -27,44 +27,22 @@ class Breadcrumbs(MergeMethod):
     summary = "per tensor drop the top-gamma outliers and all below the top-density, then task arithmetic"
 
     def plan(self, options, vals, numel, *, kth=None, pretrimmed=False, **_: Any) -> TensorPlan:
-        w = [float(v) for v in vals["weight"]]
-        K = len(w)
         lam = float(options.get("lambda", 1.0))
-        coeffs = [lam * x for x in w]
-        lo: list[float | None] = [None] * K
-        hi: list[float | None] = [None] * K
-        for t in range(K):
+        tp = TensorPlan.start(vals["weight"], [lam * float(x) for x in vals["weight"]])
+        for t in range(len(tp.weights)):
             n_top, n_keep = breadcrumbs_ranks(vals["density"][t], vals["gamma"][t], numel)
             if n_keep <= 0:
-                coeffs[t] = 0.0
+                tp.coeffs[t] = 0.0
                 continue
             if pretrimmed:
                 continue
             if kth is None:
                 raise ValueError("breadcrumbs needs magnitude thresholds (kth)")
             if n_top + n_keep < numel:
-                lo[t] = kth(t, n_top + n_keep)
+                tp.lo[t] = kth(t, n_top + n_keep)
             if n_top > 0:
-                hi[t] = kth(t, n_top)
-        none: list[Any] = [None] * K
-        return TensorPlan(coeffs, w, lo, hi, list(none), list(none))
-
-    def fixed_trim_mask(self, tau, vals):
-        import torch
-
-        from ..kernels import exact_kth_largest
-
-        n = tau.numel()
-        n_top, n_keep = breadcrumbs_ranks(vals["density"], vals["gamma"], n)
-        if n_keep <= 0:
-            return torch.zeros(n, dtype=torch.bool, device=tau.device)
-        lo = exact_kth_largest(tau.abs(), n_top + n_keep) if n_top + n_keep < n else None
-        hi = exact_kth_largest(tau.abs(), n_top) if n_top > 0 else None
-        a = tau.abs()
-        m = a >= lo if lo is not None else None
-        if hi is not None:
-            m = (a < hi) if m is None else m.logical_and_(a < hi)
-        return m
+                tp.hi[t] = kth(t, n_top)
+        return tp
 
     def reference(self, base, taus, vals, options, *, name="", seed=0):
         import numpy as np

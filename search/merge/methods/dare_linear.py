@@ -34,32 +34,29 @@ class DareLinear(MergeMethod):
     mergekit = "dare_linear"
     summary = "random drop (keep prob = density) with rescaling, then task arithmetic"
 
-    def dare_plan(self, options, vals, *, name, seed, l1) -> tuple[list[float], list[float], list, list]:
-        """(coefficients, weights, DARE (key, threshold) per expert, full L1 norms for rescale l1)."""
-        w = [float(v) for v in vals["weight"]]
-        K = len(w)
-        coeffs = list(w)
-        dare: list[tuple[int, int] | None] = [None] * K
-        l1s: list[float | None] = [None] * K
-        for t in range(K):
+    def dare_plan(self, options, vals, *, name, seed, l1, **flags: Any) -> TensorPlan:
+        """The DARE masks and rescaling of every expert: coefficients w_t / d_t (``rescale:
+        inverse``) or w_t with the full L1 norms for ``rescale: l1``; ``flags`` as TensorPlan's."""
+        tp = TensorPlan.start(vals["weight"], **flags)
+        for t in range(len(tp.weights)):
             d = float(vals["density"][t])
             if d <= 0.0:
-                coeffs[t] = 0.0
+                tp.coeffs[t] = 0.0
             elif d < 1.0:
-                dare[t] = (dare_key(seed, name, t), dare_threshold(d))
+                tp.dare[t] = (dare_key(seed, name, t), dare_threshold(d))
                 if options.get("rescale", "inverse") == "l1":
                     if l1 is None:
                         raise ValueError("rescale l1 needs the task vectors' L1 norms")
-                    l1s[t] = float(l1[t])
+                    tp.l1[t] = float(l1[t])
                 else:
-                    coeffs[t] = w[t] * (1.0 / d)
-        return coeffs, w, dare, l1s
+                    tp.coeffs[t] = tp.weights[t] * (1.0 / d)
+        return tp
 
     def plan(self, options, vals, numel, *, name="", seed=0, l1=None, **_: Any) -> TensorPlan:
-        coeffs, w, dare, l1s = self.dare_plan(options, vals, name=name, seed=seed, l1=l1)
+        tp = self.dare_plan(options, vals, name=name, seed=seed, l1=l1)
         lam = float(options.get("lambda", 1.0))
-        none: list[Any] = [None] * len(w)
-        return TensorPlan([lam * c for c in coeffs], w, list(none), list(none), dare, l1s)
+        tp.coeffs = [lam * c for c in tp.coeffs]
+        return tp
 
     def dropped(self, taus, vals, options, name, seed) -> list:
         from .reference import dare

@@ -16,10 +16,8 @@ class DareTies(DareLinear):
     summary = "random drop (keep prob = density) with rescaling, then TIES sign election"
 
     def plan(self, options, vals, numel, *, name="", seed=0, l1=None, **_: Any) -> TensorPlan:
-        coeffs, w, dare, l1s = self.dare_plan(options, vals, name=name, seed=seed, l1=l1)
-        none: list[Any] = [None] * len(w)
-        return TensorPlan(coeffs, w, list(none), list(none), dare, l1s, elect=True,
-                          normalize=bool(options.get("normalize", True)), lam=float(options.get("lambda", 1.0)))
+        return self.dare_plan(options, vals, name=name, seed=seed, l1=l1, elect=True,
+                              normalize=bool(options.get("normalize", True)), lam=float(options.get("lambda", 1.0)))
 
     def reference(self, base, taus, vals, options, *, name="", seed=0):
         from .reference import elect

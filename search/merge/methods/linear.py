@@ -29,14 +29,11 @@ class Linear(MergeMethod):
         return issues
 
     def plan(self, options, vals, numel, **_: Any) -> TensorPlan:
-        w = [float(v) for v in vals["weight"]]
-        none: list[Any] = [None] * len(w)
+        tp = TensorPlan.start(vals["weight"])
         if options.get("normalize", True):
-            W = math.fsum(w)
-            coeffs = [0.0] * len(w) if abs(W) < 1e-12 else [x / W for x in w]
-        else:
-            coeffs = list(w)
-        return TensorPlan(coeffs, w, list(none), list(none), list(none), list(none))
+            W = math.fsum(tp.weights)
+            tp.coeffs = [0.0] * len(tp.weights) if abs(W) < 1e-12 else [x / W for x in tp.weights]
+        return tp
 
     def reference(self, base, taus, vals, options, *, name="", seed=0):
         from .reference import weighted_sum

@@ -16,10 +16,8 @@ class TaskArithmetic(MergeMethod):
     summary = "theta_0 + lambda * sum_t w_t tau_t"
 
     def plan(self, options, vals, numel, **_: Any) -> TensorPlan:
-        w = [float(v) for v in vals["weight"]]
         lam = float(options.get("lambda", 1.0))
-        none: list[Any] = [None] * len(w)
-        return TensorPlan([lam * x for x in w], w, list(none), list(none), list(none), list(none))
+        return TensorPlan.start(vals["weight"], [lam * float(x) for x in vals["weight"]])
 
     def reference(self, base, taus, vals, options, *, name="", seed=0):
         from .reference import weighted_sum

@@ -27,39 +27,21 @@ class Ties(MergeMethod):
     summary = "per-tensor top-k trim at density, sign election on weighted deltas, disjoint mean"
 
     def plan(self, options, vals, numel, *, kth=None, pretrimmed=False, **_: Any) -> TensorPlan:
-        w = [float(v) for v in vals["weight"]]
-        K = len(w)
-        coeffs = list(w)
-        lo: list[float | None] = [None] * K
-        for t in range(K):
+        tp = TensorPlan.start(vals["weight"], elect=True, normalize=bool(options.get("normalize", True)),
+                              lam=float(options.get("lambda", 1.0)))
+        for t in range(len(tp.weights)):
             k = ties_k(vals["density"][t], numel)
             if k <= 0:
-                coeffs[t] = 0.0
+                tp.coeffs[t] = 0.0
             elif k < numel and not pretrimmed:
                 if kth is None:
                     raise ValueError("ties needs magnitude thresholds (kth)")
-                lo[t] = kth(t, k)
-        none: list[Any] = [None] * K
-        return TensorPlan(coeffs, w, lo, list(none), list(none), list(none), elect=True,
-                          normalize=bool(options.get("normalize", True)), lam=float(options.get("lambda", 1.0)))
+                tp.lo[t] = kth(t, k)
+        return tp
 
     def rank_range(self, n, bounds):
         lo, hi = bounds.get("density", (0.0, 1.0))
         return max(1, ties_k(lo, n)), min(n, ties_k(hi, n))
-
-    def fixed_trim_mask(self, tau, vals):
-        import torch
-
-        from ..kernels import exact_kth_largest
-
-        n = tau.numel()
-        k = ties_k(vals["density"], n)
-        if k <= 0:
-            return torch.zeros(n, dtype=torch.bool, device=tau.device)
-        if k >= n:
-            return None
-        thr = exact_kth_largest(tau.abs(), k)
-        return tau.abs() >= thr  # bool: used once at start (masked_fill / sparse encoding)
 
     def reference(self, base, taus, vals, options, *, name="", seed=0):
         import numpy as np
