@@ -124,6 +124,7 @@ demo_broken = "ms_demo_missing_module:NOTHING"
 @pytest.fixture(scope="module")
 def plugin_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The plugin package pip-installed (offline, no build isolation) into a --target folder."""
+    pytest.importorskip("setuptools", reason="building the plugin package offline needs setuptools installed")
     src = tmp_path_factory.mktemp("plugin_src")
     (src / "pyproject.toml").write_text(PYPROJECT)
     (src / "ms_demo_plugin.py").write_text(textwrap.dedent(PLUGIN))
