@@ -83,7 +83,8 @@ def run_store(cfg: dict[str, Any], base_dir: Path, store: Path) -> list[Any]:
     """Launch ``cfg`` (in-process, one worker) into a fresh ``store``; its trials in finish order."""
     from search.config import parse_config
     from search.controller import launch
-    from search.report import _finish_order, load_run
+    from search.pareto import _finish_order
+    from search.report import load_run
 
     if store.exists():
         store.unlink()
@@ -96,7 +97,7 @@ def run_store(cfg: dict[str, Any], base_dir: Path, store: Path) -> list[Any]:
 
 def curve(trials: list[Any]) -> list[dict[str, Any]]:
     """Per finished trial: examples and evaluation seconds so far, and the full-fidelity points so far."""
-    from search.report import trial_examples
+    from search.pareto import trial_examples
     from search.store import COMPLETE
 
     out, ex, sec, pts = [], 0, 0.0, []
@@ -142,7 +143,7 @@ class Heldout:
 
 def hv_of(values: list[list[float]], directions: list[str], ref: list[float]) -> float:
     from search.pareto import pareto_mask
-    from search.report import _hv
+    from search.pareto import ref_hypervolume as _hv
 
     if not values:
         return 0.0
@@ -216,7 +217,7 @@ def main() -> None:
                     print(f"  {cfg['name']}: {len(trials)} trials, {runs[cfg['name']]['curve'][-1]['examples']} examples, "
                           f"{time.time() - t0:.0f}s", flush=True)
         pooled = [p[2] for r in runs.values() for p in r["curve"][-1]["points"]]
-        from search.report import reference_point
+        from search.pareto import reference_point
 
         ref = reference_point(pooled, directions)
         rows = []

@@ -14,7 +14,7 @@ oldest first, so the strategies' ask-ahead paths are exercised.
 Measured per run, at each budget B in ``--budgets`` (the first B evaluations of the run):
 
 * ``hv_val``: hypervolume of the measured front (validation split: the objectives' search
-  settings); reference point by the report's rule (``search.report.reference_point``: an
+  settings); reference point by the report's rule (``search.pareto.reference_point``: an
   objective's ``ref_point`` if set, else 0 for maximised accuracies, worst x 1.1 for minimised
   ones) over all runs of the problem pooled, so every run is scored against the same point;
 * ``hv_test``: the same front's members re-evaluated on the held-out split (the objectives'
@@ -310,7 +310,7 @@ def main() -> None:
         # each point with the evaluator of its own space (global, layer, schedule)
         allXE = [(x, e) for _, _, r, e in raw_runs for x in r["X"]]
         finite = np.all(np.isfinite(allV), axis=1)
-        from search.report import reference_point
+        from search.pareto import reference_point
 
         given = [getattr(o, "ref_point", None) for o in ev.cfg.objectives]
         ref = np.asarray(reference_point(allV, ev.directions, given), dtype=np.float64)

@@ -23,6 +23,7 @@ EVALUATORS: Registry[type[Evaluator]] = Registry(
         "python": "evaluators.python:PythonEvaluator",
         "classification": "evaluators.classification:ClassificationEvaluator",
     },
+    group="mergesearch.evaluators",
 )
 
 

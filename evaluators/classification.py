@@ -2,8 +2,8 @@
 
 Settings:
 
-* ``dataset``: ``digits`` (the digits zoo's fixed splits of scikit-learn's bundled 8x8
-  digits, :func:`search.zoo.digits.digits_split`) or a path to an ``.npz`` file holding
+* ``dataset``: a registered dataset (``evaluators.datasets.DATASETS``: ``digits``, the digits
+  zoo's fixed splits of scikit-learn's bundled 8x8 digits) or a path to an ``.npz`` file holding
   ``X_<split>`` (float features) and ``y_<split>`` (integer labels), relative to the config.
 * ``split``: ``validation`` (search on it) or ``test`` (held-out reporting); ``train`` exists
   but scoring on training data says little.
@@ -30,14 +30,21 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import Field, field_validator
 
+from search.errors import did_you_mean
+
 from ._common import argmax_margins, model_device, require_finite
 from .base import EvalContext, EvalResult, EvaluationError, Evaluator, EvaluatorSettings
+from .datasets import DATASETS
 
-BUILTIN_DATASETS = ("digits",)
+
+def _label_range(labels: tuple[int, ...]) -> str:
+    """``0-9`` for a contiguous range, else the labels listed."""
+    lo, hi = min(labels), max(labels)
+    return f"{lo}-{hi}" if len(set(labels)) == hi - lo + 1 else ", ".join(map(str, sorted(labels)))
 
 
 class ClassificationSettings(EvaluatorSettings):
-    dataset: str = Field("digits", description="'digits' or a .npz file with X_<split>, y_<split>")
+    dataset: str = Field("digits", description="a registered dataset ('digits') or a .npz file with X_<split>, y_<split>")
     split: Literal["train", "validation", "test"] = "validation"
     labels: list[int] | None = Field(None, description="score only examples with these labels")
     metric: Literal["accuracy", "nll"] = "accuracy"
@@ -57,10 +64,8 @@ class ClassificationSettings(EvaluatorSettings):
 def _load(settings: ClassificationSettings, ctx: EvalContext) -> tuple[Any, Any]:
     import numpy as np
 
-    if settings.dataset == "digits":
-        from search.zoo.digits import digits_split
-
-        return digits_split(settings.split)
+    if settings.dataset in DATASETS:
+        return DATASETS.get(settings.dataset).load(settings.split)
     path = ctx.resolve(settings.dataset)
     with np.load(path) as data:
         kx, ky = f"X_{settings.split}", f"y_{settings.split}"
@@ -77,15 +82,20 @@ class ClassificationEvaluator(Evaluator):
     @classmethod
     def check(cls, settings: EvaluatorSettings, ctx: EvalContext) -> list[tuple[str, str]]:
         assert isinstance(settings, ClassificationSettings)
-        if settings.dataset in BUILTIN_DATASETS:
-            if settings.labels is not None:
-                bad = [x for x in settings.labels if not 0 <= x <= 9]
+        if settings.dataset in DATASETS:
+            try:
+                known = DATASETS.get(settings.dataset).labels
+            except ImportError as e:
+                return [("dataset", f"dataset {settings.dataset!r} cannot be loaded: {e}")]
+            if settings.labels is not None and known is not None:
+                bad = [x for x in settings.labels if x not in known]
                 if bad:
-                    return [("labels", f"digits has labels 0-9; {bad} are not among them")]
+                    return [("labels", f"{settings.dataset} has labels {_label_range(known)}; {bad} are not among them")]
             return []
         p = ctx.resolve(settings.dataset)
         if Path(settings.dataset).suffix != ".npz":
-            return [("dataset", f"unknown dataset {settings.dataset!r}; use 'digits' or a .npz file")]
+            return [("dataset", f"unknown dataset {settings.dataset!r}{did_you_mean(settings.dataset, DATASETS.names())}; "
+                                "use a registered dataset or a .npz file")]
         if not p.is_file():
             return [("dataset", f"no such file {str(p)!r} (relative paths resolve against the config's folder)")]
         return []

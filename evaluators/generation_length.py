@@ -169,7 +169,7 @@ def _task_prompts(task: str, include: list[Any]) -> tuple[list[str], list[str]]:
     """Zero-shot prompts of an lm-eval task and its ``until`` stop strings."""
     from lm_eval.tasks import TaskManager
 
-    from .lm_eval import SHIPPED_TASKS, materialized_shipped_tasks, scan_tasks
+    from .lm_eval_tasks import SHIPPED_TASKS, materialized_shipped_tasks, scan_tasks
 
     local = scan_tasks([SHIPPED_TASKS, *include])
     tm = TaskManager(include_path=[str(materialized_shipped_tasks()), *map(str, include)], include_defaults=task not in local)

@@ -90,7 +90,12 @@ class PythonEvaluator(Evaluator):
         kw = dict(self.settings.kwargs)
         if examples is not None:
             kw["examples"] = [int(i) for i in examples]
-        out = self._fn(model, tokenizer, **kw)
+        try:
+            out = self._fn(model, tokenizer, **kw)
+        except EvaluationError:
+            raise
+        except Exception as e:  # noqa: BLE001 - whatever the user's function raises fails this trial only
+            raise EvaluationError(f"{self.settings.function} raised {type(e).__name__}: {e}") from e
         per: dict[str, np.ndarray] | None = None
         margins_raw: dict[str, Any] | None = None
         if isinstance(out, tuple) and len(out) == 3:

@@ -15,8 +15,7 @@ import numpy as np
 import yaml
 
 from .config import SearchConfig
-from .merge.info import method_info
-from .merge.methods import resolve_options
+from .merge.methods import method_info
 from .space import CoefficientSpace
 from .store import Trial
 
@@ -106,8 +105,8 @@ def render_card(c: CardInfo) -> str:
     parts.append("")
 
     # method
-    parts += ["## Merge method", "", f"`{info.name}`: {info.summary}.", ""]
-    opts = resolve_options(info.name, cfg.merge.params)
+    opts = info.resolve_options(cfg.merge.params)
+    parts += ["## Merge method", "", info.card_line(opts), ""]
     if opts:
         parts.append("Options: " + ", ".join(f"`{k}` = {v}" for k, v in opts.items()) + ".")
     parts.append(

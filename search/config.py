@@ -1,9 +1,10 @@
-"""The search config: a frozen pydantic schema plus semantic checks.
+"""The search config: a frozen pydantic schema.
 
-``load_config(path)`` parses YAML and validates the schema; ``check_config(cfg)`` runs the
-checks that need registries or the file system (names resolve, bounds make sense, model
-folders exist and agree in shapes). Both report every problem as one
-:class:`~search.errors.ConfigIssue` naming the field path and the fix.
+``load_config(path)`` parses YAML and validates the schema, reporting every problem as one
+:class:`~search.errors.ConfigIssue` naming the field path and the fix. The checks that need
+registries or the file system (names resolve, bounds make sense, model folders exist and agree
+in shapes) are :func:`search.validation.check_config`; this module imports nothing else of the
+project but its errors.
 """
 
 from __future__ import annotations
@@ -362,123 +363,3 @@ def load_config(path: str | os.PathLike[str]) -> SearchConfig:
     if isinstance(data, dict) and "name" not in data:
         data = {"name": p.stem, **data}
     return parse_config(data, str(p)).with_base_dir(p.parent)
-
-
-# ----------------------------------------------------------------------------- semantic checks
-
-
-def check_config(cfg: SearchConfig, *, check_files: bool = True) -> list[ConfigIssue]:
-    """Checks beyond the schema. Returns every issue found (empty list = valid)."""
-    from .merge.info import METHODS
-    from .strategies import STRATEGIES
-
-    issues: list[ConfigIssue] = []
-
-    # strategy
-    if cfg.strategy.name not in STRATEGIES:
-        issues.append(
-            ConfigIssue("strategy.name", f"unknown strategy {cfg.strategy.name!r}{did_you_mean(cfg.strategy.name, STRATEGIES.names())}")
-        )
-    else:
-        from .strategies import validate_options
-
-        issues += validate_options(cfg.strategy.name, cfg.strategy.options, cfg)
-
-    # merge method and its parameters
-    m = cfg.merge
-    if m.method not in METHODS:
-        issues.append(ConfigIssue("merge.method", f"unknown merge method {m.method!r}{did_you_mean(m.method, METHODS)}"))
-    else:
-        info = METHODS[m.method]
-        for pname, (lo, hi) in m.search.items():
-            if pname not in info.params:
-                issues.append(
-                    ConfigIssue(
-                        f"merge.search.{pname}",
-                        f"method {m.method!r} has no {pname!r}; its searchable parameters are: {', '.join(info.params)}",
-                    )
-                )
-            elif pname in ("density", "gamma") and not (0.0 <= lo and hi <= 1.0):
-                issues.append(ConfigIssue(f"merge.search.{pname}", f"bounds [{lo}, {hi}] must lie in [0, 1]"))
-        for key, val in m.params.items():
-            if key in m.search:
-                issues.append(ConfigIssue(f"merge.params.{key}", f"{key!r} is both fixed here and searched in merge.search; keep one"))
-            elif key in info.params:
-                if not isinstance(val, (int, float)) or isinstance(val, bool):
-                    issues.append(ConfigIssue(f"merge.params.{key}", f"expected a number, got {val!r}"))
-                elif key in ("density", "gamma") and not 0.0 <= val <= 1.0:
-                    issues.append(ConfigIssue(f"merge.params.{key}", f"{val} must lie in [0, 1]"))
-            elif key not in info.options:
-                known = list(info.params) + list(info.options)
-                issues.append(
-                    ConfigIssue(f"merge.params.{key}", f"method {m.method!r} has no parameter {key!r}{did_you_mean(key, known)}")
-                )
-        if m.method == "linear" and "weight" in m.search and m.search["weight"][0] < 0:
-            issues.append(ConfigIssue("merge.search.weight", "linear normalises by the sum of weights; use bounds >= 0"))
-        if not m.search:
-            issues.append(ConfigIssue("merge.search", "nothing is searched; give at least one parameter with bounds, e.g. weight: [0, 1]"))
-
-    # objectives and their evaluators
-    from evaluators import EVALUATORS, validate_settings
-
-    for i, o in enumerate(cfg.objectives):
-        if o.evaluator not in EVALUATORS:
-            issues.append(
-                ConfigIssue(
-                    f"objectives[{i}].evaluator",
-                    f"unknown evaluator {o.evaluator!r}{did_you_mean(o.evaluator, EVALUATORS.names())}",
-                )
-            )
-            continue
-        issues += validate_settings(o.evaluator, o.settings, f"objectives[{i}].settings", cfg)
-        if cfg.fidelity is not None:
-            issues += subset_issues(o.evaluator, o.settings, i)
-        if o.heldout is not None:
-            issues += validate_settings(o.evaluator, {**o.settings, **o.heldout}, f"objectives[{i}].heldout", cfg)
-
-    from evaluators.vllm_engine import check_engine
-
-    issues += check_engine(cfg)  # lm_eval objectives with engine: vllm
-
-    # workers
-    w = cfg.workers
-    if w.backend == "local" and w.gpus_per_worker > 1:
-        issues.append(ConfigIssue("workers.gpus_per_worker", "the local backend gives each worker at most one GPU; use backend: ray"))
-    if w.address and w.backend != "ray":
-        issues.append(ConfigIssue("workers.address", "an address only applies to backend: ray"))
-    if w.device not in ("auto", "cpu") and not re.fullmatch(r"cuda(:\d+)?|mps", w.device):
-        issues.append(ConfigIssue("workers.device", f"{w.device!r} is not 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'"))
-
-    if check_files:
-        from .models import check_model_sources
-
-        issues += check_model_sources(cfg.models, cfg.base_dir)
-        if m.schedule_knots and not issues:
-            from .space import schedule_issues
-
-            issues += schedule_issues(cfg)
-    return issues
-
-
-def subset_issues(evaluator: str, settings: dict[str, Any], i: int) -> list[ConfigIssue]:
-    """Why objective ``i`` cannot be scored on example subsets (``fidelity``), as issues."""
-    from evaluators import EVALUATORS
-
-    try:
-        cls = EVALUATORS.get(evaluator)
-        found = cls.subset_issue(cls.Settings(**settings))
-    except (ImportError, ValidationError):  # reported by the settings checks
-        return []
-    if found is None:
-        return []
-    field, msg = found
-    return [ConfigIssue(f"objectives[{i}].settings.{field}" if field else f"objectives[{i}].evaluator", msg)]
-
-
-def validate_file(path: str | os.PathLike[str], *, check_files: bool = True) -> SearchConfig:
-    """Load + check; raise :class:`ConfigError` listing every issue."""
-    cfg = load_config(path)
-    issues = check_config(cfg, check_files=check_files)
-    if issues:
-        raise ConfigError(issues, str(path))
-    return cfg

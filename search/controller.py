@@ -82,12 +82,15 @@ def front_stats(values: np.ndarray, directions: Sequence[str], ref_given: Sequen
     """Pareto mask and hypervolume (reference point rule of :mod:`search.report`) of complete trials' values."""
     if len(values) == 0:
         return np.zeros(0, dtype=bool), None
-    from .pareto import pareto_mask
-    from .report import _hv, reference_point  # one reference-point rule for bar, report and dashboard
+    from .pareto import (  # one reference-point rule for bar, report and dashboard
+        pareto_mask,
+        ref_hypervolume,
+        reference_point,
+    )
 
     mask = pareto_mask(values, directions)
     try:
-        hv = _hv(values, directions, reference_point(values, directions, ref_given))
+        hv = ref_hypervolume(values, directions, reference_point(values, directions, ref_given))
     except Exception:  # the bar must never stop a run
         hv = None
     return mask, hv

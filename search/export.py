@@ -85,11 +85,10 @@ def _nearest_hint(data: RunData, n: int) -> str:
 
 def trial_front_rank(data: RunData, trial: Trial) -> int | None:
     """Front rank of ``trial`` among the COMPLETE trials with finite values (None if it has none)."""
-    from .pareto import non_dominated_ranks
-    from .report import _finite
+    from .pareto import all_finite, non_dominated_ranks
 
     m = len(data.directions)
-    done = [t for t in data.trials if t.state == COMPLETE and _finite(t.values) and len(t.values or []) == m]
+    done = [t for t in data.trials if t.state == COMPLETE and all_finite(t.values) and len(t.values or []) == m]
     numbers = [t.number for t in done]
     if trial.number not in numbers:
         return None

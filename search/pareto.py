@@ -14,13 +14,40 @@ objective. For accuracies in [0, 1] that are maximised the natural choice is ``0
 objective; for a minimised loss, a value a little above the worst loss you care about. A point
 adds volume only if it is strictly better than the reference point in every objective. The
 same reference point must be used for every front that is compared.
+
+Runs (trials read back from a store; ``search status``, the dashboard, the exporter and the
+controller's progress bar share these rules):
+
+Hypervolume reference point (per objective, in this order of precedence)
+    1. an explicit ``ref_point`` (argument of :func:`load_run` / :func:`reference_point`),
+    2. ``ref_point`` given for the objective in the run's config (``objectives[i].ref_point``),
+    3. maximised objectives: ``0`` (scores in [0, 1] such as accuracies); if a value below 0
+       was observed, the worst observed value minus 10% of its magnitude;
+    4. minimised objectives: the worst (largest) observed value plus 10% of its magnitude,
+       i.e. ``worst * 1.1`` for positive values (``worst + 0.1 * span``, or ``+ 1``, if the
+       worst value is 0).
+    "Observed" means over the COMPLETE trials of the run (all runs when the dashboard
+    compares several), so the reference - and with it the hypervolume of a run that uses
+    rules 3-4 with negative / minimised values - may move while a search is running. Pin it
+    with ``ref_point`` when numbers must be comparable across time or runs. Points that do
+    not strictly improve on the reference in every objective contribute nothing.
+
+Hypervolume history
+    :func:`hypervolume_history` gives the hypervolume after each finished evaluation, in the
+    order trials finished (``finished_at``); failed trials count as evaluations (they use
+    budget) but add nothing.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from .store import Trial
 
 __all__ = [
     "to_minimization",
@@ -29,6 +56,13 @@ __all__ = [
     "hypervolume",
     "igd_plus",
     "hv_improvement",
+    "all_finite",
+    "config_ref_point",
+    "reference_point",
+    "ref_hypervolume",
+    "front_numbers",
+    "HypervolumeTracker",
+    "hypervolume_history",
 ]
 
 
@@ -207,3 +241,157 @@ def _dominates_all(A: np.ndarray, B: np.ndarray) -> np.ndarray:
     for j in range(1, A.shape[1]):
         D &= A[:, None, j] <= B[None, :, j]
     return D
+
+
+# ----------------------------------------------------------------------------- runs
+
+
+def all_finite(values: Sequence[float] | None) -> bool:
+    """True when ``values`` is given and every entry is a finite number."""
+    return values is not None and all(v is not None and math.isfinite(v) for v in values)
+
+
+def config_ref_point(config: dict[str, Any], n_obj: int) -> list[float | None]:
+    """Per-objective ``ref_point`` from the config's ``objectives[i].ref_point`` (None if absent)."""
+    out: list[float | None] = [None] * n_obj
+    objs = config.get("objectives")
+    if isinstance(objs, list):
+        for i, o in enumerate(objs[:n_obj]):
+            r = o.get("ref_point") if isinstance(o, dict) else None
+            if isinstance(r, (int, float)) and not isinstance(r, bool):
+                out[i] = float(r)
+    return out
+
+
+def reference_point(
+    values: np.ndarray | Sequence[Sequence[float]],
+    directions: Sequence[str],
+    given: Sequence[float | None] | None = None,
+) -> list[float]:
+    """Hypervolume reference point for ``values`` (n, k); see the module docstring for the rule.
+
+    ``given`` may fix some objectives (None entries fall back to the rule).
+    """
+    v = np.asarray(values, dtype=np.float64).reshape(-1, len(directions))
+    v = v[np.all(np.isfinite(v), axis=1)]
+    ref: list[float] = []
+    for j, d in enumerate(directions):
+        if given is not None and j < len(given) and given[j] is not None:
+            ref.append(float(given[j]))  # type: ignore[arg-type]
+            continue
+        col = v[:, j]
+        if d == "maximize":
+            worst = float(col.min()) if col.size else 0.0
+            ref.append(0.0 if worst >= 0 else worst - 0.1 * abs(worst))
+        else:
+            if not col.size:
+                ref.append(1.0)
+                continue
+            worst = float(col.max())
+            if worst != 0:
+                ref.append(worst + 0.1 * abs(worst))
+            else:
+                span = float(col.max() - col.min())
+                ref.append(worst + (0.1 * span if span > 0 else 1.0))
+    return ref
+
+
+def _beats_ref(values: np.ndarray, directions: Sequence[str], ref: Sequence[float]) -> np.ndarray:
+    """Rows that strictly improve on ``ref`` in every objective (the others add no volume)."""
+    if values.size == 0:
+        return np.zeros(len(values), dtype=bool)
+    sign = np.array([1.0 if d == "minimize" else -1.0 for d in directions])
+    return np.all(values * sign < np.asarray(ref) * sign, axis=1)
+
+
+def ref_hypervolume(values: np.ndarray, directions: Sequence[str], ref: Sequence[float]) -> float:
+    """Hypervolume of ``values`` above ``ref`` (rows not strictly better than ``ref`` add nothing)."""
+    if len(values) == 0:
+        return 0.0
+    keep = _beats_ref(values, directions, ref)
+    if not keep.any():
+        return 0.0
+    return float(hypervolume(values[keep], list(directions), np.asarray(ref, dtype=np.float64)))
+
+
+def front_numbers(trials: Sequence[Trial], directions: Sequence[str]) -> list[int]:
+    """Numbers of the COMPLETE trials (finite search values) on the Pareto front, ascending."""
+    from .store import COMPLETE
+
+    done = [t for t in trials if t.state == COMPLETE and all_finite(t.values) and len(t.values or []) == len(directions)]
+    if not done:
+        return []
+    vals = np.asarray([t.values for t in done], dtype=np.float64)
+    mask = np.asarray(pareto_mask(vals, list(directions)), dtype=bool)
+    return sorted(t.number for t, m in zip(done, mask, strict=True) if m)
+
+
+def _finish_order(trials: Sequence[Trial]) -> list[Trial]:
+    from .store import COMPLETE, FAIL, STOPPED
+
+    return sorted(
+        (t for t in trials if t.state in (COMPLETE, FAIL, STOPPED)),
+        key=lambda t: (t.finished_at if t.finished_at is not None else math.inf, t.number),
+    )
+
+
+class HypervolumeTracker:
+    """:func:`hypervolume_history` kept up to date incrementally for a growing run.
+
+    ``update(trials)`` only processes trials that finished after the last call (when the
+    earlier finish order is unchanged; otherwise it starts over), so a live dashboard does
+    not recompute the whole history at every poll.
+    """
+
+    def __init__(self, directions: Sequence[str], ref: Sequence[float]):
+        self.directions = list(directions)
+        self.ref = [float(r) for r in ref]
+        self._reset()
+
+    def _reset(self) -> None:
+        self._ids: list[int] = []
+        self._front = np.zeros((0, len(self.directions)))
+        self._hv = 0.0
+        self.history: list[tuple[int, float]] = []
+        #: per history entry: examples evaluated so far (None while no trial counted any) and evaluation seconds so far
+        self.cost: list[tuple[int | None, float]] = []
+        self._examples: int | None = None
+        self._seconds = 0.0
+
+    def update(self, trials: Sequence[Trial]) -> list[tuple[int, float]]:
+        from .store import COMPLETE
+
+        done = _finish_order(trials)
+        ids = [t.id for t in done]
+        if ids[: len(self._ids)] != self._ids:
+            self._reset()
+        k = len(self.directions)
+        for t in done[len(self._ids) :]:
+            if t.state == COMPLETE and all_finite(t.values) and len(t.values or []) == k:
+                cand = np.vstack([self._front, np.asarray(t.values, dtype=np.float64)[None, :]])
+                mask = np.asarray(pareto_mask(cand, self.directions), dtype=bool)
+                if mask[-1]:  # the new point is on the front: it changes the hypervolume
+                    self._front = cand[mask]
+                    self._hv = ref_hypervolume(self._front, self.directions, self.ref)
+            self._ids.append(t.id)
+            self.history.append((len(self._ids), self._hv))
+            n_ex = trial_examples(t)
+            if n_ex is not None:
+                self._examples = (self._examples or 0) + n_ex
+            self._seconds += t.evaluate_s or 0.0
+            self.cost.append((self._examples, self._seconds))
+        return self.history
+
+
+def trial_examples(t: Trial) -> int | None:
+    """Examples a trial evaluated, summed over its objectives (None when none were counted)."""
+    counted = [n for n in (t.examples or []) if n is not None]
+    return sum(counted) if counted else None
+
+
+def hypervolume_history(
+    trials: Sequence[Trial], directions: Sequence[str], ref: Sequence[float]
+) -> list[tuple[int, float]]:
+    """``[(n_evaluations, hypervolume), ...]``: one entry per finished trial (COMPLETE or FAIL),
+    in finish order; the hypervolume is recomputed only when the front changes."""
+    return list(HypervolumeTracker(directions, ref).update(trials))

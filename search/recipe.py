@@ -34,12 +34,8 @@ from typing import Any
 import numpy as np
 
 from .config import SearchConfig
-from .merge.info import method_info
-from .merge.methods import resolve_options
+from .merge.methods import RecipeContext, method_info
 from .space import CoefficientSpace
-
-# methods that combine task vectors against a base (mergekit's generalized task arithmetic)
-_TASK_VECTOR_METHODS = {"task_arithmetic", "ties", "dare_ties", "dare_linear", "breadcrumbs"}
 
 
 @dataclass
@@ -143,8 +139,8 @@ def build_recipe(
     gidx = {g: i for i, g in enumerate(space.groups)}
     experts = list(space.experts)
     params = list(info.params)
-    opts = resolve_options(info.name, cfg.merge.params)
-    task_vectors = info.name in _TASK_VECTOR_METHODS
+    opts = info.resolve_options(cfg.merge.params)
+    task_vectors = info.task_vectors
     linear_normalized = info.name == "linear" and bool(opts.get("normalize", True))
 
     # tensors per slice (embed tensors go to the first slice, head tensors to the last)
@@ -267,15 +263,7 @@ def build_recipe(
     recipe: dict[str, Any] = {"slices": slices, "merge_method": info.mergekit}
     if task_vectors:
         recipe["base_model"] = base_ref
-    gparams: dict[str, Any] = {}
-    if info.name == "linear":
-        gparams["normalize"] = bool(opts.get("normalize", True))
-    if "lambda" in opts:
-        gparams["lambda"] = _num(opts["lambda"])
-    if "normalize" in opts and info.name != "linear":
-        gparams["normalize"] = bool(opts["normalize"])
-    if info.random:
-        gparams["rescale"] = True  # mergekit's only rescale (L1); see the notes
+    gparams = {k: _num(v) if isinstance(v, float) else v for k, v in info.mergekit_parameters(opts).items()}
     if gparams:
         recipe["parameters"] = gparams
     recipe["dtype"] = "float32"
@@ -312,54 +300,10 @@ def build_recipe(
 
     # ---------------------------------------------------------------- known differences
     inexact = bool(mismatches)
-    if info.random:
-        inexact = True
-        notes.append(
-            f"{info.name} drops entries at random: mergekit draws its own masks (torch.bernoulli on its own RNG "
-            "stream), not this trial's (a hash of the run seed, the trial number, the tensor and the expert), so "
-            "its merge differs entry by entry"
-        )
-        if opts.get("rescale", "inverse") != "l1":
-            notes.append(
-                "this run rescaled the kept entries by 1/density (rescale: inverse); mergekit's rescale restores "
-                "each task vector's L1 norm instead (rescale: l1 here)"
-            )
-    if info.name == "ties":
-        # mergekit keeps at least one entry of a tensor whose int(density * numel) is 0; we drop the expert
-        dens = values["density"]
-        tiny = [
-            (n, experts[e]) for n, k in numels.items() for e in range(len(experts))
-            if 0 < dens[space.tensor_group[n], e] and int(float(dens[space.tensor_group[n], e]) * k) == 0
-        ]
-        if tiny:
-            inexact = True
-            notes.append(
-                f"{len(tiny)} (tensor, expert) pairs keep 0 entries here (int(density * numel) = 0, first: "
-                f"{tiny[0][0]} of {tiny[0][1]}); mergekit keeps 1 entry of each"
-            )
-    if info.name in ("ties", "breadcrumbs"):
-        notes.append(
-            "magnitude trims keep every entry tied with the cut-off magnitude, mergekit exactly k of them; they differ "
-            "only where |task vector| values tie at the cut (zeros, which add nothing, aside)"
-        )
-    if info.name == "linear":
-        W = values["weight"].sum(axis=1)
-        zero = [space.groups[g] for g in range(len(space.groups)) if abs(W[g]) < 1e-12]
-        if zero and linear_normalized:
-            inexact = True
-            notes.append(
-                f"the weights of group(s) {', '.join(zero)} sum to 0: this merge keeps the base there, mergekit "
-                "would divide by 0"
-            )
-        notes.append(
-            "linear: mergekit averages the expert weights directly rather than adding averaged task vectors to "
-            "the base; the two agree up to float rounding"
-        )
-    if info.name in ("task_arithmetic", "breadcrumbs") or (info.name == "ties" and float(opts.get("lambda", 1.0)) != 1.0):
-        notes.append(
-            "mergekit sums the weighted task vectors and then scales and adds them to the base; this merge adds "
-            "each scaled task vector in turn: results agree up to float rounding (last bits)"
-        )
+    ctx = RecipeContext(values, numels, space.tensor_group, space.groups, experts, opts)
+    for note, breaks in info.recipe_notes(ctx):
+        notes.append(note)
+        inexact = inexact or breaks
     if cfg.models.dtype != "float32":
         notes.append(
             f"the models are {cfg.models.dtype}: mergekit computes in float32 and rounds once at the end, as this "

@@ -39,7 +39,7 @@ import numpy as np
 
 from .config import MergeConfig, SearchConfig
 from .errors import ConfigError, ConfigIssue
-from .merge.info import method_info
+from .merge.methods import method_info
 
 _LAYER_RE = re.compile(r"(?:^|\.)(?:layers|layer|h|blocks|block)\.(\d+)\.")
 

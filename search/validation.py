@@ -2,7 +2,7 @@
 
 :func:`check_run` runs, in order, and stops at the first stage that finds problems:
 
-1. :func:`search.config.check_config`: names resolve, bounds, evaluator settings, model folders.
+1. :func:`check_config`: names resolve, bounds, evaluator settings, model folders.
 2. The coefficient space, from the base model's structure (no weights are read), and the
    strategy's :meth:`~search.strategies.base.Strategy.check` with the real
    :meth:`~search.strategies.base.Problem.info` (dimension, budget, experts, objectives).
@@ -28,14 +28,16 @@ Where the model structure comes from:
 from __future__ import annotations
 
 import logging
+import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .errors import ConfigError, ConfigIssue
+from .config import SearchConfig, load_config
+from .errors import ConfigError, ConfigIssue, did_you_mean
 
 if TYPE_CHECKING:
-    from .config import SearchConfig
     from .space import CoefficientSpace
     from .strategies import Problem, Strategy
 
@@ -64,8 +66,6 @@ def check_run(cfg: SearchConfig, *, check_files: bool = True, run_code: bool = F
     space checks. ``run_code=True`` (launch, resume) may build ``zoo:`` models and call
     ``models.factory``; without it nothing from the config is imported or called.
     """
-    from .config import check_config
-
     issues = check_config(cfg, check_files=check_files)
     if issues:
         raise ConfigError(issues, source)
@@ -154,3 +154,126 @@ def _strategy_issue(name: str, opts: Any, msg: str) -> ConfigIssue:
     first = body.split(" ", 1)[0]
     path = f"strategy.options.{first}" if first in type(opts).model_fields else "strategy.options"
     return ConfigIssue(path, body)
+
+
+# ----------------------------------------------------------------------------- semantic checks
+
+
+def check_config(cfg: SearchConfig, *, check_files: bool = True) -> list[ConfigIssue]:
+    """Checks beyond the schema. Returns every issue found (empty list = valid)."""
+    from .merge.methods import METHODS
+    from .strategies import STRATEGIES
+
+    issues: list[ConfigIssue] = []
+
+    # strategy
+    if cfg.strategy.name not in STRATEGIES:
+        issues.append(
+            ConfigIssue("strategy.name", f"unknown strategy {cfg.strategy.name!r}{did_you_mean(cfg.strategy.name, STRATEGIES.names())}")
+        )
+    else:
+        from .strategies import validate_options
+
+        issues += validate_options(cfg.strategy.name, cfg.strategy.options, cfg)
+
+    # merge method and its parameters
+    m = cfg.merge
+    info = None
+    if m.method not in METHODS:
+        issues.append(ConfigIssue("merge.method", f"unknown merge method {m.method!r}{did_you_mean(m.method, METHODS.names())}"))
+    else:
+        try:
+            info = METHODS.get(m.method)
+        except ImportError as e:  # a plugin's module failed to import: report, do not crash
+            issues.append(ConfigIssue("merge.method", f"merge method {m.method!r} cannot be loaded: {e}"))
+    if info is not None:
+        for pname in m.search:
+            if pname not in info.params:
+                issues.append(
+                    ConfigIssue(
+                        f"merge.search.{pname}",
+                        f"method {m.method!r} has no {pname!r}; its searchable parameters are: {', '.join(info.params)}",
+                    )
+                )
+        for key, val in m.params.items():
+            if key in m.search:
+                issues.append(ConfigIssue(f"merge.params.{key}", f"{key!r} is both fixed here and searched in merge.search; keep one"))
+            elif key in info.params:
+                if not isinstance(val, (int, float)) or isinstance(val, bool):
+                    issues.append(ConfigIssue(f"merge.params.{key}", f"expected a number, got {val!r}"))
+            elif key not in info.options:
+                known = list(info.params) + list(info.options)
+                issues.append(
+                    ConfigIssue(f"merge.params.{key}", f"method {m.method!r} has no parameter {key!r}{did_you_mean(key, known)}")
+                )
+        issues += info.check({k: v for k, v in m.search.items() if k in info.params},
+                             {k: v for k, v in m.params.items() if k not in m.search})
+        if not m.search:
+            issues.append(ConfigIssue("merge.search", "nothing is searched; give at least one parameter with bounds, e.g. weight: [0, 1]"))
+
+    # objectives and their evaluators
+    from evaluators import EVALUATORS, validate_settings
+
+    for i, o in enumerate(cfg.objectives):
+        if o.evaluator not in EVALUATORS:
+            issues.append(
+                ConfigIssue(
+                    f"objectives[{i}].evaluator",
+                    f"unknown evaluator {o.evaluator!r}{did_you_mean(o.evaluator, EVALUATORS.names())}",
+                )
+            )
+            continue
+        issues += validate_settings(o.evaluator, o.settings, f"objectives[{i}].settings", cfg)
+        if cfg.fidelity is not None:
+            issues += subset_issues(o.evaluator, o.settings, i)
+        if o.heldout is not None:
+            issues += validate_settings(o.evaluator, {**o.settings, **o.heldout}, f"objectives[{i}].heldout", cfg)
+
+    from evaluators.vllm_engine import check_engine
+
+    issues += check_engine(cfg)  # lm_eval objectives with engine: vllm
+
+    # workers
+    w = cfg.workers
+    if w.backend == "local" and w.gpus_per_worker > 1:
+        issues.append(ConfigIssue("workers.gpus_per_worker", "the local backend gives each worker at most one GPU; use backend: ray"))
+    if w.address and w.backend != "ray":
+        issues.append(ConfigIssue("workers.address", "an address only applies to backend: ray"))
+    if w.device not in ("auto", "cpu") and not re.fullmatch(r"cuda(:\d+)?|mps", w.device):
+        issues.append(ConfigIssue("workers.device", f"{w.device!r} is not 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'"))
+
+    if check_files:
+        from .models import check_model_sources
+
+        issues += check_model_sources(cfg.models, cfg.base_dir)
+        if m.schedule_knots and not issues:
+            from .space import schedule_issues
+
+            issues += schedule_issues(cfg)
+    return issues
+
+
+def subset_issues(evaluator: str, settings: dict[str, Any], i: int) -> list[ConfigIssue]:
+    """Why objective ``i`` cannot be scored on example subsets (``fidelity``), as issues."""
+    from pydantic import ValidationError
+
+    from evaluators import EVALUATORS
+
+    try:
+        cls = EVALUATORS.get(evaluator)
+        found = cls.subset_issue(cls.Settings(**settings))
+    except (ImportError, ValidationError):  # reported by the settings checks
+        return []
+    if found is None:
+        return []
+    field, msg = found
+    return [ConfigIssue(f"objectives[{i}].settings.{field}" if field else f"objectives[{i}].evaluator", msg)]
+
+
+def validate_file(path: str | os.PathLike[str], *, check_files: bool = True) -> SearchConfig:
+    """Load + check; raise :class:`ConfigError` listing every issue."""
+    cfg = load_config(path)
+    issues = check_config(cfg, check_files=check_files)
+    if issues:
+        raise ConfigError(issues, str(path))
+    return cfg

@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from search.config import check_config, load_config, validate_file
+from search.config import load_config
 from search.errors import ConfigError
+from search.validation import check_config, validate_file
 from tests.toy_problem import make_toy_models, toy_config
 
 

@@ -410,7 +410,7 @@ def test_hypervolume_against_examples_and_seconds_of_a_fidelity_run(toy_root: Pa
 
     from search.controller import launch
     from search.dashboard.server import create_app
-    from search.report import _finish_order
+    from search.pareto import _finish_order
     from tests.toy_problem import fidelity_config
 
     store = tmp_path / "fid.db"

@@ -419,7 +419,8 @@ def test_gpu_config_fits_the_clusters() -> None:
 
 def test_gpu_config_validates_without_model_files() -> None:
     """`search validate --no-files configs/gpu-7b-ties.yaml` (hub models are not fetched here)."""
-    from search.config import check_config, load_config
+    from search.config import load_config
+    from search.validation import check_config
 
     cfg = load_config(GPU_CONFIG)
     assert check_config(cfg, check_files=False) == []

@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from search.config import check_config, parse_config
+from search.config import parse_config
+from search.validation import check_config
 
 
 def quick(**settings: object) -> dict:

@@ -546,16 +546,30 @@ def deep_llama(tmp_path_factory: pytest.TempPathFactory) -> Path:
     conf = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=6,
                        num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=64, tie_word_embeddings=False)
     torch.manual_seed(0)
-    model = LlamaForCausalLM(conf)
+    return save_base_and_experts(LlamaForCausalLM(conf), tok, root, ("base", *EXPERTS), 0.02, seed=0)
+
+
+def save_base_and_experts(model: torch.nn.Module, tok: object, root: Path, names: tuple[str, ...], scale: float,
+                          seed: int) -> Path:
+    """Save ``model`` as ``root/names[0]`` and, for each further name i, the model plus
+    ``scale`` x seeded Gaussian noise (generator seed ``seed + i``), each with ``tok``."""
     base = {n: p.detach().clone() for n, p in model.named_parameters()}
-    for i, name in enumerate(("base", *EXPERTS)):
-        g = torch.Generator().manual_seed(i)
+    for i, name in enumerate(names):
+        g = torch.Generator().manual_seed(seed + i)
         with torch.no_grad():
             for n, p in model.named_parameters():
-                p.copy_(base[n] + (0.02 * torch.randn(p.shape, generator=g) if i else 0.0))
+                p.copy_(base[n] + (scale * torch.randn(p.shape, generator=g) if i else 0.0))
         model.save_pretrained(root / name)
-        tok.save_pretrained(root / name)
+        tok.save_pretrained(root / name)  # type: ignore[attr-defined]
     return root
+
+
+def mergekit_merge(exe: str, export: Path, dest: Path) -> dict[str, torch.Tensor]:
+    """Run ``mergekit-yaml`` on an export's recipe into ``dest``; return its tensors."""
+    proc = subprocess.run([exe, str(export / "mergekit_config.yml"), str(dest)], env={**os.environ, "HF_HUB_OFFLINE": "1"},
+                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return flat_state(dest)
 
 
 def test_mergekit_reproduces_a_schedule_export(deep_llama: Path, tmp_path: Path) -> None:
@@ -575,10 +589,7 @@ def test_mergekit_reproduces_a_schedule_export(deep_llama: Path, tmp_path: Path)
     exe = _mergekit_yaml()
     if exe is None or not Path(exe).exists():
         pytest.skip("mergekit is not installed (pip install mergekit, or set MERGEKIT_YAML)")
-    proc = subprocess.run([exe, str(out / "mergekit_config.yml"), str(tmp_path / "mk")], env={**os.environ, "HF_HUB_OFFLINE": "1"},
-                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    ours, theirs = flat_state(out), flat_state(tmp_path / "mk")
+    ours, theirs = flat_state(out), mergekit_merge(exe, out, tmp_path / "mk")
     assert set(ours) == set(theirs)
     for n in ours:
         assert torch.equal(ours[n], theirs[n]), n

@@ -35,7 +35,8 @@ from search.fidelity import (
     standard_error,
     stitch,
 )
-from search.report import front_numbers, load_run
+from search.pareto import front_numbers
+from search.report import load_run
 from search.store import COMPLETE, STOPPED, Store
 from tests.toy_problem import fidelity_config
 

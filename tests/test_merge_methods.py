@@ -1,9 +1,10 @@
-"""Merge methods against slow, obviously-correct numpy references (per tensor).
+"""Merge methods against their slow, obviously-correct numpy references (per tensor).
 
-The reference (``reference_merge``) is written from the formulas in the module docstring of
-``search.merge.methods`` with plain numpy: selections by explicit sorting and rank indices,
-the DARE hash with numpy uint64 arithmetic (wraps mod 2**64), sums in float64. Other test
-files import it to check whole models.
+Each method's ``reference`` (``search/merge/methods/<name>.py``, built from the numpy pieces
+in ``search/merge/methods/reference.py``) is written from the formula in its module docstring
+with plain numpy: selections by explicit sorting and rank indices, the DARE hash with numpy
+uint32 arithmetic, sums in float64. Other test files import ``reference_merge`` to check whole
+models.
 """
 
 from __future__ import annotations
@@ -15,138 +16,37 @@ import pytest
 import torch
 
 from search.errors import ConfigError
-from search.merge.methods import (
-    SortedMagnitudes,
-    breadcrumbs_ranks,
-    dare_hash,
-    dare_key,
-    merge_tensors,
-    plan_tensor,
-    resolve_options,
-)
+from search.merge.kernels import SortedMagnitudes, dare_hash, merge_tensors
+from search.merge.methods import method_info
+from search.merge.methods.reference import hash31 as ref_hash31
+from search.merge.tensorplan import breadcrumbs_ranks, dare_key
 from search.seeding import derive_seed
 
 torch.set_num_threads(1)
 
 METHODS = ["linear", "task_arithmetic", "ties", "dare_ties", "dare_linear", "breadcrumbs"]
-DEFAULTS = {"weight": 1.0, "density": 0.5, "gamma": 0.01}
-OPTION_DEFAULTS = {
-    "linear": {"normalize": True},
-    "task_arithmetic": {"lambda": 1.0},
-    "ties": {"lambda": 1.0, "normalize": True},
-    "dare_ties": {"lambda": 1.0, "normalize": True, "rescale": "inverse"},
-    "dare_linear": {"lambda": 1.0, "rescale": "inverse"},
-    "breadcrumbs": {"lambda": 1.0},
-}
-
-
-# ----------------------------------------------------------------------------- the reference
-
-
-def ref_hash31(key: int, start: int, n: int) -> np.ndarray:
-    """fmix32(i * 0x9E3779B1 + key) & 0x7FFFFFFF for i in start..start+n-1 (uint32 wraps)."""
-    with np.errstate(over="ignore"):
-        z = np.arange(start, start + n, dtype=np.uint64).astype(np.uint32)
-        z = z * np.uint32(0x9E3779B1) + np.uint32(key & 0xFFFFFFFF)
-        z = z ^ (z >> np.uint32(16))
-        z = z * np.uint32(0x85EBCA6B)
-        z = z ^ (z >> np.uint32(13))
-        z = z * np.uint32(0xC2B2AE35)
-        z = z ^ (z >> np.uint32(16))
-    return z & np.uint32(0x7FFFFFFF)
 
 
 def ref_key(seed: int, name: str, expert: int) -> int:
     return derive_seed("dare", seed, name, expert) & 0xFFFFFFFF
 
 
-def ref_topk_keep(tau: np.ndarray, density: float) -> np.ndarray:
-    """Keep entries with |tau| >= the k-th largest |tau|, k = int(density * n)."""
-    n = tau.size
-    k = int(density * n)
-    a = np.abs(tau.reshape(-1))
-    if k <= 0:
-        return np.zeros(n, dtype=bool)
-    if k >= n:
-        return np.ones(n, dtype=bool)
-    thr = np.sort(a)[::-1][k - 1]
-    return a >= thr
+def resolve_options(method, params=None):
+    return method_info(method).resolve_options(params)
 
 
-def ref_band_keep(tau: np.ndarray, density: float, gamma: float) -> np.ndarray:
-    """mergekit's magnitude_outliers by rank: drop the n_top largest, keep the next n_keep."""
-    n = tau.size
-    n_keep = int(density * n)
-    n_top = int(gamma * n)
-    if n_top + n_keep > n:
-        n_top = n - n_keep
-    order = np.argsort(-np.abs(tau.reshape(-1)), kind="stable")  # descending magnitude
-    keep = np.zeros(n, dtype=bool)
-    keep[order[n_top : n_top + n_keep]] = True
-    return keep
-
-
-def ref_dare(tau: np.ndarray, density: float, key: int, rescale: str) -> np.ndarray:
-    t = tau.reshape(-1).astype(np.float64)
-    if density <= 0:
-        return np.zeros_like(t)
-    if density >= 1:
-        return t
-    keep = ref_hash31(key, 0, t.size) < np.uint32(int(density * 2**31))
-    kept = np.where(keep, t, 0.0)
-    if rescale == "inverse":
-        return kept / density
-    before, after = np.abs(t).sum(), np.abs(kept).sum()
-    return kept * (before / after) if before > 0 and after > 0 else kept
-
-
-def ref_elect(deltas: list[np.ndarray], weights: list[float], normalize: bool) -> np.ndarray:
-    """TIES sign election and disjoint mean on weighted deltas D_t = w_t * kept_t."""
-    D = [w * d for w, d in zip(weights, deltas, strict=True)]
-    S = np.sum(D, axis=0)
-    E = np.where(S >= 0, 1.0, -1.0)
-    num = np.zeros_like(S)
-    den = np.zeros_like(S)
-    for w, d in zip(weights, D, strict=True):
-        agree = np.sign(d) == E
-        num += np.where(agree, d, 0.0)
-        den += np.where(agree, w, 0.0)
-    if normalize:
-        den[den == 0] = 1.0
-        return num / den
-    return num
+def plan_tensor(method, options, vals, numel, **kw):
+    return method_info(method).plan(options, vals, numel, **kw)
 
 
 def reference_merge(method, base, taus, vals, options=None, *, name="", seed=0) -> np.ndarray:
-    """theta for one tensor. base/taus: float32 arrays (taus as the engine stores them);
-    vals: per parameter, one value per expert; seed: the trial seed."""
-    opts = {**OPTION_DEFAULTS[method], **(options or {})}
+    """theta for one tensor by the method's numpy reference. base/taus: float32 arrays (taus
+    as the engine stores them); vals: per parameter, one value per expert (missing: defaults);
+    seed: the trial seed."""
+    m = method_info(method)
     K = len(taus)
-    v = {p: list(vals.get(p, [DEFAULTS[p]] * K)) for p in DEFAULTS}
-    w = [float(x) for x in v["weight"]]
-    b = base.reshape(-1).astype(np.float64)
-    T = [t.reshape(-1) for t in taus]  # float32, for exact selections
-    lam = float(opts.get("lambda", 1.0))
-    if method == "linear":
-        s = sum(wi * t.astype(np.float64) for wi, t in zip(w, T, strict=True))
-        if opts["normalize"]:
-            W = sum(w)
-            return b if abs(W) < 1e-12 else b + s / W
-        return b + s
-    if method == "task_arithmetic":
-        return b + lam * sum(wi * t.astype(np.float64) for wi, t in zip(w, T, strict=True))
-    if method == "ties":
-        kept = [np.where(ref_topk_keep(t, v["density"][i]), t.astype(np.float64), 0.0) for i, t in enumerate(T)]
-        return b + lam * ref_elect(kept, w, opts["normalize"])
-    if method in ("dare_ties", "dare_linear"):
-        kept = [ref_dare(t, v["density"][i], ref_key(seed, name, i), opts["rescale"]) for i, t in enumerate(T)]
-        if method == "dare_linear":
-            return b + lam * sum(wi * k for wi, k in zip(w, kept, strict=True))
-        return b + lam * ref_elect(kept, w, opts["normalize"])
-    if method == "breadcrumbs":
-        kept = [np.where(ref_band_keep(t, v["density"][i], v["gamma"][i]), t.astype(np.float64), 0.0) for i, t in enumerate(T)]
-        return b + lam * sum(wi * k for wi, k in zip(w, kept, strict=True))
-    raise ValueError(method)
+    v = {p: list(vals.get(p, [d] * K)) for p, d in m.params.items()}
+    return m.reference(base, [t.reshape(-1) for t in taus], v, m.resolve_options(options), name=name, seed=seed)
 
 
 def assert_close_ref(got: torch.Tensor, ref: np.ndarray, what: str = "") -> None:
@@ -360,7 +260,7 @@ def test_bf16_work_dtype_stays_within_rounding():
 def test_magnitude_trim_is_exact_at_thresholds(dtype):
     """hardshrink at the next float below a bound == the >= / < rule, also with many entries
     tied at the bound (bf16 has few mantissa bits) and with bounds at 0."""
-    from search.merge.methods import float_below, magnitude_trim_into
+    from search.merge.kernels import float_below, magnitude_trim_into
 
     g = torch.Generator().manual_seed(0)
     x = (torch.randn(4096, generator=g) * 0.02).to(dtype)

@@ -13,14 +13,8 @@ from rich.console import Console
 
 from search.cli import main
 from search.errors import StoreError
-from search.report import (
-    front_json,
-    hypervolume_history,
-    load_run,
-    print_front,
-    print_status,
-    reference_point,
-)
+from search.pareto import hypervolume_history, reference_point
+from search.report import front_json, load_run, print_front, print_status
 from search.store import COMPLETE, FAIL, Store
 
 GROUPS = ["embed", "layers.00", "layers.01", "head"]
@@ -195,7 +189,7 @@ def test_empty_run(tmp_path: Path) -> None:
 
 
 def test_hypervolume_tracker_is_incremental_and_matches_the_full_history(store_path: Path) -> None:
-    from search.report import HypervolumeTracker
+    from search.pareto import HypervolumeTracker
 
     data = load_run("r", str(store_path))
     full = data.hypervolume_history()

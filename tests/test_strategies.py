@@ -480,7 +480,13 @@ def test_m2n2_falls_back_to_objective_values() -> None:
 
 
 def test_map_design_surrogate_and_nested() -> None:
-    from search.strategies.map import QuadSurrogate, auto_link, fit_quadratic, n_quad_params, quad_features
+    from search.strategies.map_surrogate import (
+        QuadSurrogate,
+        auto_link,
+        fit_quadratic,
+        n_quad_params,
+        quad_features,
+    )
 
     # the surrogate recovers a sigmoid-quadratic exactly enough from a linear start
     rng = np.random.default_rng(0)

@@ -14,11 +14,11 @@ import pytest
 import yaml
 
 from search.cli import main
-from search.config import check_config, load_config, parse_config
+from search.config import load_config, parse_config
 from search.controller import config_identity
 from search.errors import ConfigError
 from search.store import Store
-from search.validation import check_run
+from search.validation import check_config, check_run
 from tests.toy_problem import toy_config
 
 REPO = Path(__file__).resolve().parents[1]

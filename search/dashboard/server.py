@@ -57,14 +57,8 @@ from fastapi.responses import HTMLResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 
 from ..errors import MergeSearchError, StoreError
-from ..report import (
-    HypervolumeTracker,
-    RunData,
-    config_dict,
-    config_ref_point,
-    reference_point,
-    run_data,
-)
+from ..pareto import HypervolumeTracker, config_ref_point, reference_point
+from ..report import RunData, config_dict, run_data
 from ..store import COMPLETE, RUNNING, Store, Study, Trial, default_store_for, store_url
 from ..store import trial_values as _tv
 from ..store import trials as _tt

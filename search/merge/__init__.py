@@ -1,9 +1,9 @@
-"""Merge engine: merge methods (``methods``), the light method table (``info``) and the
-in-place :class:`~search.merge.materializer.Materializer`.
+"""Merge engine: merge methods (``methods``, one file each, registered in ``METHODS``), their
+kernels (``kernels``) and the in-place :class:`~search.merge.materializer.Materializer`.
 
-Only ``info`` is imported here; the torch-based modules load on first use.
+Only ``methods`` is imported here (no torch); the kernels load on first use.
 """
 
-from .info import METHODS, MethodInfo, method_info
+from .methods import METHODS, MergeMethod, method_info
 
-__all__ = ["METHODS", "MethodInfo", "method_info"]
+__all__ = ["METHODS", "MergeMethod", "method_info"]

@@ -48,18 +48,8 @@ import torch
 from ..errors import ConfigError, ConfigIssue
 from ..seeding import trial_seed
 from .checkpoint import DictSource, TensorSource, check_source, open_source, param_aliases
-from .info import method_info
-from .methods import (
-    SortedMagnitudes,
-    Workspace,
-    fixed_trim_mask,
-    magnitude_trim,
-    merge_tensor,
-    plan_tensor,
-    rank_range,
-    resolve_options,
-    trim_params,
-)
+from .kernels import SortedMagnitudes, Workspace, merge_tensor
+from .methods import method_info
 from .plan import PLAN_KINDS, Plan, choose_plan, expected_seconds, fmt_bytes, plan_bytes
 
 if TYPE_CHECKING:
@@ -270,7 +260,7 @@ class Materializer:
         self.space = space
         self.method = method
         self.info = method_info(method)
-        self.options = resolve_options(method, options)
+        self.options = self.info.resolve_options(options)
         self.run_seed = int(run_seed)
         self.accumulate_fp32 = bool(accumulate_fp32)
         self.chunk = chunk
@@ -287,11 +277,11 @@ class Materializer:
         fields = list(expert_fields) if expert_fields else [f"experts[{i}]" for i in range(self.K)]
 
         # trims: fixed (applied once), searched (sorted magnitudes), DARE l1 norms
-        tps = trim_params(method)
+        tps = self.info.trim
         self.trim_searched = any(p in space.searched for p in tps)
-        self.pretrim = magnitude_trim(method) and not self.trim_searched and bool(tps)
-        self.need_sorted = magnitude_trim(method) and self.trim_searched
-        self.need_l1 = method.startswith("dare") and self.options.get("rescale") == "l1"
+        self.pretrim = self.info.magnitude_trim and not self.trim_searched and bool(tps)
+        self.need_sorted = self.info.magnitude_trim and self.trim_searched
+        self.need_l1 = self.info.random and self.options.get("rescale") == "l1"
         self._fixed_trim = {p: float(space.fixed[p]) for p in tps if p in space.fixed}
         self._bounds = self._search_bounds()
 
@@ -326,7 +316,7 @@ class Materializer:
         return out
 
     def _sorted_ranks(self, n: int) -> tuple[int, int]:
-        return rank_range(self.method, n, self._bounds)
+        return self.info.rank_range(n, self._bounds)
 
     def _choose(self, plan: str | Plan, budget_gb: float | None, free_override: int | None, hid: bool | None) -> Plan:
         if isinstance(plan, Plan):
@@ -348,7 +338,7 @@ class Materializer:
                     sorted_b += max(0, k1 - k0 + 1) * eb * self.K
             chunk = self.chunk or ((1 << 24) if dev.type != "cpu" else (1 << 18))
             n_scratch = min(chunk, max(e.numel for e in ents))
-            heavy = bool(trim_params(self.method))  # masks + election buffers
+            heavy = bool(self.info.trim)  # masks + election buffers
             scratch = (self.K + 8) * n_scratch * 4 if heavy else n_scratch * 4
             free = max(0, (free_override if free_override is not None else _free_bytes(dev)) - self.reserve_bytes)
             host_dev = (dev.type == "cpu") if hid is None else hid
@@ -404,7 +394,7 @@ class Materializer:
                 tau.sub_(e.base)
                 tau = tau.to(e.storage)
                 if self.pretrim:
-                    m = fixed_trim_mask(self.method, tau, self._fixed_trim)
+                    m = self.info.fixed_trim_mask(tau, self._fixed_trim)
                     if m is not None:
                         tau.masked_fill_(m.logical_not_(), 0)
                         del m
@@ -596,11 +586,11 @@ class Materializer:
 
     def _merge_into(self, out: torch.Tensor, e: _Entry, base: torch.Tensor, taus: list[torch.Tensor],
                     rows: list[dict[str, float]], seed: int) -> None:
-        tp = plan_tensor(
-            self.method, self.options, rows[e.group], e.numel,
+        tp = self.info.plan(
+            self.options, rows[e.group], e.numel,
             name=e.name, seed=seed, kth=e.kth if e.mags else None, pretrimmed=self.pretrim, l1=e.l1,
         )
-        merge_tensor(out, base, taus, tp, work_dtype=e.work, chunk=self.chunk, ws=self._ws)
+        merge_tensor(out, base, taus, tp, work_dtype=e.work, chunk=self.chunk, ws=self._ws, kernel=self.info.kernel)
 
     def _refuse_released(self, what: str) -> None:
         if self.released:

@@ -8,8 +8,9 @@ between trials. Where they live is its *memory plan* (``merge.plan``):
 ``sparse``    base on the device; the task vectors *trimmed at build time* (values plus
               int32/int64 indices or a bitmask, whichever is smaller) on the device, scattered
               into a dense buffer tensor by tensor at apply time. Only for methods whose trim
-              is deterministic and fixed: ``ties`` and ``breadcrumbs`` with ``density`` (and
-              ``gamma``) not searched. DARE's masks change every trial, so it cannot be sparse.
+              is deterministic and fixed: methods with a magnitude trim (``ties``,
+              ``breadcrumbs``; ``MergeMethod.magnitude_trim``) with ``density`` (and ``gamma``)
+              not searched. DARE's masks change every trial, so it cannot be sparse.
 ``streamed``  task vectors in host memory (pinned when CUDA is available), copied to the
               device tensor by tensor with non-blocking copies on a side CUDA stream into
               two alternating buffers (double buffering), so the copy of tensor i+1 overlaps
@@ -48,7 +49,6 @@ from typing import Literal
 
 PlanKind = Literal["resident", "streamed", "sparse"]
 PLAN_KINDS: tuple[str, ...] = ("resident", "sparse", "streamed")
-SPARSE_METHODS = ("ties", "breadcrumbs")  # deterministic magnitude trims
 AUTO_FREE_SHARE = 0.8
 
 
@@ -89,9 +89,16 @@ def sparse_bytes_per_element(density: float, elem_bytes: int, index_bytes: int =
     return min(d * (elem_bytes + index_bytes), 1.0 / 8.0 + d * elem_bytes)
 
 
+def magnitude_trimmed(method: str) -> bool:
+    """True when ``method``'s trim is a deterministic magnitude rule."""
+    from .methods import method_info
+
+    return method_info(method).magnitude_trim
+
+
 def sparse_eligible(method: str, density_searched: bool) -> bool:
     """Sparse storage needs a deterministic trim fixed at build time."""
-    return method in SPARSE_METHODS and not density_searched
+    return magnitude_trimmed(method) and not density_searched
 
 
 def plan_bytes(
@@ -189,7 +196,7 @@ def choose_plan(
             raise ValueError(f"unknown plan {requested!r}; use auto or one of {', '.join(PLAN_KINDS)}")
         if requested == "sparse" and not eligible:
             raise ValueError(
-                f"plan 'sparse' needs a fixed magnitude trim (method ties or breadcrumbs with density"
+                f"plan 'sparse' needs a fixed magnitude trim (a method such as ties or breadcrumbs with density"
                 f" not searched); method {method!r}{' with a searched density' if density_searched else ''} cannot use it"
             )
         sb = False
@@ -206,7 +213,7 @@ def choose_plan(
     for p in plans:
         if p.fits:
             why = f"first plan that fits {fmt_bytes(avail)} available (order: resident, sparse, streamed)"
-            if not eligible and method in SPARSE_METHODS and p.kind != "resident":
+            if not eligible and magnitude_trimmed(method) and p.kind != "resident":
                 why += "; sparse skipped: density is searched"
             return Plan(p.kind, p.stream_base, p.device_bytes, p.host_bytes, avail, True, why, p.parts)
     best = min(plans, key=lambda p: p.device_bytes)

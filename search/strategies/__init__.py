@@ -26,6 +26,7 @@ STRATEGIES: Registry[type[Strategy]] = Registry(
         "mobo": "search.strategies.mobo:MOBOStrategy",
         "turbo": "search.strategies.turbo:TurboStrategy",
     },
+    group="mergesearch.strategies",
 )
 
 

@@ -29,6 +29,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from evaluators.datasets import Dataset
+
 from . import atomic_build
 
 log = logging.getLogger(__name__)
@@ -79,6 +81,9 @@ def digits_split(split: str) -> tuple[Any, Any]:
     c = _CACHE["all"]
     idx = c[split]
     return c["X"][idx], c["y"][idx]
+
+
+DIGITS = Dataset("digits", digits_split, tuple(range(10)))  # the ``digits`` entry of evaluators.datasets.DATASETS
 
 
 def _mlp_class() -> type:

@@ -237,7 +237,8 @@ def _validate(tmp_path: Path, raw: dict[str, Any]) -> subprocess.CompletedProces
 
 def _issues(mc_dir: Path, raw: dict[str, Any]) -> list[str]:
     """`search validate`'s lines, in process (the CLI path is run once, below)."""
-    from search.config import check_config, parse_config
+    from search.config import parse_config
+    from search.validation import check_config
 
     return [str(i) for i in check_config(parse_config(raw).with_base_dir(str(mc_dir)))]
 

@@ -1,43 +1,10 @@
-"""Merge methods: per-tensor formulas on base weights and task vectors.
+"""Merge kernels: the per-tensor arithmetic the merge methods (``search.merge.methods``) run.
 
-Notation: theta_0 the base tensor, tau_t = theta_t - theta_0 the task vector of expert t,
-w_t / d_t / g_t the weight / density / gamma of expert t *in this tensor's group* (from
-``CoefficientSpace.values``), lambda / normalize / rescale the method's global options
-(``merge.params``; defaults in ``info.METHODS``). Every formula is per tensor.
-
-linear
-    theta_0 + sum_t w_t tau_t / sum_t w_t with ``normalize`` (the default; a weighted average
-    of the experts). If |sum_t w_t| < 1e-12 the result is theta_0. Without normalize:
-    theta_0 + sum_t w_t tau_t.
-task_arithmetic
-    theta_0 + lambda * sum_t w_t tau_t.
-ties  (mergekit-compatible: mergekit 0.1.5 gave the same tensors bit for bit; docs/facts.md)
-    k_t = int(d_t * numel). Keep the entries of tau_t with |tau_t| >= the k_t-th largest
-    |tau_t| (k_t = 0: nothing kept; k_t >= numel: everything kept). Weighted deltas
-    D_t = w_t * kept_t. Elected sign E = +1 where sum_t D_t >= 0, else -1. An entry of D_t
-    *agrees* when sign(D_t) == E (zeros never agree). merged = sum_t D_t [agree_t]; with
-    ``normalize`` (default) divide by sum_t w_t [agree_t] (0 -> 1). theta_0 + lambda * merged.
-dare_linear / dare_ties
-    Keep each entry of tau_t with probability d_t (a Bernoulli mask), rescale the kept entries
-    by 1/d_t (``rescale: inverse``, default) or by sum|tau_t| / sum|kept_t| so the L1 norm
-    matches the original delta (``rescale: l1``, mergekit's current behaviour; no rescale if
-    nothing is kept). d_t <= 0 drops the expert, d_t >= 1 keeps everything unscaled. Then
-    dare_linear = theta_0 + lambda * sum_t w_t dare_t, and dare_ties = the TIES election and
-    disjoint mean above on D_t = w_t * dare_t (divisor: the agreeing *weights* w_t).
-    Masks: entry i of tensor ``name`` for expert t is kept when
-    fmix32(i * 0x9E3779B1 + key) & 0x7FFFFFFF < floor(d_t * 2**31) (murmur3's 32-bit
-    finaliser, arithmetic mod 2**32), key = the low 32 bits of
-    derive_seed("dare", trial_seed(run_seed, trial), name, t). This counter-based hash is a
-    pure function of (run seed, trial number, tensor name, expert index, element index):
-    identical across processes and devices (CPU/CUDA), independent of tensor iteration order
-    and of chunking, and different for different trial numbers. (32-bit integer ops: 2-5x
-    cheaper than 64-bit ones on CPU.)
-breadcrumbs  (mergekit's ``magnitude_outliers`` ranks)
-    n = numel, n_keep = int(d_t n), n_top = int(g_t n); if n_top + n_keep > n then
-    n_top = n - n_keep. Drop the n_top largest |tau_t| (entries >= the n_top-th largest; none
-    if n_top = 0) and everything below the (n_top + n_keep)-th largest, i.e. keep the band of
-    ranks (n_top, n_top + n_keep]; n_keep = 0 drops the expert. So the kept share of the
-    whole tensor is d_t. Then theta_0 + lambda * sum_t w_t kept_t.
+A method turns a trial's coefficients into a ``TensorPlan`` (per-expert coefficients,
+magnitude bounds, DARE keys; ``search.merge.tensorplan``); ``merge_tensor`` runs it over flat
+chunks of the tensor with ``merge_chunk`` (copy + K adds, or the TIES election when
+``elect``) or the method's own ``kernel``. The formulas are in each method's module docstring;
+the DARE mask hash is defined in ``methods/dare_linear.py``.
 
 Exactness. Magnitude thresholds are the exact k-th largest |tau| in the storage dtype (from a
 sort done once at worker start, see ``SortedMagnitudes``), compared with ``>=``, so the kept
@@ -52,57 +19,14 @@ cache behaviour and the size of temporaries.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
 
-from ..errors import ConfigError, ConfigIssue
-from ..seeding import derive_seed
-from .info import METHODS, method_info
-
-# ----------------------------------------------------------------------------- options
-
-RESCALES = ("inverse", "l1")
-
-
-def resolve_options(method: str, params: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The method's global options: defaults from ``info.METHODS`` overridden by ``params``
-    (keys that are per-group parameters, like weight or density, are ignored here)."""
-    info = method_info(method)
-    params = dict(params or {})
-    opts = dict(info.options)
-    for k, v in params.items():
-        if k in info.options:
-            opts[k] = v
-    if "rescale" in opts and opts["rescale"] not in RESCALES:
-        raise ConfigError(
-            ConfigIssue("merge.params.rescale", f"{opts['rescale']!r} is not one of {', '.join(map(repr, RESCALES))}")
-        )
-    if "lambda" in opts:
-        opts["lambda"] = float(opts["lambda"])
-    if "normalize" in opts:
-        opts["normalize"] = bool(opts["normalize"])
-    return opts
-
-
-def trim_params(method: str) -> tuple[str, ...]:
-    """Per-group parameters that decide which entries a method keeps."""
-    if method in ("ties", "dare_ties", "dare_linear"):
-        return ("density",)
-    if method == "breadcrumbs":
-        return ("density", "gamma")
-    return ()
-
-
-def magnitude_trim(method: str) -> bool:
-    """True for methods whose trim is a deterministic magnitude rule (fixed trims can be
-    applied once at start and stored sparse)."""
-    return method in ("ties", "breadcrumbs")
-
+from .methods import method_info
+from .tensorplan import TensorPlan
 
 # ----------------------------------------------------------------------------- DARE masks
 
@@ -116,16 +40,6 @@ _GOLDEN32 = _s32(0x9E3779B1)
 _M1 = _s32(0x85EBCA6B)
 _M2 = _s32(0xC2B2AE35)
 _ARANGE_CACHE: dict[tuple[str, int], torch.Tensor] = {}
-
-
-def dare_key(seed: int, name: str, expert: int) -> int:
-    """Per-(trial, tensor, expert) key of the DARE hash (32 bits)."""
-    return derive_seed("dare", seed, name, expert) & 0xFFFFFFFF
-
-
-def dare_threshold(density: float) -> int:
-    """Keep an entry when its 31-bit hash is below this: floor(density * 2**31)."""
-    return int(min(max(float(density), 0.0), 1.0) * 2147483648.0)
 
 
 def _arange32(n: int, device: torch.device) -> torch.Tensor:
@@ -239,27 +153,6 @@ def exact_kth_largest(a: torch.Tensor, k: int) -> float:
     return float(torch.kthvalue(x, n - k + 1).values)
 
 
-def ties_k(density: float, n: int) -> int:
-    return int(float(density) * n)
-
-
-def breadcrumbs_ranks(density: float, gamma: float, n: int) -> tuple[int, int]:
-    """(n_top, n_keep) of the breadcrumbs band (mergekit's magnitude_outliers ranks)."""
-    n_keep = int(float(density) * n)
-    n_top = int(float(gamma) * n)
-    if n_top + n_keep > n:
-        n_top = n - n_keep
-    return max(n_top, 0), max(n_keep, 0)
-
-
-def rank_range(method: str, n: int, bounds: dict[str, tuple[float, float]]) -> tuple[int, int]:
-    """Ranks of |tau| a method can ask for under searched-parameter bounds (for SortedMagnitudes)."""
-    if method == "ties":
-        lo, hi = bounds.get("density", (0.0, 1.0))
-        return max(1, ties_k(lo, n)), min(n, ties_k(hi, n))
-    return 1, n
-
-
 def float_below(x: float, dtype: torch.dtype) -> float:
     """The largest value of ``dtype`` below ``x`` (``x`` >= 0 and representable in dtype), so
     that |v| >= x <=> |v| > float_below(x) for every v of that dtype; -1.0 for x <= 0."""
@@ -286,140 +179,6 @@ def magnitude_trim_into(tau: torch.Tensor, lo: float | None, hi: float | None, o
         t2 = tmp if tmp is not None else torch.empty_like(tau)
         out.sub_(torch.ops.aten.hardshrink.out(tau, float_below(hi, dt), out=t2))
     return out
-
-
-# ----------------------------------------------------------------------------- per-tensor plan
-
-
-@dataclass
-class TensorPlan:
-    """Everything a trial needs to merge one tensor: per-expert scalars.
-
-    ``coeffs[t]`` multiplies the (trimmed, masked) tau_t; 0 skips expert t. For TIES-style
-    methods (``elect``) it is w_t times the DARE scale and ``lam`` is applied at the end;
-    ``weights`` are the raw w_t for the divisor. ``lo``/``hi`` are magnitude bounds
-    (keep lo <= |tau| < hi). ``dare`` holds (key, threshold) per expert; ``l1`` the full L1
-    norm of tau_t when the DARE scale matches L1 norms (computed per trial).
-    """
-
-    coeffs: list[float]
-    weights: list[float]
-    lo: list[float | None]
-    hi: list[float | None]
-    dare: list[tuple[int, int] | None]
-    l1: list[float | None]
-    elect: bool = False
-    normalize: bool = False
-    lam: float = 1.0
-    trimmed: bool = field(init=False, default=False)
-
-    def __post_init__(self) -> None:
-        self.trimmed = any(v is not None for v in self.lo + self.hi + self.dare)
-
-
-def plan_tensor(
-    method: str,
-    options: dict[str, Any],
-    vals: dict[str, Sequence[float]],
-    numel: int,
-    *,
-    name: str = "",
-    seed: int = 0,
-    kth: Callable[[int, int], float] | None = None,
-    pretrimmed: bool = False,
-    l1: Sequence[float] | None = None,
-) -> TensorPlan:
-    """Per-expert scalars of one tensor for one trial.
-
-    ``vals``: per method parameter, the values of the tensor's group per expert.
-    ``kth(t, k)``: the k-th largest |tau_t| (exact). ``pretrimmed``: the stored task vectors
-    already carry the fixed magnitude trim. ``l1``: sum |tau_t| per expert (DARE l1 rescale).
-    """
-    w = [float(v) for v in vals["weight"]]
-    K = len(w)
-    lam = float(options.get("lambda", 1.0))
-    none: list[Any] = [None] * K
-    lo, hi, dare, l1s = list(none), list(none), list(none), list(none)
-    if method == "linear":
-        if options.get("normalize", True):
-            W = math.fsum(w)
-            coeffs = [0.0] * K if abs(W) < 1e-12 else [x / W for x in w]
-        else:
-            coeffs = list(w)
-        return TensorPlan(coeffs, w, lo, hi, dare, l1s)
-    if method == "task_arithmetic":
-        return TensorPlan([lam * x for x in w], w, lo, hi, dare, l1s)
-    if method == "ties":
-        coeffs = list(w)
-        for t in range(K):
-            k = ties_k(vals["density"][t], numel)
-            if k <= 0:
-                coeffs[t] = 0.0
-            elif k < numel and not pretrimmed:
-                if kth is None:
-                    raise ValueError("ties needs magnitude thresholds (kth)")
-                lo[t] = kth(t, k)
-        return TensorPlan(coeffs, w, lo, hi, dare, l1s, elect=True, normalize=bool(options.get("normalize", True)), lam=lam)
-    if method in ("dare_ties", "dare_linear"):
-        coeffs = list(w)
-        for t in range(K):
-            d = float(vals["density"][t])
-            if d <= 0.0:
-                coeffs[t] = 0.0
-            elif d < 1.0:
-                dare[t] = (dare_key(seed, name, t), dare_threshold(d))
-                if options.get("rescale", "inverse") == "l1":
-                    if l1 is None:
-                        raise ValueError("rescale l1 needs the task vectors' L1 norms")
-                    l1s[t] = float(l1[t])
-                else:
-                    coeffs[t] = w[t] * (1.0 / d)
-        if method == "dare_linear":
-            return TensorPlan([lam * c for c in coeffs], w, lo, hi, dare, l1s)
-        return TensorPlan(coeffs, w, lo, hi, dare, l1s, elect=True, normalize=bool(options.get("normalize", True)), lam=lam)
-    if method == "breadcrumbs":
-        coeffs = [lam * x for x in w]
-        for t in range(K):
-            n_top, n_keep = breadcrumbs_ranks(vals["density"][t], vals["gamma"][t], numel)
-            if n_keep <= 0:
-                coeffs[t] = 0.0
-                continue
-            if pretrimmed:
-                continue
-            if kth is None:
-                raise ValueError("breadcrumbs needs magnitude thresholds (kth)")
-            if n_top + n_keep < numel:
-                lo[t] = kth(t, n_top + n_keep)
-            if n_top > 0:
-                hi[t] = kth(t, n_top)
-        return TensorPlan(coeffs, w, lo, hi, dare, l1s)
-    raise ValueError(f"unknown merge method {method!r}; known: {', '.join(METHODS)}")
-
-
-def fixed_trim_mask(method: str, tau: torch.Tensor, vals: dict[str, float]) -> torch.Tensor | None:
-    """The keep-mask of a fixed magnitude trim (ties / breadcrumbs) for one expert's tau
-    (flat); None when everything is kept. Same thresholds as per-trial trimming."""
-    n = tau.numel()
-    if method == "ties":
-        k = ties_k(vals["density"], n)
-        if k <= 0:
-            return torch.zeros(n, dtype=torch.bool, device=tau.device)
-        if k >= n:
-            return None
-        thr = exact_kth_largest(tau.abs(), k)
-        return tau.abs() >= thr  # bool: used once at start (masked_fill / sparse encoding)
-    if method == "breadcrumbs":
-        n_top, n_keep = breadcrumbs_ranks(vals["density"], vals["gamma"], n)
-        if n_keep <= 0:
-            return torch.zeros(n, dtype=torch.bool, device=tau.device)
-        lo = exact_kth_largest(tau.abs(), n_top + n_keep) if n_top + n_keep < n else None
-        hi = exact_kth_largest(tau.abs(), n_top) if n_top > 0 else None
-        a = tau.abs()
-        m = a >= lo if lo is not None else None
-        if hi is not None:
-            m = (a < hi) if m is None else m.logical_and_(a < hi)
-        return m
-    raise ValueError(f"method {method!r} has no fixed magnitude trim")
 
 
 # ----------------------------------------------------------------------------- kernels
@@ -536,6 +295,9 @@ def merge_chunk(out: torch.Tensor, base: torch.Tensor, taus: Sequence[torch.Tens
     out.addcmul_(acc, sgn, value=tp.lam)
 
 
+ChunkKernel = Callable[[torch.Tensor, torch.Tensor, Sequence[torch.Tensor], TensorPlan, int, Workspace], None]
+
+
 def default_chunk(device: torch.device, tp: TensorPlan | None = None) -> int:
     """Elements per kernel chunk. CPU: 2**18 (1 MiB of float32) for the trim / election
     kernels, whose ~10 live scratch buffers then stay in cache; 2**20 for the plain
@@ -556,10 +318,13 @@ def merge_tensor(
     work_dtype: torch.dtype | None = None,
     chunk: int | None = None,
     ws: Workspace | None = None,
+    kernel: ChunkKernel | None = None,
 ) -> None:
     """Merge one tensor into ``out`` (any shape/dtype; written in place). ``base`` and
     ``taus`` are flat (numel,) tensors on out's device in the storage dtype; arithmetic runs
-    in ``work_dtype`` (default: out's dtype) chunk by chunk; ``ws`` keeps scratch buffers."""
+    in ``work_dtype`` (default: out's dtype) chunk by chunk; ``ws`` keeps scratch buffers;
+    ``kernel``: a method's own chunk kernel (default ``merge_chunk``)."""
+    run = kernel or merge_chunk
     n = base.numel()
     work = work_dtype or out.dtype
     chunk = chunk or default_chunk(base.device, tp)
@@ -568,7 +333,7 @@ def merge_tensor(
         dare_l1_scales(taus, tp, chunk, ws)
     if not out.is_contiguous():  # rare: merge into a contiguous copy, then write it back
         tmp = torch.empty(out.shape, dtype=out.dtype, device=out.device)
-        merge_tensor(tmp, base, taus, tp, work_dtype=work, chunk=chunk, ws=ws)
+        merge_tensor(tmp, base, taus, tp, work_dtype=work, chunk=chunk, ws=ws, kernel=kernel)
         out.copy_(tmp)
         return
     flat = out.view(-1)
@@ -577,10 +342,10 @@ def merge_tensor(
         e = min(n, s + chunk)
         tch = [tau[s:e] for tau in taus]
         if direct:
-            merge_chunk(flat[s:e], base[s:e], tch, tp, s, ws)
+            run(flat[s:e], base[s:e], tch, tp, s, ws)
         else:
             buf = ws.get("out", e - s, work, base.device)
-            merge_chunk(buf, base[s:e], tch, tp, s, ws)
+            run(buf, base[s:e], tch, tp, s, ws)
             flat[s:e].copy_(buf)
 
 
@@ -602,10 +367,10 @@ def merge_tensors(
     """Merge one tensor from its base and task vectors (no precomputation; thresholds by an
     exact k-th value per call). ``values``: per parameter, one value per expert; missing
     parameters take the method's defaults. ``seed``: the trial seed (DARE)."""
-    info = method_info(method)
-    opts = resolve_options(method, options)
+    m = method_info(method)
+    opts = m.resolve_options(options)
     K = len(taus)
-    vals = {p: list(values.get(p, [d if d is not None else 0.0] * K)) for p, d in info.params.items()}
+    vals = {p: list(values.get(p, [d if d is not None else 0.0] * K)) for p, d in m.params.items()}
     flats = [t.reshape(-1) for t in taus]
     abs_cache: dict[int, torch.Tensor] = {}
 
@@ -615,8 +380,8 @@ def merge_tensors(
         return exact_kth_largest(abs_cache[t], k)
 
     l1 = [float(f.abs().sum(dtype=torch.float64)) for f in flats] if opts.get("rescale") == "l1" else None
-    tp = plan_tensor(method, opts, vals, base.numel(), name=name, seed=seed, kth=kth, l1=l1)
+    tp = m.plan(opts, vals, base.numel(), name=name, seed=seed, kth=kth, l1=l1)
     work = work_dtype or (torch.float32 if base.device.type == "cpu" else base.dtype)
     out = torch.empty(base.shape, dtype=work, device=base.device)
-    merge_tensor(out, base.reshape(-1), flats, tp, work_dtype=work, chunk=chunk)
+    merge_tensor(out, base.reshape(-1), flats, tp, work_dtype=work, chunk=chunk, kernel=m.kernel)
     return out
