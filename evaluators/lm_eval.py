@@ -415,6 +415,7 @@ class LMEvalEvaluator(Evaluator):
         self._lm: Any = None
         self._lm_model: Any = None
         self.engine: Any = None
+        self._stop_tokens: dict[int, Any] = {}  # generation margins: stop-token ids per tokenizer
 
     @property
     def metric(self) -> str:
@@ -493,7 +494,28 @@ class LMEvalEvaluator(Evaluator):
             raise EvaluationError(f"lm_eval on {list(self.tasks)} failed: {type(e).__name__}: {e}") from e
         if out is None:
             raise EvaluationError("lm_eval returned no results")
-        return self._result(out)
+        res = self._result(out)
+        if res.margins is None:
+            self._add_generation_margins(res, out, lm)
+        return res
+
+    def _add_generation_margins(self, res: EvalResult, out: dict[str, Any], lm: Any) -> None:
+        """Greedy exact-match margins from one teacher-forced pass (evaluators/generation_margins.py),
+        set on ``res`` where they give the objective back; lm-eval's HF backend only."""
+        if self.settings.engine != "hf":
+            log.debug("generation margins: none (engine %r: the teacher-forced pass runs on the HF model)", self.settings.engine)
+            return
+        from .generation_margins import teacher_forced_margins
+
+        mname, filt = _split_metric(self._metric)
+        try:
+            with _quiet_progress_bars():
+                m = teacher_forced_margins(lm, self.tasks, out.get("samples") or {}, mname, filt, self._stop_tokens)
+        except Exception as e:  # margins are an extra: the trial's scores stand without them
+            log.debug("generation margins: none (%s: %s)", type(e).__name__, e)
+            return
+        if m is not None and margins_give_back(m, res.metrics[self._metric]):
+            res.margins = {self._metric: m}
 
     def _result(self, out: dict[str, Any]) -> EvalResult:
         import numpy as np
