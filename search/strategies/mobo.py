@@ -82,6 +82,8 @@ class MOBOOptions(StrategyOptions):
     max_dim: int = Field(64, ge=1, description="largest search dimension accepted (GP models degrade far beyond it)")
     margins: bool = Field(True, description="predict an accuracy from its per-example margins when the evaluator reports them")
     margin_beta: float = Field(0.1, ge=0.0, description="optimism (as beta) for accuracies predicted from margins: their mean is sharp, so less is needed")
+    value_warp: bool = Field(True, description="model an accuracy without margins (values k/n on a common n) on the empirical-logit scale")
+    value_noise: bool = Field(True, description="with value_warp: the binomial variance of each empirical logit as known per-point noise")
 
 
 class MOBOStrategy(Strategy):
@@ -116,6 +118,7 @@ class MOBOStrategy(Strategy):
         self._pending: dict[int, np.ndarray] = {}
         self._thetas: list[np.ndarray | None] = [None] * p.n_obj
         self._fit_n = -1  # number of observations at the last hyperparameter fit
+        self._counts: list[int] = [1] * p.n_obj  # smallest example counts seen (a cache: recomputed the same from the data)
 
     #: what the max_dim refusal suggests instead
     _too_large_hint: ClassVar[str] = ("granularity (global, block:K, schedule:K), turbo (up to 512 coordinates) or cmaes / nsga2 "
@@ -186,6 +189,23 @@ class MOBOStrategy(Strategy):
                 out[j] = Mj
         return out
 
+    def _example_count(self, j: int, values: np.ndarray) -> int | None:
+        """The smallest n (at most 100000) such that every value of objective ``j`` is a fraction
+        k/n in [0, 1], when the values take at least 3 distinct levels: the example count of an
+        accuracy (or a multiple of it). None for other objectives."""
+        v = np.unique(np.round(values, 12))
+        if len(v) < 3 or v.min() < 0.0 or v.max() > 1.0:
+            return None
+        start = self._counts[j]  # the smallest n can only grow as values are added
+        for lo in range(start, 100_001, 2000):
+            n = np.arange(lo, min(lo + 2000, 100_001), dtype=np.float64)
+            r = v[:, None] * n[None, :]
+            ok = np.flatnonzero(np.abs(r - np.round(r)).max(axis=0) < 1e-6)
+            if len(ok):
+                self._counts[j] = int(n[ok[0]])
+                return self._counts[j]
+        return None
+
     def _refit_due(self, n: int) -> bool:
         step = 1 if n <= 50 else math.ceil(n / 25)
         return self._fit_n < 0 or n - self._fit_n >= step
@@ -211,9 +231,12 @@ class MOBOStrategy(Strategy):
                 pend.append(u)
             return out
         refit = self._refit_due(len(U))
-        gps: list[GaussianProcess] = []
+        gps: list[Any] = []
         for j in range(p.n_obj):
             gp = self._new_gp(self._thetas[j])
+            n_ex = None if j in margin_data or not self.options.value_warp else self._example_count(j, p.objectives[j].sign * F[:, j])
+            if n_ex:
+                gp = _LogitPredictor(gp, n_ex, p.objectives[j].sign, self.options.value_noise)
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 if refit:
@@ -377,6 +400,43 @@ class MOBOStrategy(Strategy):
         self._mthetas = [None if t is None else np.asarray(t, dtype=np.float64) for t in state.get("mthetas", [None] * self.problem.n_obj)]
         self._fit_n = int(state["fit_n"])
         self._rng.bit_generator.state = state["rng"]
+
+
+class _LogitPredictor:
+    """An accuracy on ``n`` examples (values k/n) modelled on the empirical-logit scale.
+
+    The GP sees ``log((k + 0.5) / (n - k + 0.5))``: accuracies saturate near 0 and 1, and the
+    logit straightens those ends, where a stationary GP on the raw values would see a flat
+    plateau next to a cliff. With ``noise``, each observation carries its binomial variance on
+    that scale, ``1 / (k + 0.5) + 1 / (n - k + 0.5)``, as known noise, on top of the fitted
+    one. Values in and out are minimisation-signed; predictions map back through the inverse
+    (the standard deviation by the delta method)."""
+
+    def __init__(self, gp: GaussianProcess, n: int, sign: float, noise: bool):
+        self.gp, self.n, self.sign, self.noise = gp, int(n), sign, noise
+
+    @property
+    def theta(self) -> np.ndarray:
+        return self.gp.theta
+
+    def _warp(self, y: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        k = np.clip(self.sign * np.asarray(y, dtype=np.float64), 0.0, 1.0) * self.n
+        z = np.log((k + 0.5) / (self.n - k + 0.5))
+        return z, (1.0 / (k + 0.5) + 1.0 / (self.n - k + 0.5)) if self.noise else None
+
+    def fit(self, U: np.ndarray, y: np.ndarray, *, restarts: bool = True) -> None:
+        z, var = self._warp(y)
+        self.gp.fit(U, z, restarts=restarts, noise=var)
+
+    def condition(self, U: np.ndarray, y: np.ndarray) -> None:
+        z, var = self._warp(y)
+        self.gp.condition(U, z, noise=var)
+
+    def predict(self, C: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        mu, sd = self.gp.predict(C)
+        e = 1.0 / (1.0 + np.exp(-mu))
+        acc = np.clip(((self.n + 1) * e - 0.5) / self.n, 0.0, 1.0)
+        return self.sign * acc, (self.n + 1) / self.n * e * (1.0 - e) * sd
 
 
 class _MarginPredictor:
