@@ -37,7 +37,13 @@ when the metric's per-document values lie in [0, 1] (exact match, accuracy). For
 multiple-choice ``acc`` and ``acc_norm``, ``margins[metric]`` holds each document's
 gold-choice loglikelihood minus the best other choice's (length-normalised for ``acc_norm``),
 when the objective is exactly the fraction of them that are positive (one task, or tasks of
-equal size); ``mobo`` models them instead of the accuracy.
+equal size); ``mobo`` models them instead of the accuracy. For greedy ``generate_until``
+``exact_match`` (engine ``hf``), ``margins[metric]`` holds each document's teacher-forced
+margin (``evaluators/generation_margins.py``: one forward pass over context + gold target,
+min over the target's positions and the stop of the gold token's logit minus the best
+other's), under the same rule: only where its signs give lm-eval's per-document exact match
+back; a filter that rewrites the generation, loose exact-match options, sampling or several
+gold targets give none (a debug log line says why).
 
 Guards (``check``): unknown task names get close-name suggestions; objectives on well-known
 public benchmark test sets (MMLU, GSM8K, ARC, HellaSwag, ...) are refused during the search

@@ -84,6 +84,7 @@ class MOBOOptions(StrategyOptions):
     margin_beta: float = Field(0.1, ge=0.0, description="optimism (as beta) for accuracies predicted from margins: their mean is sharp, so less is needed")
     value_warp: bool = Field(True, description="model an accuracy without margins (values k/n on a common n) on the empirical-logit scale")
     value_noise: bool = Field(True, description="with value_warp: the binomial variance of each empirical logit as known per-point noise")
+    value_beta: float = Field(0.3, ge=0.0, description="optimism (as beta) for accuracies modelled with value_warp")
 
 
 class MOBOStrategy(Strategy):
@@ -339,7 +340,8 @@ class MOBOStrategy(Strategy):
 
     def _score(self, gps, C, front_F, ref) -> np.ndarray:
         pred = [gp.predict(C) for gp in gps]
-        betas = [self.options.margin_beta if isinstance(gp, _MarginPredictor) else self.options.beta for gp in gps]
+        betas = [self.options.margin_beta if isinstance(gp, _MarginPredictor) else
+                 self.options.value_beta if isinstance(gp, _LogitPredictor) else self.options.beta for gp in gps]
         lcb = np.column_stack([m - b * s for (m, s), b in zip(pred, betas, strict=True)])
         hvi = hv_improvement(front_F, lcb, ref, rng=self._rng)
         if np.any(hvi > 0):
