@@ -22,6 +22,14 @@ dimensions layer-wise merging has (a few to a few dozen coefficients):
    objectives; held out 0.993 -> 0.986: some of what it resolves is validation luck) and
    from 0.905 to 1.059 (3 objectives; held out 0.927 -> 1.016). The value GP still gives
    the prediction's uncertainty, scaled by the smaller ``margin_beta``.
+   An accuracy without margins whose values are fractions k/n of one example count (the
+   smallest n that fits every value seen, once they take 3 levels) is modelled on the
+   empirical-logit scale ``log((k + 0.5) / (n - k + 0.5))`` (``value_warp``): accuracies
+   saturate at 0 and 1, and the logit straightens the plateaus a stationary GP bends around;
+   each observation carries that logit's binomial variance ``1/(k + 0.5) + 1/(n - k + 0.5)``
+   as known noise (``value_noise``), and its optimism is ``value_beta`` (0.3). Predictions
+   map back through the inverse (the standard deviation by the delta method). Measured with
+   the margins hidden (``bench/bench_strategies.py --hide-margins mobo``): see the README.
 3. Acquisition: the hypervolume the optimistic prediction ``mean - beta * sd`` (every
    objective minimised) would add to the measured front (SMS-EGO's criterion, as in
    Ponweiser et al. 2008), exact for two objectives and a shared-sample Monte Carlo
