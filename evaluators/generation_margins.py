@@ -120,6 +120,9 @@ def teacher_forced_margins(lm: Any, tasks: dict[str, Any], samples: dict[str, li
     if model is None or not hasattr(lm, "tok_batch_encode"):
         log.debug("generation margins: not lm-eval's HF backend")
         return None
+    if getattr(lm, "think_end_token", None) is not None:
+        log.debug("generation margins: none (think_end_token: the scored answer follows a reasoning trace)")
+        return None
     stop_cache = stop_cache if stop_cache is not None else {}
     if id(lm.tokenizer) not in stop_cache:
         stop_cache.clear()
@@ -178,7 +181,9 @@ def teacher_forced_margins(lm: Any, tasks: dict[str, Any], samples: dict[str, li
 
 
 def _forward_margins(model: Any, lm: Any, seqs: list[tuple[list[int], list[int], np.ndarray | None]], torch: Any) -> np.ndarray:
-    """One batched teacher-forced pass (right-padded) per ``lm.batch_size`` documents."""
+    """One batched teacher-forced pass per ``lm.batch_size`` documents, left-padded with
+    position ids from the attention mask as generation's prefill is, keeping only the logits
+    of the last ``max target length + 1`` positions (where every document's target sits)."""
     bs = lm.batch_size if isinstance(lm.batch_size, int) and lm.batch_size > 0 else 32
     pad = lm.tokenizer.pad_token_id if lm.tokenizer.pad_token_id is not None else lm.eot_token_id
     device = next(model.parameters()).device
@@ -187,25 +192,32 @@ def _forward_margins(model: Any, lm: Any, seqs: list[tuple[list[int], list[int],
         chunk = seqs[start : start + bs]
         inputs = [c + t for c, t, _ in chunk]
         width = max(len(x) for x in inputs)
+        keep = max(len(t) for _, t, _ in chunk) + 1
         ids = torch.full((len(chunk), width), int(pad), dtype=torch.long)
         mask = torch.zeros((len(chunk), width), dtype=torch.long)
         for i, x in enumerate(inputs):
-            ids[i, : len(x)] = torch.tensor(x, dtype=torch.long)
-            mask[i, : len(x)] = 1
+            ids[i, width - len(x):] = torch.tensor(x, dtype=torch.long)
+            mask[i, width - len(x):] = 1
+        pos = (mask.cumsum(-1) - 1).clamp(min=0)
+        kw = {"input_ids": ids.to(device), "attention_mask": mask.to(device), "position_ids": pos.to(device)}
         with torch.no_grad():
-            logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits
-        for i, (c, t, stop) in enumerate(chunk):
-            # rows predicting target token k (k = 0..len(t)-1), then the token after the target
-            L = logits[i, len(c) - 1 : len(c) + len(t)].double().cpu().numpy()
+            try:
+                logits = model(**kw, logits_to_keep=keep).logits
+            except TypeError:  # a model without logits_to_keep: all positions
+                logits = model(**kw).logits
+        logits = logits[:, -keep:]
+        for i, (_, t, stop) in enumerate(chunk):
+            # the rows predicting target token k (k = 0..len(t)-1), then the token after the target
+            L = logits[i, keep - len(t) - 1 :].double()
             ms = []
-            for k, g in enumerate(t):
-                row = L[k]
-                others = np.delete(row, g)
-                ms.append(row[g] - others.max())
+            if t:
+                idx = torch.tensor(t, dtype=torch.long, device=L.device)[:, None]
+                rows = L[: len(t)]
+                ms.append((rows.gather(1, idx)[:, 0] - rows.scatter(1, idx, float("-inf")).max(1).values).min())
             if stop is not None:
                 row = L[len(t)]
-                is_stop = np.zeros(len(row), dtype=bool)
-                is_stop[stop[stop < len(row)]] = True
+                is_stop = torch.zeros(row.shape[0], dtype=torch.bool, device=row.device)
+                is_stop[torch.as_tensor(stop[stop < row.shape[0]], device=row.device)] = True
                 ms.append(row[is_stop].max() - row[~is_stop].max())
-            out[start + i] = min(ms)
+            out[start + i] = float(torch.stack(ms).min())
     return out
