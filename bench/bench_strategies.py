@@ -246,7 +246,8 @@ def main() -> None:
     seeds = list(range(args.seeds if args.seeds is not None else (2 if args.quick else 5)))
     names = args.strategies.split(",") if args.strategies else [*STRATEGIES.names(), "map@global"]
     hide = [h for h in args.hide_margins.split(",") if h]
-    names = [v for nm in names for v in ([nm, nm + NOMARGINS] if parse_strategy(nm) in hide and "@" not in nm else [nm])]
+    names = [v for nm in names for v in ([nm, nm + NOMARGINS] if parse_strategy(nm) in hide and "@" not in nm
+                                          and parse_options(nm).get("margins") is not False else [nm])]
     cfg_paths = [Path(c).resolve() for c in args.configs.split(",")]
     problems = load_problems(cfg_paths, args.keep_merge)
     grans = args.granularities.split(",")
