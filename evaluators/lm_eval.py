@@ -43,7 +43,9 @@ margin (``evaluators/generation_margins.py``: one forward pass over context + go
 min over the target's positions and the stop of the gold token's logit minus the best
 other's), under the same rule: only where its signs give lm-eval's per-document exact match
 back; a filter that rewrites the generation, loose exact-match options, sampling or several
-gold targets give none (a debug log line says why).
+gold targets give none (a debug log line says why). ``generation_margins: false`` skips the
+pass (on the tiny-lm tasks it is about a fifth of an evaluation; strategies other than
+``mobo`` / ``turbo`` do not use margins).
 
 Guards (``check``): unknown task names get close-name suggestions; objectives on well-known
 public benchmark test sets (MMLU, GSM8K, ARC, HellaSwag, ...) are refused during the search
@@ -260,6 +262,9 @@ class LMEvalSettings(EvaluatorSettings):
         "hf", description="'hf': lm-eval's HF backend on the live model; 'vllm': the worker's vLLM engine (docs/engines.md)"
     )
     vllm: VLLMOptions | None = Field(None, description="vLLM engine options (engine: vllm)")
+    generation_margins: bool = Field(
+        True, description="greedy exact-match generation: also report per-document margins (one teacher-forced pass; mobo models them)"
+    )
 
 
 def _choice_margins(samples: dict[str, list[dict[str, Any]]], tasks: dict[str, Any], metric: str, filt: str) -> Any:
@@ -508,6 +513,8 @@ class LMEvalEvaluator(Evaluator):
     def _add_generation_margins(self, res: EvalResult, out: dict[str, Any], lm: Any) -> None:
         """Greedy exact-match margins from one teacher-forced pass (evaluators/generation_margins.py),
         set on ``res`` where they give the objective back; lm-eval's HF backend only."""
+        if not self.settings.generation_margins:
+            return
         if self.settings.engine != "hf":
             log.debug("generation margins: none (engine %r: the teacher-forced pass runs on the HF model)", self.settings.engine)
             return

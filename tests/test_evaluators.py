@@ -259,6 +259,9 @@ def test_lm_eval_generation_margins_none_where_they_would_not_give_the_score_bac
         res = build_evaluator("lm_eval", {"limit": 40, "include_path": ["."], **settings}, ctx).evaluate(lm["model"], lm["tok"])
         assert res.margins is None and res.per_sample, settings
         assert any(why in r.getMessage() for r in caplog.records), (why, [r.getMessage() for r in caplog.records])
+    on = build_evaluator("lm_eval", {"tasks": ["tinylm_add"], "limit": 40}, ctx).evaluate(lm["model"], lm["tok"])
+    off = build_evaluator("lm_eval", {"tasks": ["tinylm_add"], "limit": 40, "generation_margins": False}, ctx).evaluate(lm["model"], lm["tok"])
+    assert on.margins is not None and off.margins is None and off.metrics == on.metrics
 
 
 def test_lm_eval_sees_in_place_weight_changes(lm: dict) -> None:
