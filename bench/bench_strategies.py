@@ -36,6 +36,11 @@ the validation split, and this ratio shows how much of its lead survives on unse
 at every budget, in how many seeds the best project strategy (by mean) beats each baseline
 (``--baselines``: random search and Optuna's default sampler) run with the same seed.
 
+``--hide-margins`` (default ``mobo``): each strategy named there also runs as
+``<name>-nomarg``, told the values and per-example scores but not the evaluators' margins (as
+with an evaluator or a user callable that reports none), so both numbers are reported side by
+side in the same pool.
+
 MAP's initial design (d+1)(d+2) exceeds the small budgets on layer-wise spaces, so its
 numbers at 25-100 are its design phase; ``map@global`` runs MAP in its native setting (one
 coefficient per expert, same objectives, a subspace of the layer-wise box) for reference.
