@@ -36,6 +36,11 @@ the validation split, and this ratio shows how much of its lead survives on unse
 at every budget, in how many seeds the best project strategy (by mean) beats each baseline
 (``--baselines``: random search and Optuna's default sampler) run with the same seed.
 
+``--hide-margins`` (default ``mobo``): each strategy named there also runs as
+``<name>-nomarg``, told the values and per-example scores but not the evaluators' margins (as
+with an evaluator or a user callable that reports none), so both numbers are reported side by
+side in the same pool.
+
 MAP's initial design (d+1)(d+2) exceeds the small budgets on layer-wise spaces, so its
 numbers at 25-100 are its design phase; ``map@global`` runs MAP in its native setting (one
 coefficient per expert, same objectives, a subspace of the layer-wise box) for reference.
@@ -69,6 +74,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 BUDGETS = (25, 50, 100, 200, 500)
+NOMARGINS = "-nomarg"  # suffix of a run whose strategy is not shown the evaluators' margins
 QUICK_BUDGETS = (25, 50, 100)
 
 
@@ -144,7 +150,10 @@ class Evaluated:
         return np.asarray(r.values, dtype=np.float64), per, r.margins or None
 
 
-def run_one(ev: Evaluated, strategy: str, options: dict[str, Any], seed: int, n: int, workers: int) -> dict[str, Any]:
+def run_one(ev: Evaluated, strategy: str, options: dict[str, Any], seed: int, n: int, workers: int,
+            hide_margins: bool = False) -> dict[str, Any]:
+    """One run of ``n`` evaluations; ``hide_margins``: the strategy is told values and
+    per-example scores only, as from an evaluator that reports no margins."""
     from search.strategies import STRATEGIES, TrialResult
 
     prob = ev.problem(n)
@@ -162,7 +171,7 @@ def run_one(ev: Evaluated, strategy: str, options: dict[str, Any], seed: int, n:
         X.append(np.asarray(c.x, dtype=np.float64))
         V.append(vals if vals is not None else np.full(prob.n_obj, np.nan))
         t0 = time.perf_counter()
-        s.tell([TrialResult(c, vals, per, margins=margins)])
+        s.tell([TrialResult(c, vals, per, margins=None if hide_margins else margins)])
         if len(X) + len(pending) < n:
             pending += s.ask(1)
         t_strat += time.perf_counter() - t0
@@ -215,6 +224,8 @@ def main() -> None:
     ap.add_argument("--keep-merge", action="store_true", help="keep each config's merge method and searched parameters (default: task arithmetic, weights)")
     ap.add_argument("--granularities", default="layer", help="comma-separated granularities run by every strategy (e.g. layer,schedule:4); "
                     "runs of another than the first are named strategy@granularity and share the problem's pooled reference")
+    ap.add_argument("--hide-margins", default="mobo", help="comma-separated strategies also run with the evaluators' margins hidden "
+                    f"(named strategy{NOMARGINS}), so both numbers are reported side by side ('': none)")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "strategies.json"))
     ap.add_argument("--combine", default=None, help="comma-separated result files of earlier runs (e.g. one per problem): merge them into --out and print")
     args = ap.parse_args()
@@ -239,6 +250,9 @@ def main() -> None:
     n = max(budgets)
     seeds = list(range(args.seeds if args.seeds is not None else (2 if args.quick else 5)))
     names = args.strategies.split(",") if args.strategies else [*STRATEGIES.names(), "map@global"]
+    hide = [h for h in args.hide_margins.split(",") if h]
+    names = [v for nm in names for v in ([nm, nm + NOMARGINS] if parse_strategy(nm) in hide and "@" not in nm
+                                          and parse_options(nm).get("margins") is not False else [nm])]
     cfg_paths = [Path(c).resolve() for c in args.configs.split(",")]
     problems = load_problems(cfg_paths, args.keep_merge)
     grans = args.granularities.split(",")
@@ -268,7 +282,9 @@ def main() -> None:
         print(f"   {ev.space.describe()}; objectives {[o.name for o in ev.cfg.objectives]}", flush=True)
         raw_runs: list[tuple[str, int, dict[str, Any], Evaluated]] = []
         for gran, name in [(g, nm) for g in grans for nm in names]:
-            strat, opts, e = parse_strategy(name), parse_options(name), ev
+            hidden = name.endswith(NOMARGINS)
+            base_name = name.removesuffix(NOMARGINS)
+            strat, opts, e = parse_strategy(base_name), parse_options(base_name), ev
             if gran != grans[0] or gran != "layer":
                 if name == "map@global":
                     continue
@@ -290,7 +306,7 @@ def main() -> None:
             for seed in seeds:
                 t0 = time.perf_counter()
                 e0 = e.eval_s
-                run = run_one(e, strat, opts, seed, n, args.workers)
+                run = run_one(e, strat, opts, seed, n, args.workers, hide_margins=hidden)
                 run["seconds"] = time.perf_counter() - t0
                 run["eval_s"] = e.eval_s - e0
                 raw_runs.append((name, seed, run, e))

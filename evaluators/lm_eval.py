@@ -37,7 +37,15 @@ when the metric's per-document values lie in [0, 1] (exact match, accuracy). For
 multiple-choice ``acc`` and ``acc_norm``, ``margins[metric]`` holds each document's
 gold-choice loglikelihood minus the best other choice's (length-normalised for ``acc_norm``),
 when the objective is exactly the fraction of them that are positive (one task, or tasks of
-equal size); ``mobo`` models them instead of the accuracy.
+equal size); ``mobo`` models them instead of the accuracy. For greedy ``generate_until``
+``exact_match`` (engine ``hf``), ``margins[metric]`` holds each document's teacher-forced
+margin (``evaluators/generation_margins.py``: one forward pass over context + gold target,
+min over the target's positions and the stop of the gold token's logit minus the best
+other's), under the same rule: only where its signs give lm-eval's per-document exact match
+back; a filter that rewrites the generation, loose exact-match options, sampling or several
+gold targets give none (a debug log line says why). ``generation_margins: false`` skips the
+pass (on the tiny-lm tasks it is about a fifth of an evaluation; strategies other than
+``mobo`` / ``turbo`` do not use margins).
 
 Example subsets (``fidelity``): the examples are the documents of every task (of its
 ``limit`` subset when one is set), numbered task after task; a subset is scored through
@@ -110,6 +118,9 @@ class LMEvalSettings(EvaluatorSettings):
         "hf", description="'hf': lm-eval's HF backend on the live model; 'vllm': the worker's vLLM engine (docs/engines.md)"
     )
     vllm: VLLMOptions | None = Field(None, description="vLLM engine options (engine: vllm)")
+    generation_margins: bool = Field(
+        True, description="greedy exact-match generation: also report per-document margins (one teacher-forced pass; mobo models them)"
+    )
 
 
 def _choice_margins(samples: dict[str, list[dict[str, Any]]], tasks: dict[str, Any], metric: str, filt: str) -> Any:
@@ -271,6 +282,7 @@ class LMEvalEvaluator(Evaluator):
         self._lm: Any = None
         self._lm_model: Any = None
         self.engine: Any = None
+        self._stop_tokens: dict[int, Any] = {}  # generation margins: stop-token ids per tokenizer
 
     @property
     def metric(self) -> str:
@@ -375,8 +387,30 @@ class LMEvalEvaluator(Evaluator):
         if out is None:
             raise EvaluationError("lm_eval returned no results")
         res = self._result(out, names)
+        if res.margins is None:
+            self._add_generation_margins(res, out, lm)
         res.examples = self._examples(res, out, idx, names, offsets)
         return res
+
+    def _add_generation_margins(self, res: EvalResult, out: dict[str, Any], lm: Any) -> None:
+        """Greedy exact-match margins from one teacher-forced pass (evaluators/generation_margins.py),
+        set on ``res`` where they give the objective back; lm-eval's HF backend only."""
+        if not self.settings.generation_margins:
+            return
+        if self.settings.engine != "hf":
+            log.debug("generation margins: none (engine %r: the teacher-forced pass runs on the HF model)", self.settings.engine)
+            return
+        from .generation_margins import teacher_forced_margins
+
+        mname, filt = _split_metric(self._metric)
+        try:
+            with _quiet_progress_bars():
+                m = teacher_forced_margins(lm, self.tasks, out.get("samples") or {}, mname, filt, self._stop_tokens)
+        except Exception as e:  # margins are an extra: the trial's scores stand without them
+            log.debug("generation margins: none (%s: %s)", type(e).__name__, e)
+            return
+        if m is not None and margins_give_back(m, res.metrics[self._metric]):
+            res.margins = {self._metric: m}
 
     def _examples(self, res: EvalResult, out: dict[str, Any], idx: Any, names: list[str], offsets: Any) -> Any:
         """The per-document scores of the metric as :class:`~search.fidelity.Examples` (None
@@ -397,6 +431,8 @@ class LMEvalEvaluator(Evaluator):
         mname, filt = _split_metric(self._metric)
         parts = [_choice_margins(out.get("samples") or {}, {n: self.tasks[n]}, mname, filt) for n in names]
         m = np.concatenate(parts) if parts and all(p is not None for p in parts) else None
+        if m is None and res.margins and self._metric in res.margins:  # greedy exact-match margins
+            m = np.asarray(res.margins[self._metric], dtype=np.float64)
         return Examples.of(idx, vals, group=group, margin=m if m is not None and len(m) == len(idx) else None)
 
     def _result(self, out: dict[str, Any], names: list[str] | None = None) -> EvalResult:

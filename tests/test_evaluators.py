@@ -169,9 +169,99 @@ def test_lm_eval_multiple_choice_margins(lm: dict, tmp_path: Path) -> None:
     _mc_task(tmp_path, "mc_r", 24, 3, ragged=True)  # lengths 3, 4, 2, 1: normalising must follow lm-eval's
     res_r = build_evaluator("lm_eval", {"tasks": ["mc_r"], "metric": "acc_norm", "include_path": ["."]}, ctx).evaluate(lm["model"], lm["tok"])
     assert (res_r.margins["acc_norm,none"] > 0).mean() == pytest.approx(res_r.metrics["acc_norm,none"], abs=1e-12)
-    # a generation metric has no margins
+    # a generation metric gets the teacher-forced margins (test_lm_eval_generation_margins_*)
     gen = build_evaluator("lm_eval", {"tasks": ["tinylm_add"], "limit": 4}, ctx).evaluate(lm["model"], lm["tok"])
-    assert gen.margins is None and gen.per_sample
+    assert set(gen.margins) == {"exact_match,none"} and gen.per_sample
+
+
+def _merge(lm: dict, weights: dict[str, float]) -> None:
+    """Task arithmetic in place: base + sum of weight x (expert - base)."""
+    import torch
+
+    with torch.no_grad():
+        for k, p in lm["model"].state_dict().items():
+            b = lm["states"]["base"][k]
+            p.copy_(b + sum(w * (lm["states"][n][k] - b) for n, w in weights.items()))
+
+
+def _greedy_margin_by_hand(lm: dict, prompt: str, answer: str) -> float:
+    """min over the answer's characters and the stop (newline or end of sequence) of the gold
+    logit minus the best other, from one forward pass (one token per byte in this zoo)."""
+    import torch
+
+    tok = lm["tok"]
+    ctx, ans = tok(prompt)["input_ids"], tok(answer, add_special_tokens=False)["input_ids"]
+    with torch.no_grad():
+        logits = lm["model"](torch.tensor([ctx + ans])).logits[0].double()
+    out = []
+    for k, g in enumerate(ans):
+        row = logits[len(ctx) - 1 + k]
+        out.append(float(row[g] - torch.cat([row[:g], row[g + 1:]]).max()))
+    row = logits[len(ctx) - 1 + len(ans)]
+    stop = torch.zeros(len(row), dtype=torch.bool)
+    stop[[tok.convert_tokens_to_ids(tok.tokenize("\n"))[0], tok.eos_token_id]] = True
+    out.append(float(row[stop].max() - row[~stop].max()))
+    return min(out)
+
+
+@pytest.mark.parametrize("weights", [{"add": 1.0}, {"add": 0.7, "reverse": 0.7}, {"add": 0.5, "reverse": 0.9}, {"reverse": 1.0}])
+def test_lm_eval_generation_margins_give_back_exact_match(lm: dict, weights: dict[str, float]) -> None:
+    """Greedy exact-match generation comes with teacher-forced margins: positive exactly where
+    lm-eval's own greedy decoding scored the document right, on merges that get some right and
+    some wrong, and equal to a forward pass computed by hand."""
+    _merge(lm, weights)
+    ctx = EvalContext(seed=5)
+    both = build_evaluator("lm_eval", {"tasks": ["tinylm_add", "tinylm_reverse"], "limit": 60}, ctx)
+    res = both.evaluate(lm["model"], lm["tok"])
+    m = res.margins["exact_match,none"]
+    per = np.concatenate([res.per_sample["tinylm_add"], res.per_sample["tinylm_reverse"]])
+    assert m.shape == (120,) and np.isfinite(m).all()
+    assert ((m > 0) == (per > 0.5)).all()
+    assert (m > 0).mean() == pytest.approx(res.metrics["exact_match,none"], abs=1e-12)
+    assert 0 < per.mean() < 1  # every merge here gets some documents right and some wrong
+    rows = [json.loads(x) for x in (TINY_DATA / "add_validation.jsonl").read_text().splitlines()]
+    for k in (0, 7, 31):
+        row = rows[both.samples["tinylm_add"][k]]
+        assert m[k] == pytest.approx(_greedy_margin_by_hand(lm, row["prompt"], row["answer"]), abs=1e-4)
+
+
+def _add_task_variant(folder: Path, name: str, extra: str) -> None:
+    """The shipped tinylm_add task under another name, with ``extra`` YAML appended."""
+    text = (TINY_DATA / "tinylm_add.yaml").read_text().replace("task: tinylm_add", f"task: {name}")
+    text = text.replace("validation: add_validation.jsonl", f"validation: {TINY_DATA / 'add_validation.jsonl'}")
+    (folder / f"{name}.yaml").write_text(text + extra)
+
+
+def test_lm_eval_generation_margins_none_where_they_would_not_give_the_score_back(lm: dict, tmp_path: Path, caplog) -> None:
+    """No margins, with a debug line saying why: a filter that rewrites the generation before
+    exact_match (here: the first run of digits, so a generation with anything after the sum
+    counts as right though greedy decoding did not reproduce target + stop), exact-match options that accept other strings, sampling, and
+    a stop string inside the targets (greedy output is cut short where the teacher-forced pass
+    sees the gold token win: the per-document check refuses)."""
+    import logging
+
+    _merge(lm, {"add": 0.7, "reverse": 0.7})
+    _add_task_variant(tmp_path, "add_digits", "filter_list:\n  - name: digits\n    filter:\n"
+                      "      - function: regex\n        regex_pattern: '(\\d+)'\n      - function: take_first\n")
+    _add_task_variant(tmp_path, "add_nocase", "")
+    text = (tmp_path / "add_nocase.yaml").read_text().replace("higher_is_better: true", "higher_is_better: true\n    ignore_case: true")
+    (tmp_path / "add_nocase.yaml").write_text(text)
+    ctx = EvalContext(base_dir=tmp_path, seed=2)
+    caplog.set_level(logging.DEBUG, logger="evaluators.generation_margins")
+    cases = [
+        ({"tasks": ["add_digits"], "metric": "exact_match,digits"}, "changes the generated text"),
+        ({"tasks": ["add_nocase"]}, "accept strings other than the target"),
+        ({"tasks": ["tinylm_add"], "gen_kwargs": {"do_sample": True, "temperature": 1.0}}, "not greedy"),
+        ({"tasks": ["tinylm_add"], "gen_kwargs": {"until": ["\n", "1"]}}, "lm-eval's exact_match is"),
+    ]
+    for settings, why in cases:
+        caplog.clear()
+        res = build_evaluator("lm_eval", {"limit": 40, "include_path": ["."], **settings}, ctx).evaluate(lm["model"], lm["tok"])
+        assert res.margins is None and res.per_sample, settings
+        assert any(why in r.getMessage() for r in caplog.records), (why, [r.getMessage() for r in caplog.records])
+    on = build_evaluator("lm_eval", {"tasks": ["tinylm_add"], "limit": 40}, ctx).evaluate(lm["model"], lm["tok"])
+    off = build_evaluator("lm_eval", {"tasks": ["tinylm_add"], "limit": 40, "generation_margins": False}, ctx).evaluate(lm["model"], lm["tok"])
+    assert on.margins is not None and off.margins is None and off.metrics == on.metrics
 
 
 def test_lm_eval_sees_in_place_weight_changes(lm: dict) -> None:

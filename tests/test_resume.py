@@ -94,6 +94,33 @@ def test_kill_9_at_any_point_with_several_workers_loses_nothing(workers: int, po
     assert front  # the held-out re-scoring finished after the resume
 
 
+def test_resume_keeps_generation_margins_beside_an_objective_without(tiny_lm_zoo: Path, tmp_path: Path) -> None:
+    """mobo on the tiny-lm zoo: exact-match generation with its teacher-forced margins (add)
+    beside a perplexity (no margins); killed after a tell and resumed, every trial keeps its
+    margins for the accuracy only and the resumed state models them."""
+    (tmp_path / "text.txt").write_text("12+34=046\nrev:abc=cba\n07+45=052\n")
+    cfg = yaml.safe_load((REPO / "configs" / "quickstart.yaml").read_text())
+    cfg["objectives"] = [
+        {"name": "add", "evaluator": "lm_eval", "direction": "maximize",
+         "settings": {"tasks": ["tinylm_add"], "metric": "exact_match,none", "limit": 16}},
+        {"name": "ppl", "evaluator": "perplexity", "direction": "minimize", "settings": {"path": "text.txt"}},
+    ]
+    cfg["merge"]["granularity"] = "global"
+    cfg["strategy"] = {"name": "mobo", "budget": 8}
+    cfg["store"] = str(tmp_path / "run.db")
+    path = _write(tmp_path, cfg)
+    _launch_and_crash(path, "told:5")
+    assert resume("quickstart", store=str(tmp_path / "run.db")) == 0
+    after, state, arrays = _read(tmp_path / "run.db", "quickstart")
+    assert [t.number for t in after] == list(range(8)) and all(t.state == COMPLETE for t in after)
+    for t in after:
+        marg = arrays[t.number][1]
+        assert sorted(marg) == [0] and len(marg[0]) == 16
+        assert float((marg[0] > 0).mean()) == pytest.approx(t.values[0], abs=1e-7)
+    assert len({t.values[0] for t in after}) > 1  # merges that differ in exact match
+    assert all(m is not None and sorted(m) == [0] for m in state["M"])
+
+
 @pytest.fixture(scope="module")
 def uninterrupted(digits_zoo: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[list[Any], Any]:
     """An uninterrupted single-worker mobo run on digits (30 trials; a snapshot after 25 tells)."""

@@ -69,7 +69,7 @@ class GaussianProcess:
         lengthscale squared."""
         return [(X[:, i : i + 1] - X[:, i : i + 1].T) ** 2 / ls[i] ** 2 for i in range(self.dim)]
 
-    def _nll(self, theta: np.ndarray, X: np.ndarray, y: np.ndarray) -> tuple[float, np.ndarray]:
+    def _nll(self, theta: np.ndarray, X: np.ndarray, y: np.ndarray, fixed: np.ndarray | None = None) -> tuple[float, np.ndarray]:
         d = self.dim
         ls, sf2, noise = np.exp(theta[:d]), np.exp(theta[d]), np.exp(theta[d + 1])
         n = len(y)
@@ -78,6 +78,8 @@ class GaussianProcess:
         e = np.exp(-SQRT5 * r)
         Kf = sf2 * (1.0 + SQRT5 * r + (5.0 / 3.0) * r * r) * e
         K = Kf + (noise + 1e-9) * np.eye(n) + np.diag(self._extra(n))
+        if fixed is not None:
+            K[np.diag_indices(n)] += fixed
         try:
             L = cholesky(K, lower=True)
         except np.linalg.LinAlgError:
@@ -98,21 +100,24 @@ class GaussianProcess:
         grad += z / sd
         return float(nll), grad
 
-    def fit(self, X: np.ndarray, y: np.ndarray, *, restarts: bool = True, maxiter: int = 200) -> None:
-        """Fit hyperparameters to (X, y) and condition on them."""
+    def fit(self, X: np.ndarray, y: np.ndarray, *, restarts: bool = True, maxiter: int = 200,
+            noise: np.ndarray | None = None) -> None:
+        """Fit hyperparameters to (X, y) and condition on them. ``noise``: known noise variance
+        of each observation (target units), added to the fitted homoscedastic noise."""
         X, y = np.asarray(X, dtype=np.float64), np.asarray(y, dtype=np.float64)
         ys = self._standardise(y)
+        fixed = None if noise is None else np.asarray(noise, dtype=np.float64) / self._std**2
         starts = [self.theta]
         if restarts and not np.allclose(self.theta, self.default_theta(self.dim)):
             starts.append(self.default_theta(self.dim))
         best = (np.inf, self.theta)
         for t0 in starts:
-            res = minimize(self._nll, np.clip(t0, *np.array(self._bounds()).T), args=(X, ys), jac=True, method="L-BFGS-B",
+            res = minimize(self._nll, np.clip(t0, *np.array(self._bounds()).T), args=(X, ys, fixed), jac=True, method="L-BFGS-B",
                            bounds=self._bounds(), options={"maxiter": maxiter})
             if np.isfinite(res.fun) and res.fun < best[0]:
                 best = (float(res.fun), np.asarray(res.x))
         self.theta = best[1]
-        self.condition(X, y)
+        self.condition(X, y, noise=noise)
 
     def _standardise(self, y: np.ndarray) -> np.ndarray:
         self._mean = float(np.mean(y)) if len(y) else 0.0
@@ -120,10 +125,10 @@ class GaussianProcess:
         self._std = s if s > 1e-12 else 1.0
         return (y - self._mean) / self._std
 
-    def condition(self, X: np.ndarray, y: np.ndarray) -> None:
-        """Condition on (X, y) with the current hyperparameters (no refit)."""
+    def condition(self, X: np.ndarray, y: np.ndarray, noise: np.ndarray | None = None) -> None:
+        """Condition on (X, y) with the current hyperparameters (no refit); ``noise`` as in :meth:`fit`."""
         ys = self._standardise(np.asarray(y, dtype=np.float64))
-        self.factorise(X)
+        self.factorise(X, None if noise is None else np.asarray(noise, dtype=np.float64) / self._std**2)
         self._alpha = cho_solve((self._L, True), ys)
         self.y = np.asarray(y, dtype=np.float64)
 
@@ -139,12 +144,15 @@ class GaussianProcess:
         """The lengthscale of every input."""
         return np.exp(self.theta[: self.dim])
 
-    def factorise(self, X: np.ndarray) -> None:
-        """The Cholesky factor of the kernel matrix of ``X`` (noise and jitter included)."""
+    def factorise(self, X: np.ndarray, fixed: np.ndarray | None = None) -> None:
+        """The Cholesky factor of the kernel matrix of ``X`` (noise and jitter included;
+        ``fixed``: per-point noise variances in standardised units, added to the diagonal)."""
         self.X = np.asarray(X, dtype=np.float64)
         d, n = self.dim, len(self.X)
         sf2, noise = np.exp(self.theta[d]), np.exp(self.theta[d + 1])
         K = matern52(self.X, self.X, self.input_lengthscales(), sf2) + (noise + 1e-9) * np.eye(n) + np.diag(self._extra(n))
+        if fixed is not None:
+            K[np.diag_indices(n)] += fixed
         jitter = 0.0
         while True:
             try:
@@ -225,11 +233,12 @@ class TiedGaussianProcess(GaussianProcess):
         super().__init__(len(self.sizes), theta)
         self._sq: list[np.ndarray] | None = None  # per-class squared distances of the data being fitted
 
-    def fit(self, X: np.ndarray, y: np.ndarray, *, restarts: bool = True, maxiter: int = 200) -> None:
+    def fit(self, X: np.ndarray, y: np.ndarray, *, restarts: bool = True, maxiter: int = 200,
+            noise: np.ndarray | None = None) -> None:
         """As :meth:`GaussianProcess.fit`; the per-class distances (independent of theta) are computed once."""
         self._sq = self._class_sqdist(np.asarray(X, dtype=np.float64))
         try:
-            super().fit(X, y, restarts=restarts, maxiter=maxiter)
+            super().fit(X, y, restarts=restarts, maxiter=maxiter, noise=noise)
         finally:
             self._sq = None
 

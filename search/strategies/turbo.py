@@ -47,6 +47,7 @@ class TurboOptions(MOBOOptions):
     succ_tol: int = Field(3, ge=1, description="successes in a row (results joining the front) that double the side")
     fail_tol: int = Field(8, ge=1, description="failures in a row (results off the front) that halve the side")
     perturb: float = Field(20.0, gt=0.0, description="coordinates re-drawn per candidate, on average")
+    value_warp: bool = Field(False, description="as mobo's (off here: not measured on turbo's problems)")
 
 
 class TurboStrategy(MOBOStrategy):
