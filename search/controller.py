@@ -286,8 +286,16 @@ class _RunState:
 
 
 class Controller:
-    def __init__(self, cfg: SearchConfig, store_url: str | None = None, config_path: str | None = None):
+    """Runs a search. ``pool_factory`` (default :func:`search.workers.make_pool`, same
+    arguments) and ``clock`` (default ``time.time``, read for ``strategy.max_time``) are
+    seams for :mod:`search.simulate`, which runs this loop against simulated workers on a
+    virtual clock."""
+
+    def __init__(self, cfg: SearchConfig, store_url: str | None = None, config_path: str | None = None,
+                 pool_factory: Any = None, clock: Any = None):
         self.cfg = cfg
+        self.pool_factory = pool_factory or make_pool
+        self.clock = clock or time.time
         self.store_url = store_url or cfg.store_url
         if "://" not in self.store_url and not Path(self.store_url).is_absolute():
             self.store_url = str(Path.cwd() / self.store_url)
@@ -316,7 +324,7 @@ class Controller:
     # ------------------------------------------------------------------ main loop
     def run(self, fresh: bool = False, replay_legacy: bool = False, checked: CheckedRun | None = None) -> int:
         cfg = self.cfg
-        t_start = time.time()
+        t_start = self.clock()
         if checked is None:  # every check, the strategy's included, before the store is opened
             checked = check_run(cfg, run_code=True)
         space, problem, strategy = checked.space, checked.problem, checked.strategy
@@ -362,7 +370,7 @@ class Controller:
 
         try:
             log.info("starting %d %s worker(s)", cfg.workers.count, cfg.workers.backend)
-            pool = make_pool(cfg, cfg.to_yaml(), str(cfg.base_dir))
+            pool = self.pool_factory(cfg, cfg.to_yaml(), str(cfg.base_dir))
             stale = sorted(pending)
             for n in stale:  # trials that were running when a controller died: run them again
                 tid, _, task = pending[n]
@@ -372,7 +380,7 @@ class Controller:
             queue_: list[TrialTask] = [pending[n][2] for n in stale]
             progress.start()
             while True:
-                time_up = cfg.strategy.max_time is not None and time.time() - t_start > cfg.strategy.max_time
+                time_up = cfg.strategy.max_time is not None and self.clock() - t_start > cfg.strategy.max_time
                 free = pool.free_slots()
                 # submit queued retries first
                 while queue_ and free > 0:
@@ -503,7 +511,7 @@ class Controller:
             cfg.name,
             counts.get(COMPLETE, 0),
             counts.get(FAIL, 0),
-            time.time() - t_start,
+            self.clock() - t_start,
             self.store_url,
         )
         if not interrupted:
