@@ -106,3 +106,45 @@ def test_small_cluster_run_of_each_strategy_loses_nothing(strategy: str, digits_
     hv = hypervolume_curve(search, ["maximize", "maximize"], [0.0, 0.0], [0.0, rep.makespan / 2, rep.makespan])
     assert hv[0] == 0.0 < hv[1] <= hv[2]
     assert np.isclose(hv[2], hypervolume_curve(search, ["maximize", "maximize"], [0.0, 0.0], [1e12])[0])
+
+
+# ----------------------------------------------------------------------------- strategy keep-up
+def test_model_rows_keeps_the_front_and_a_random_rest() -> None:
+    from search.pareto import pareto_mask
+    from search.strategies.subset import model_rows
+
+    rng = np.random.default_rng(0)
+    F = rng.random((3000, 2))
+    assert model_rows(F[:500], 500) is None and model_rows(F, None) is None
+    rows = model_rows(F, 500, seed=1)
+    assert rows is not None and len(rows) == len(set(rows.tolist())) == 500 and np.all(np.diff(rows) > 0)
+    front = np.flatnonzero(pareto_mask(F, ["minimize", "minimize"]))
+    assert set(front.tolist()) <= set(rows.tolist())  # the measured front is always modelled
+    assert np.array_equal(rows, model_rows(F, 500, seed=1))  # deterministic for a seed
+    assert not np.array_equal(rows, model_rows(F, 500, seed=2))  # the random half is drawn
+
+
+def test_mobo_with_a_subset_of_data_proposes_new_points_deterministically(digits_zoo: Path) -> None:
+    """Past max_model_points the models see a subset; proposals stay in the box, new, and
+    the same for the same seed."""
+    from search.controller import build_problem
+    from search.strategies import STRATEGIES, TrialResult
+    from search.workers import TrialTask, TrialWorker
+
+    cfg = _digits_cfg("mobo", 200, {"max_model_points": 24, "max_fit_points": 16, "n_candidates": 128})
+    worker = TrialWorker(cfg.to_yaml(), str(cfg.base_dir), "t")
+
+    def run() -> list[np.ndarray]:
+        s = STRATEGIES.get("mobo")(build_problem(worker.space, cfg), cfg.strategy.options, seed=0)
+        xs: list[np.ndarray] = []
+        for _ in range(6):
+            cands = s.ask(8)
+            xs += [c.x.copy() for c in cands]
+            res = [worker.run(TrialTask(i, c.x.tolist())) for i, c in enumerate(cands)]
+            s.tell([TrialResult(c, np.asarray(r.values), None, None, dict(r.margins)) for c, r in zip(cands, res, strict=True)])
+        return xs
+
+    a, b = run(), run()
+    assert len(a) == 48 and all(np.array_equal(x, y) for x, y in zip(a, b, strict=True))
+    assert len({tuple(np.round(x, 9)) for x in a}) == 48
+    assert all(np.all(x >= worker.space.lower) and np.all(x <= worker.space.upper) for x in a)

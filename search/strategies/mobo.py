@@ -68,6 +68,7 @@ from pydantic import Field
 from ..pareto import hv_improvement, pareto_mask
 from .base import Candidate, Strategy, StrategyOptions, TrialResult
 from .gp import GaussianProcess, SharedKernelGP
+from .subset import model_rows
 
 
 class MOBOOptions(StrategyOptions):
@@ -82,6 +83,8 @@ class MOBOOptions(StrategyOptions):
     max_dim: int = Field(64, ge=1, description="largest search dimension accepted (GP models degrade far beyond it)")
     margins: bool = Field(True, description="predict an accuracy from its per-example margins when the evaluator reports them")
     margin_beta: float = Field(0.1, ge=0.0, description="optimism (as beta) for accuracies predicted from margins: their mean is sharp, so less is needed")
+    max_model_points: int | None = Field(500, ge=16, description="past this many successful results the models are conditioned on a subset of this size: half nearest the front, half random (None: all)")
+    max_fit_points: int | None = Field(200, ge=16, description="hyperparameters are fitted on a subset of at most this many of those points (None: all)")
 
 
 class MOBOStrategy(Strategy):
@@ -210,15 +213,22 @@ class MOBOStrategy(Strategy):
                 out.append(self._propose(self._lo + u * self._span, {"phase": "local"}))
                 pend.append(u)
             return out
-        refit = self._refit_due(len(U))
+        n_ok = len(U)
+        refit = self._refit_due(n_ok)
+        rows = model_rows(F, self.options.max_model_points, seed=n_ok)
+        if rows is not None:  # subset of data: the model step's cost stops growing with the run
+            U, F = U[rows], F[rows]
+            margin_data = {j: Mj[rows] for j, Mj in margin_data.items()}
+        fit = model_rows(F, self.options.max_fit_points, seed=n_ok + 1)
+        fit = np.arange(len(U)) if fit is None else fit
         gps: list[GaussianProcess] = []
         for j in range(p.n_obj):
             gp = self._new_gp(self._thetas[j])
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 if refit:
-                    gp.fit(U, F[:, j], restarts=True)
-                else:
+                    gp.fit(U[fit], F[fit, j], restarts=True)
+                if not refit or len(fit) < len(U):
                     gp.condition(U, F[:, j])
             self._thetas[j] = gp.theta.copy()
             gps.append(gp)
@@ -227,13 +237,13 @@ class MOBOStrategy(Strategy):
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 if refit or self._mthetas[j] is None:
-                    mgp.fit(U, Mj, restarts=True)
-                else:
+                    mgp.fit(U[fit], Mj[fit], restarts=True)
+                if not (refit or self._mthetas[j] is None) or len(fit) < len(U):
                     mgp.condition(U, Mj)
             self._mthetas[j] = mgp.theta.copy()
             gps[j] = _MarginPredictor(gps[j], mgp, U, Mj, p.objectives[j].sign)
         if refit:
-            self._fit_n = len(U)
+            self._fit_n = n_ok
         # pending proposals as fantasies at their predicted means (scoring only)
         fU, fF, score_F = U, F, front_F
         if pend:
