@@ -23,6 +23,7 @@ Modes (each writes ``bench/results/simulate_<mode>.json`` and prints a table):
     python bench/simulate_cluster.py throughput --strategies mobo,nsga2,cmaes --points 100,500,1000,3000
     python bench/simulate_cluster.py cluster --strategies nsga2,cmaes,mobo --workers 8,64,256 --budget 500
     python bench/simulate_cluster.py store --trials 10000,100000
+    python bench/simulate_cluster.py store --trials 10000 --url postgresql+psycopg://bench@127.0.0.1:54321/ms
 """
 
 from __future__ import annotations
@@ -204,9 +205,10 @@ def store(args: argparse.Namespace) -> None:
     w = args.store_workers
     with tempfile.TemporaryDirectory() as tmp:
         for n in sorted(int(x) for x in args.trials.split(",")):
-            url = str(Path(tmp) / f"s{n}.db")
+            url = args.url or str(Path(tmp) / f"s{n}.db")
             st = Store.open(url)
-            study = st.create_study("bench", "name: bench\n", "x", [("a", "maximize"), ("b", "maximize")], {"names": ["w0", "w1", "w2", "w3"]})
+            run = f"bench{n}-{int(time.time())}"
+            study = st.create_study(run, f"name: {run}\n", "x", [("a", "maximize"), ("b", "maximize")], {"names": ["w0", "w1", "w2", "w3"]})
             seq, number = 0, 0
             t_ask = t_finish = 0.0
             n_tx = 0
@@ -227,13 +229,13 @@ def store(args: argparse.Namespace) -> None:
                 t_finish += time.perf_counter() - t0
                 number += k
             st.close()
-            poll = _dashboard_poll(url, "bench")
-            row = dict(trials=n, workers=w, add_trials_per_s=n / t_ask, finish_per_s=n / t_finish,
+            poll = _dashboard_poll(url, run)
+            row = dict(store=url.split("://")[0] if "://" in url else "sqlite", trials=n, workers=w, add_trials_per_s=n / t_ask, finish_per_s=n / t_finish,
                        writes_per_s=(n + n_tx) / (t_ask + t_finish), needed_per_s=w / args.trial_mean, dashboard_poll_s=poll,
-                       db_mb=os.path.getsize(url) / 2**20)
+                       db_mb=os.path.getsize(url) / 2**20 if "://" not in url else None)
             rows_out.append(row)
             print(f"{n:7d} trials: ask rows {row['add_trials_per_s']:8.0f}/s, finishes {row['finish_per_s']:7.0f}/s "
-                  f"(needed {row['needed_per_s']:.1f}/s at W={w}, {args.trial_mean:.0f}s trials); {row['db_mb']:.0f} MB; dashboard "
+                  f"(needed {row['needed_per_s']:.1f}/s at W={w}, {args.trial_mean:.0f}s trials); dashboard "
                   + ", ".join(f"{k} {v:.3f}" for k, v in poll.items()), flush=True)
     _write("store", dict(args=vars(args), rows=rows_out), args.out)
 
@@ -241,14 +243,17 @@ def store(args: argparse.Namespace) -> None:
 def _dashboard_poll(url: str, run: str) -> dict[str, float]:
     """Seconds the dashboard's app (in process, its real FastAPI routes) takes for the page's
     first load of the trials, then for a poll with its cursor (nothing new, then 10 new
-    trials), and for the hypervolume curve."""
+    trials), and for the hypervolume curve; each request re-reads the store."""
     from fastapi.testclient import TestClient
 
     from search.dashboard.server import create_app
     from search.store import COMPLETE, Store
 
     out: dict[str, float] = {}
-    with TestClient(create_app([run], store=url)) as c:
+    app = create_app([run], store=url)
+    for cache in app.state.runs:
+        cache.min_interval = 0.0  # every request re-reads the store (the page polls slower than the throttle)
+    with TestClient(app) as c:
         t0 = time.perf_counter()
         body = c.get(f"/api/runs/{run}/trials").json()
         out["first_load_s"] = time.perf_counter() - t0
@@ -290,6 +295,7 @@ def main() -> None:
     ap.add_argument("--grow-batch", type=int, default=64)
     ap.add_argument("--trials", default="10000,100000")
     ap.add_argument("--store-workers", type=int, default=1024)
+    ap.add_argument("--url", help="store: a database URL (e.g. postgresql+psycopg://user@host/db) instead of a new SQLite file per size")
     ap.add_argument("--out")
     args = ap.parse_args()
     logging.disable(logging.WARNING)

@@ -88,8 +88,9 @@ def test_simulated_failures_are_retried_and_recorded_like_real_ones(digits_zoo: 
 @pytest.mark.parametrize("strategy", STRATEGIES.names())
 def test_small_cluster_run_of_each_strategy_loses_nothing(strategy: str, digits_zoo: Path, tmp_path: Path) -> None:
     budget = 200
-    # the GP strategies refit often below 50 results; fewer scored candidates keep this test short
-    options = {"n_candidates": 256} if strategy in ("mobo", "turbo") else {}
+    # the GP strategies refit after every result below 50: hyperparameters fitted on a subset
+    # of 32 and fewer scored candidates keep this test short
+    options = {"n_candidates": 256, "max_fit_points": 32} if strategy in ("mobo", "turbo") else {}
     cfg = _digits_cfg(strategy, budget, options)
     rep = simulate(cfg, SimSettings(workers=16, seed=0), str(tmp_path / "s.db"))
     assert rep.rc == 0
@@ -148,3 +149,62 @@ def test_mobo_with_a_subset_of_data_proposes_new_points_deterministically(digits
     assert len(a) == 48 and all(np.array_equal(x, y) for x, y in zip(a, b, strict=True))
     assert len({tuple(np.round(x, 9)) for x in a}) == 48
     assert all(np.all(x >= worker.space.lower) and np.all(x <= worker.space.upper) for x in a)
+
+
+# ----------------------------------------------------------------------------- a server database
+@pytest.fixture(scope="module")
+def postgres_url() -> Any:
+    """A PostgreSQL server started for these tests (skipped where psycopg or the server
+    binaries are missing); as root it runs as the ``postgres`` user, as PostgreSQL requires."""
+    import glob
+    import os
+    import shutil
+    import socket
+    import subprocess
+    import tempfile
+
+    pytest.importorskip("psycopg")
+    bindirs = sorted(glob.glob("/usr/lib/postgresql/*/bin")) + [os.path.dirname(shutil.which("initdb") or "")]
+    bindir = next((b for b in bindirs if b and os.path.exists(os.path.join(b, "initdb"))), None)
+    if bindir is None:
+        pytest.skip("no PostgreSQL server binaries (initdb) here")
+    user: dict[str, int] = {}
+    data = Path(tempfile.mkdtemp(prefix="ms-pg-", dir="/tmp"))
+    if os.geteuid() == 0:
+        import pwd
+
+        try:
+            pw = pwd.getpwnam("postgres")
+        except KeyError:
+            pytest.skip("running as root and there is no postgres user to run the server as")
+        os.chown(data, pw.pw_uid, pw.pw_gid)
+        user = {"user": pw.pw_uid, "group": pw.pw_gid}
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    pg = data / "db"
+    subprocess.run([f"{bindir}/initdb", "-D", str(pg), "-A", "trust", "-U", "ms"], check=True, capture_output=True, **user)  # type: ignore[call-overload]
+    subprocess.run([f"{bindir}/pg_ctl", "-D", str(pg), "-w", "-l", str(data / "log"), "-o",
+                    f"-p {port} -k {data} -c listen_addresses=127.0.0.1", "start"], check=True, capture_output=True, **user)  # type: ignore[call-overload]
+    try:
+        yield f"postgresql+psycopg://ms@127.0.0.1:{port}/postgres"
+    finally:
+        subprocess.run([f"{bindir}/pg_ctl", "-D", str(pg), "-m", "immediate", "stop"], capture_output=True, **user)  # type: ignore[call-overload]
+        shutil.rmtree(data, ignore_errors=True)
+
+
+def test_a_simulated_run_on_postgresql_matches_the_sqlite_run(postgres_url: str, digits_zoo: Path, tmp_path: Path) -> None:
+    """The store reached through SQLAlchemy on a PostgreSQL server records the same run as
+    SQLite: same trials, values, workers and attempts for the seed (preemptions included)."""
+    cfg = _digits_cfg("nsga2", 60, {"pop_size": 8})
+    sim = SimSettings(workers=16, preempt_rate=0.1, seed=5)
+    pg = simulate(cfg, sim, postgres_url)
+    lite = simulate(cfg, sim, str(tmp_path / "l.db"))
+    assert pg.rc == lite.rc == 0 and pg.timeline == lite.timeline
+    st = Store.open(postgres_url, readonly=True)
+    try:
+        pg_trials = st.trials(st.study("digits").id)
+    finally:
+        st.close()
+    assert _fingerprint(pg_trials) == _fingerprint(_stored(tmp_path / "l.db"))
+    assert [t.number for t in pg_trials] == list(range(60)) and any(t.attempts > 1 for t in pg_trials)
