@@ -229,14 +229,16 @@ def store(args: argparse.Namespace) -> None:
                 t_finish += time.perf_counter() - t0
                 number += k
             st.close()
-            poll = _dashboard_poll(url, run)
-            row = dict(store=url.split("://")[0] if "://" in url else "sqlite", trials=n, workers=w, add_trials_per_s=n / t_ask, finish_per_s=n / t_finish,
-                       writes_per_s=(n + n_tx) / (t_ask + t_finish), needed_per_s=w / args.trial_mean, dashboard_poll_s=poll,
+            row = dict(store=url.split("://")[0] if "://" in url else "sqlite", trials=n, workers=w, add_trials_per_s=n / t_ask,
+                       finish_per_s=n / t_finish, writes_per_s=(n + n_tx) / (t_ask + t_finish), needed_per_s=w / args.trial_mean,
                        db_mb=os.path.getsize(url) / 2**20 if "://" not in url else None)
             rows_out.append(row)
             print(f"{n:7d} trials: ask rows {row['add_trials_per_s']:8.0f}/s, finishes {row['finish_per_s']:7.0f}/s "
-                  f"(needed {row['needed_per_s']:.1f}/s at W={w}, {args.trial_mean:.0f}s trials); dashboard "
-                  + ", ".join(f"{k} {v:.3f}" for k, v in poll.items()), flush=True)
+                  f"(needed {row['needed_per_s']:.1f}/s at W={w}, {args.trial_mean:.0f}s trials)", flush=True)
+            _write("store", dict(args=vars(args), rows=rows_out), args.out)  # kept if the dashboard part is cut short
+            if not args.no_dashboard:
+                row["dashboard"] = _dashboard_poll(url, run)
+                print("   dashboard: " + ", ".join(f"{k} {v:.3f}" for k, v in row["dashboard"].items()), flush=True)
     _write("store", dict(args=vars(args), rows=rows_out), args.out)
 
 
@@ -295,6 +297,7 @@ def main() -> None:
     ap.add_argument("--grow-batch", type=int, default=64)
     ap.add_argument("--trials", default="10000,100000")
     ap.add_argument("--store-workers", type=int, default=1024)
+    ap.add_argument("--no-dashboard", action="store_true", help="store: skip the dashboard timings")
     ap.add_argument("--url", help="store: a database URL (e.g. postgresql+psycopg://user@host/db) instead of a new SQLite file per size")
     ap.add_argument("--out")
     args = ap.parse_args()
