@@ -617,6 +617,7 @@ class _Progress:
         self._task = self._p.add_task("search", total=budget, completed=done, info=f"failed {failed}")
         self._last_log = 0.0
         self._last_front = 0.0
+        self._front_s = 0.0  # what the last front computation took
 
     def start(self) -> None:
         self._p.start()
@@ -626,7 +627,8 @@ class _Progress:
 
     def update(self, done: int, failed: int, get_values: Any, cfg: SearchConfig) -> None:
         now = time.time()
-        if now - self._last_front < 0.5 and done < cfg.strategy.budget:  # the front costs O(n^2): throttle
+        # the front costs O(n^2): at most every 0.5 s, and at most 5% of the controller's time
+        if now - self._last_front < max(0.5, 20 * self._front_s) and done < cfg.strategy.budget:
             self._p.update(self._task, completed=done)
             return
         self._last_front = now
@@ -638,6 +640,7 @@ class _Progress:
             if hv is not None:
                 info += f" | HV {hv:.4g}"
         self._p.update(self._task, completed=done, info=info)
+        self._front_s = time.time() - now
         if now - self._last_log > 30:
             self._last_log = now
             log.info("%d/%d trials, %s", done, cfg.strategy.budget, info)
