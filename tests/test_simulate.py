@@ -85,7 +85,11 @@ def test_simulated_failures_are_retried_and_recorded_like_real_ones(digits_zoo: 
     assert n_retried and n_gave_up and n_failed  # the seed exercises every path
 
 
-@pytest.mark.parametrize("strategy", STRATEGIES.names())
+@pytest.mark.parametrize(
+    "strategy",
+    # mobo and turbo take minutes here (a GP refit after every result below 50): marked slow
+    [pytest.param(s, marks=pytest.mark.slow) if s in ("mobo", "turbo") else s for s in STRATEGIES.names()],
+)
 def test_small_cluster_run_of_each_strategy_loses_nothing(strategy: str, digits_zoo: Path, tmp_path: Path) -> None:
     budget = 200
     # the GP strategies refit after every result below 50: hyperparameters fitted on a subset
