@@ -325,8 +325,16 @@ class _RunState:
 
 
 class Controller:
-    def __init__(self, cfg: SearchConfig, store_url: str | None = None, config_path: str | None = None):
+    """Runs a search. ``pool_factory`` (default :func:`search.workers.make_pool`, same
+    arguments) and ``clock`` (default ``time.time``, read for ``strategy.max_time``) are
+    seams for :mod:`search.simulate`, which runs this loop against simulated workers on a
+    virtual clock."""
+
+    def __init__(self, cfg: SearchConfig, store_url: str | None = None, config_path: str | None = None,
+                 pool_factory: Any = None, clock: Any = None):
         self.cfg = cfg
+        self.pool_factory = pool_factory or make_pool
+        self.clock = clock or time.time
         self.store_url = store_url or cfg.store_url
         if "://" not in self.store_url and not Path(self.store_url).is_absolute():
             self.store_url = str(Path.cwd() / self.store_url)
@@ -355,7 +363,7 @@ class Controller:
     # ------------------------------------------------------------------ main loop
     def run(self, fresh: bool = False, replay_legacy: bool = False, checked: CheckedRun | None = None) -> int:
         cfg = self.cfg
-        t_start = time.time()
+        t_start = self.clock()
         if checked is None:  # every check, the strategy's included, before the store is opened
             checked = check_run(cfg, run_code=True)
         space, problem, strategy = checked.space, checked.problem, checked.strategy
@@ -404,7 +412,7 @@ class Controller:
 
         try:
             log.info("starting %d %s worker(s)", cfg.workers.count, cfg.workers.backend)
-            pool = make_pool(cfg, cfg.to_yaml(), str(cfg.base_dir))
+            pool = self.pool_factory(cfg, cfg.to_yaml(), str(cfg.base_dir))
             stale = sorted(pending)
             for n in stale:  # trials that were running when a controller died: run them again
                 tid, _, task = pending[n]
@@ -414,7 +422,7 @@ class Controller:
             queue_: list[TrialTask] = [pending[n][2] for n in stale]
             progress.start()
             while True:
-                time_up = cfg.strategy.max_time is not None and time.time() - t_start > cfg.strategy.max_time
+                time_up = cfg.strategy.max_time is not None and self.clock() - t_start > cfg.strategy.max_time
                 free = pool.free_slots()
                 # submit queued retries first
                 while queue_ and free > 0:
@@ -585,7 +593,7 @@ class Controller:
             cfg.name,
             counts.get(COMPLETE, 0),
             counts.get(FAIL, 0),
-            time.time() - t_start,
+            self.clock() - t_start,
             self.store_url,
         )
         if not interrupted:
@@ -699,6 +707,7 @@ class _Progress:
         self._task = self._p.add_task("search", total=budget, completed=done, info=f"failed {failed}")
         self._last_log = 0.0
         self._last_front = 0.0
+        self._front_s = 0.0  # what the last front computation took
 
     def start(self) -> None:
         self._p.start()
@@ -708,7 +717,8 @@ class _Progress:
 
     def update(self, done: int, failed: int, get_values: Any, cfg: SearchConfig) -> None:
         now = time.time()
-        if now - self._last_front < 0.5 and done < cfg.strategy.budget:  # the front costs O(n^2): throttle
+        # the front costs O(n^2): at most every 0.5 s, and at most 5% of the controller's time
+        if now - self._last_front < max(0.5, 20 * self._front_s) and done < cfg.strategy.budget:
             self._p.update(self._task, completed=done)
             return
         self._last_front = now
@@ -720,6 +730,7 @@ class _Progress:
             if hv is not None:
                 info += f" | HV {hv:.4g}"
         self._p.update(self._task, completed=done, info=info)
+        self._front_s = time.time() - now
         if now - self._last_log > 30:
             self._last_log = now
             log.info("%d/%d trials, %s", done, cfg.strategy.budget, info)

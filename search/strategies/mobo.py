@@ -79,6 +79,7 @@ from pydantic import Field
 from ..pareto import hv_improvement, pareto_mask
 from .base import Candidate, Strategy, StrategyOptions, TrialResult
 from .gp import GaussianProcess, SharedKernelGP
+from .subset import model_rows
 
 
 class MOBOOptions(StrategyOptions):
@@ -96,6 +97,8 @@ class MOBOOptions(StrategyOptions):
     value_warp: bool = Field(True, description="model an accuracy without margins (values k/n on a common n) on the empirical-logit scale")
     value_noise: bool = Field(True, description="with value_warp: the binomial variance of each empirical logit as known per-point noise")
     value_beta: float = Field(0.3, ge=0.0, description="optimism (as beta) for accuracies modelled with value_warp")
+    max_model_points: int | None = Field(500, ge=16, description="past this many successful results the models are conditioned on a subset of this size: half nearest the front, half random (None: all)")
+    max_fit_points: int | None = Field(200, ge=16, description="hyperparameters are fitted on a subset of at most this many of those points (None: all)")
 
 
 class MOBOStrategy(Strategy):
@@ -258,12 +261,20 @@ class MOBOStrategy(Strategy):
                 out.append(self._propose(self._lo + u * self._span, {"phase": "local"}))
                 pend.append(u)
             return out
-        refit = self._refit_due(len(U))
-        gps: list[Any] = []
+        n_ok = len(U)
+        refit = self._refit_due(n_ok)
         noise = low_fidelity_noise([s for s, y in zip(self._S, self._Y, strict=True) if y is not None], p.n_obj)
+        rows = model_rows(F, self.options.max_model_points, seed=n_ok)
+        if rows is not None:  # subset of data: the model step's cost stops growing with the run
+            U, F = U[rows], F[rows]
+            margin_data = {j: Mj[rows] for j, Mj in margin_data.items()}
+            noise = None if noise is None else noise[rows]
+        fit = model_rows(F, self.options.max_fit_points, seed=n_ok + 1)
+        fit = np.arange(len(U)) if fit is None else fit
+        gps: list[Any] = []
         for j in range(p.n_obj):
-            gp = self._new_gp(self._thetas[j])
-            gp.extra_noise = None if noise is None else noise[:, j]
+            base = gp = self._new_gp(self._thetas[j])
+            nj = None if noise is None else noise[:, j]  # known extra noise of subset values, row-aligned with U
             # the logit model needs values k/n of one n: not with subset (low-fidelity) values in the run
             warp = self.options.value_warp and noise is None and j not in margin_data
             n_ex = self._example_count(j, p.objectives[j].sign * F[:, j]) if warp else None
@@ -272,8 +283,10 @@ class MOBOStrategy(Strategy):
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 if refit:
-                    gp.fit(U, F[:, j], restarts=True)
-                else:
+                    base.extra_noise = None if nj is None else nj[fit]
+                    gp.fit(U[fit], F[fit, j], restarts=True)
+                if not refit or len(fit) < len(U):
+                    base.extra_noise = nj
                     gp.condition(U, F[:, j])
             self._thetas[j] = gp.theta.copy()
             gps.append(gp)
@@ -283,13 +296,13 @@ class MOBOStrategy(Strategy):
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 if refit or self._mthetas[j] is None:
-                    mgp.fit(U, Mj, restarts=True)
-                else:
+                    mgp.fit(U[fit], Mj[fit], restarts=True)
+                if not (refit or self._mthetas[j] is None) or len(fit) < len(U):
                     mgp.condition(U, Mj)
             self._mthetas[j] = mgp.theta.copy()
             gps[j] = _MarginPredictor(gps[j], mgp, U, Mj, p.objectives[j].sign)
         if refit:
-            self._fit_n = len(U)
+            self._fit_n = n_ok
         # pending proposals as fantasies at their predicted means (scoring only)
         fU, fF, score_F = U, F, front_F
         if pend:

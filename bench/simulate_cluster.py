@@ -1,0 +1,309 @@
+"""Cluster scale by simulation (not a test): see docs/simulate.md.
+
+Modes (each writes ``bench/results/simulate_<mode>.json`` and prints a table):
+
+* ``cluster``: for each strategy and W in ``--workers``, the real controller, strategy and
+  SQLite store run ``--budget`` trials of the digits problem (``--config``) on W simulated
+  workers (:mod:`search.simulate`; lognormal durations, mean ``--trial-mean`` s, log-spread
+  ``--trial-sigma``), with the controller's measured real time added to the virtual clock.
+  Reports the busy fraction (worker time over W x the time of the last submission), virtual
+  makespan, the controller's real seconds, hypervolume at fixed virtual times, the time to
+  0.9 of the reference front's hypervolume (the front of every run in the invocation pooled)
+  and its speed-up against the smallest W; and the hypervolume after k evaluations (finish
+  order), the sample efficiency of the largest W against the smallest.
+* ``throughput``: each strategy asks and is told in batches of ``--grow-batch`` (real digits
+  evaluations) up to each of ``--points`` told results; there, three cycles of (tell
+  ``--q`` results, ask ``--q``) are timed: proposals per second = q / mean cycle time.
+  The rate a cluster needs is W / trial time (256 / 60 s = 4.3 per second).
+* ``store``: SQLite writes per second as the controller makes them for 1024 workers (an ask
+  of 1024 trials in one transaction, then one finish per trial), and the dashboard's poll
+  (the JSON of ``/api/runs/<run>/trials``, what the page fetches) at 10,000 and 100,000
+  trials.
+
+    python bench/simulate_cluster.py throughput --strategies mobo,nsga2,cmaes --points 100,500,1000,3000
+    python bench/simulate_cluster.py cluster --strategies nsga2,cmaes,mobo --workers 8,64,256 --budget 500
+    python bench/simulate_cluster.py store --trials 10000,100000
+    python bench/simulate_cluster.py store --trials 10000 --url postgresql+psycopg://bench@127.0.0.1:54321/ms
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+RESULTS = REPO / "bench" / "results"
+
+
+def _cfg(config: str, strategy: str, budget: int, options: dict[str, Any]) -> Any:
+    import yaml
+
+    from search.config import parse_config
+
+    path = Path(config) if Path(config).exists() else REPO / "configs" / f"{config}.yaml"
+    raw = yaml.safe_load(path.read_text())
+    raw["strategy"] = {"name": strategy, "budget": budget, "options": options}
+    return parse_config(raw).with_base_dir(str(path.resolve().parent))
+
+
+def _options(spec: list[str]) -> dict[str, dict[str, Any]]:
+    """``--options mobo:max_model_points=null`` -> {"mobo": {"max_model_points": None}}."""
+    out: dict[str, dict[str, Any]] = {}
+    for s in spec:
+        name, _, kv = s.partition(":")
+        k, _, v = kv.partition("=")
+        out.setdefault(name, {})[k] = json.loads(v)
+    return out
+
+
+def _write(mode: str, payload: dict[str, Any], out: str | None) -> Path:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = Path(out) if out else RESULTS / f"simulate_{mode}.json"
+    payload["machine"] = {"python": platform.python_version(), "cpus": os.cpu_count(), "platform": platform.platform()}
+    path.write_text(json.dumps(payload, indent=1) + "\n")
+    print(f"wrote {path}")
+    return path
+
+
+# ----------------------------------------------------------------------------- cluster
+def cluster(args: argparse.Namespace) -> None:
+    import numpy as np
+
+    from search.report import _hv
+    from search.simulate import SimSettings, busy_fraction, hypervolume_curve, last_submit, simulate
+
+    opts = _options(args.options)
+    runs: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for strategy in args.strategies.split(","):
+            for w in [int(x) for x in args.workers.split(",")]:
+                cfg = _cfg(args.config, strategy, args.budget, opts.get(strategy, {}))
+                sim = SimSettings(workers=w, trial_mean_s=args.trial_mean, trial_sigma=args.trial_sigma, controller_time=True, seed=args.seed)
+                rep = simulate(cfg, sim, str(Path(tmp) / f"{strategy}-{w}.db"))
+                search = [t for t in rep.timeline if t["split"] == "search"]
+                until = last_submit(search)
+                runs.append(dict(strategy=strategy, workers=w, budget=args.budget, rc=rep.rc, busy=busy_fraction(search, w, until),
+                                 busy_all=busy_fraction(search, w), last_submit_s=until, makespan_s=max(t["end"] for t in search),
+                                 controller_s=rep.controller_s, real_s=rep.real_s,
+                                 done=[(t["end"], t["values"]) for t in sorted(search, key=lambda t: t["end"]) if t["ok"]]))
+                r = runs[-1]
+                print(f"{strategy:7s} W={w:5d} busy {r['busy']:.3f} makespan {r['makespan_s']:8.0f}s controller {r['controller_s']:6.1f}s real {r['real_s']:6.1f}s", flush=True)
+    directions = [o.direction for o in _cfg(args.config, "random", 1, {}).objectives]
+    ref = [0.0 if d == "maximize" else 1.0 for d in directions]  # accuracies: the report's rule gives 0
+    pooled = np.array([v for r in runs for _, v in r["done"]])
+    ref_hv = float(_hv(pooled, directions, ref))
+    for r in runs:
+        tl = [dict(split="search", ok=True, end=e, values=v) for e, v in r["done"]]
+        ends = [e for e, _ in r["done"]]
+        hv = hypervolume_curve(tl, directions, ref, ends)
+        r["t90_s"] = next((e for e, h in zip(ends, hv, strict=True) if h >= 0.9 * ref_hv), None)
+        r["n90"] = next((k + 1 for k, h in enumerate(hv) if h >= 0.9 * ref_hv), None)
+        r["hv_final"] = hv[-1] / ref_hv if hv else 0.0
+        ks = [k for k in (25, 50, 100, 200, 300, 500, 1000) if k <= len(hv)]
+        r["hv_at_evals"] = {k: hv[k - 1] / ref_hv for k in ks}
+        del r["done"]
+    for r in runs:
+        base = next(b for b in runs if b["strategy"] == r["strategy"] and b["workers"] == min(x["workers"] for x in runs))
+        r["speedup_t90"] = base["t90_s"] / r["t90_s"] if r["t90_s"] and base["t90_s"] else None
+    print(f"\nreference hypervolume (all runs pooled) {ref_hv:.4f}; trial mean {args.trial_mean}s sigma {args.trial_sigma}; budget {args.budget}")
+    print(f"{'strategy':8s} {'W':>5s} {'busy':>6s} {'makespan_s':>10s} {'ctrl_s':>7s} {'t90_s':>8s} {'n90':>5s} {'speedup':>7s} {'hv_end':>6s}  hv/ref after k evals")
+    for r in runs:
+        t90 = f"{r['t90_s']:.0f}" if r["t90_s"] else "-"
+        sp = f"{r['speedup_t90']:.1f}x" if r["speedup_t90"] else "-"
+        ev = " ".join(f"{k}:{v:.3f}" for k, v in r["hv_at_evals"].items())
+        print(f"{r['strategy']:8s} {r['workers']:5d} {r['busy']:6.3f} {r['makespan_s']:10.0f} {r['controller_s']:7.1f} {t90:>8s} {str(r['n90'] or '-'):>5s} {sp:>7s} {r['hv_final']:6.3f}  {ev}")
+    _write("cluster", dict(args=vars(args), ref_hv=ref_hv, reference_point=ref, runs=runs), args.out)
+
+
+# ----------------------------------------------------------------------------- throughput
+class _Evaluate:
+    """Candidates -> TrialResults, by the real in-process worker (not timed as strategy time)."""
+
+    def __init__(self, worker: Any):
+        self.worker, self.number = worker, 0
+
+    def __call__(self, cands: list[Any]) -> list[Any]:
+        import numpy as np
+
+        from search.strategies.base import TrialResult
+        from search.workers import TrialTask
+
+        sp, out = self.worker.space, []
+        for c in cands:
+            r = self.worker.run(TrialTask(self.number, np.clip(c.x, sp.lower, sp.upper).tolist()))
+            self.number += 1
+            out.append(TrialResult(c, np.asarray(r.values) if r.ok else None, None, r.error, dict(r.margins) if r.ok and r.margins else None))
+        return out
+
+
+def throughput(args: argparse.Namespace) -> None:
+    import numpy as np
+
+    from search.controller import build_problem
+    from search.space import CoefficientSpace
+    from search.strategies import STRATEGIES
+    from search.workers import TrialWorker
+
+    opts = _options(args.options)
+    rows: list[dict[str, Any]] = []
+    points = sorted(int(p) for p in args.points.split(","))
+    for strategy in args.strategies.split(","):
+        cfg = _cfg(args.config, strategy, max(points) + 4 * args.q + args.grow_batch, opts.get(strategy, {}))
+        worker = TrialWorker(cfg.to_yaml(), str(cfg.base_dir), "throughput")
+        space: CoefficientSpace = worker.space
+        strat = STRATEGIES.get(strategy)(build_problem(space, cfg), cfg.strategy.options, seed=args.seed)
+        n_told = 0
+        evaluate = _Evaluate(worker)
+
+        t_start = time.perf_counter()
+        for n in points:
+            while n_told < n:
+                k = min(args.grow_batch, n - n_told)
+                strat.tell(evaluate(strat.ask(k)))
+                n_told += k
+            cycles = []
+            pend = strat.ask(args.q)
+            for _ in range(3):
+                res = evaluate(pend)  # evaluation time is not the strategy's
+                t0 = time.perf_counter()
+                strat.tell(res)
+                pend = strat.ask(args.q)
+                cycles.append(time.perf_counter() - t0)
+            strat.tell(evaluate(pend))
+            n_told += 4 * args.q
+            row = dict(strategy=strategy, options=opts.get(strategy, {}), told=n, q=args.q, cycle_s=cycles,
+                       proposals_per_s=args.q / float(np.mean(cycles)), elapsed_s=time.perf_counter() - t_start)
+            rows.append(row)
+            print(f"{strategy:7s} told {n:5d}: {row['proposals_per_s']:8.1f} proposals/s (cycles {', '.join(f'{c:.3f}' for c in cycles)} s)", flush=True)
+    print(f"\n{'strategy':8s} {'options':28s} " + " ".join(f"{p:>8d}" for p in points) + "   (proposals/s at told points; q=" + str(args.q) + ")")
+    for s in dict.fromkeys(r["strategy"] for r in rows):
+        by = {r["told"]: r["proposals_per_s"] for r in rows if r["strategy"] == s}
+        o = json.dumps(opts.get(s, {}))
+        print(f"{s:8s} {o:28s} " + " ".join(f"{by[p]:8.1f}" if p in by else f"{'-':>8s}" for p in points))
+    _write("throughput", dict(args=vars(args), rows=rows), args.out)
+
+
+# ----------------------------------------------------------------------------- store
+def store(args: argparse.Namespace) -> None:
+    import numpy as np
+
+    from search.store import COMPLETE, Store, StrategyEvent
+
+    rows_out: list[dict[str, Any]] = []
+    rng = np.random.default_rng(0)
+    w = args.store_workers
+    with tempfile.TemporaryDirectory() as tmp:
+        for n in sorted(int(x) for x in args.trials.split(",")):
+            url = args.url or str(Path(tmp) / f"s{n}.db")
+            st = Store.open(url)
+            run = f"bench{n}-{int(time.time())}"
+            study = st.create_study(run, f"name: {run}\n", "x", [("a", "maximize"), ("b", "maximize")], {"names": ["w0", "w1", "w2", "w3"]})
+            seq, number = 0, 0
+            t_ask = t_finish = 0.0
+            n_tx = 0
+            while number < n:
+                k = min(w, n - number)
+                rows = [dict(number=number + i, candidate={"id": number + i, "x": rng.random(4).tolist(), "meta": {}},
+                             params={f"w{j}": 0.5 for j in range(4)}, worker=f"sim-{i}") for i in range(k)]
+                seq += 1
+                t0 = time.perf_counter()
+                ids = st.add_trials(study.id, rows, "bench", StrategyEvent(seq, "ask", {"n": k, "items": [{"id": r["number"], "number": r["number"]} for r in rows]}))
+                t_ask += time.perf_counter() - t0
+                n_tx += 1
+                t0 = time.perf_counter()
+                for i, tid in enumerate(ids):
+                    seq += 1
+                    st.finish_trial(tid, COMPLETE, values=rng.random(2).tolist(), worker=f"sim-{i}", materialize_s=0.1, evaluate_s=60.0,
+                                    event=StrategyEvent(seq, "tell", {"items": [[number + i, number + i]]}), study_id=study.id)
+                t_finish += time.perf_counter() - t0
+                number += k
+            st.close()
+            row = dict(store=url.split("://")[0] if "://" in url else "sqlite", trials=n, workers=w, add_trials_per_s=n / t_ask,
+                       finish_per_s=n / t_finish, writes_per_s=(n + n_tx) / (t_ask + t_finish), needed_per_s=w / args.trial_mean,
+                       db_mb=os.path.getsize(url) / 2**20 if "://" not in url else None)
+            rows_out.append(row)
+            print(f"{n:7d} trials: ask rows {row['add_trials_per_s']:8.0f}/s, finishes {row['finish_per_s']:7.0f}/s "
+                  f"(needed {row['needed_per_s']:.1f}/s at W={w}, {args.trial_mean:.0f}s trials)", flush=True)
+            _write("store", dict(args=vars(args), rows=rows_out), args.out)  # kept if the dashboard part is cut short
+            if not args.no_dashboard:
+                row["dashboard"] = _dashboard_poll(url, run)
+                print("   dashboard: " + ", ".join(f"{k} {v:.3f}" for k, v in row["dashboard"].items()), flush=True)
+    _write("store", dict(args=vars(args), rows=rows_out), args.out)
+
+
+def _dashboard_poll(url: str, run: str) -> dict[str, float]:
+    """Seconds the dashboard's app (in process, its real FastAPI routes) takes for the page's
+    first load of the trials, then for a poll with its cursor (nothing new, then 10 new
+    trials), and for the hypervolume curve; each request re-reads the store."""
+    from fastapi.testclient import TestClient
+
+    from search.dashboard.server import create_app
+    from search.store import COMPLETE, Store
+
+    out: dict[str, float] = {}
+    app = create_app([run], store=url)
+    for cache in app.state.runs:
+        cache.min_interval = 0.0  # every request re-reads the store (the page polls slower than the throttle)
+    with TestClient(app) as c:
+        t0 = time.perf_counter()
+        body = c.get(f"/api/runs/{run}/trials").json()
+        out["first_load_s"] = time.perf_counter() - t0
+        cur = body["cursor"]
+        t0 = time.perf_counter()
+        body = c.get(f"/api/runs/{run}/trials", params={"since": cur["since"]}).json()
+        out["poll_nothing_new_s"] = time.perf_counter() - t0
+        st = Store.open(url)
+        study = st.study(run)
+        n = st.counts(study.id).get(COMPLETE, 0)
+        ids = st.add_trials(study.id, [dict(number=n + i, candidate={"id": n + i, "x": [0.5] * 4, "meta": {}}, params={}, worker="w")
+                                       for i in range(10)], "bench", None)
+        for tid in ids:
+            st.finish_trial(tid, COMPLETE, values=[0.5, 0.5])
+        st.close()
+        t0 = time.perf_counter()
+        new = c.get(f"/api/runs/{run}/trials", params={"since": body["cursor"]["since"]}).json()
+        out["poll_10_new_s"] = time.perf_counter() - t0
+        out["poll_10_new_rows"] = len(new["trials"])
+        t0 = time.perf_counter()
+        c.get("/api/hypervolume")
+        out["hypervolume_s"] = time.perf_counter() - t0
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("mode", choices=["cluster", "throughput", "store"])
+    ap.add_argument("--config", default="digits", help="a configs/<name>.yaml or a path (default: digits)")
+    ap.add_argument("--strategies", default="nsga2,cmaes,mobo")
+    ap.add_argument("--options", action="append", default=[], help="strategy:key=json, e.g. mobo:max_model_points=null")
+    ap.add_argument("--workers", default="8,64,256")
+    ap.add_argument("--budget", type=int, default=500)
+    ap.add_argument("--trial-mean", type=float, default=60.0)
+    ap.add_argument("--trial-sigma", type=float, default=0.3)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--points", default="100,500,1000,3000")
+    ap.add_argument("--q", type=int, default=4, help="throughput: proposals per timed ask (256 workers / 60 s = 4.3/s)")
+    ap.add_argument("--grow-batch", type=int, default=64)
+    ap.add_argument("--trials", default="10000,100000")
+    ap.add_argument("--store-workers", type=int, default=1024)
+    ap.add_argument("--no-dashboard", action="store_true", help="store: skip the dashboard timings")
+    ap.add_argument("--url", help="store: a database URL (e.g. postgresql+psycopg://user@host/db) instead of a new SQLite file per size")
+    ap.add_argument("--out")
+    args = ap.parse_args()
+    logging.disable(logging.WARNING)
+    {"cluster": cluster, "throughput": throughput, "store": store}[args.mode](args)
+
+
+if __name__ == "__main__":
+    main()
