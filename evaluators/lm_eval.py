@@ -387,36 +387,52 @@ class LMEvalEvaluator(Evaluator):
         if out is None:
             raise EvaluationError("lm_eval returned no results")
         res = self._result(out, names)
-        if res.margins is None:
-            self._add_generation_margins(res, out, lm)
-        res.examples = self._examples(res, out, idx, names, offsets)
+        gen_parts = self._add_generation_margins(res, out, lm, names) if res.margins is None else None
+        res.examples = self._examples(res, out, idx, names, offsets, gen_parts)
         return res
 
-    def _add_generation_margins(self, res: EvalResult, out: dict[str, Any], lm: Any) -> None:
-        """Greedy exact-match margins from one teacher-forced pass (evaluators/generation_margins.py),
-        set on ``res`` where they give the objective back; lm-eval's HF backend only."""
+    def _add_generation_margins(self, res: EvalResult, out: dict[str, Any], lm: Any, names: list[str]) -> list[Any] | None:
+        """Greedy exact-match margins from one teacher-forced pass per task
+        (evaluators/generation_margins.py), set on ``res`` where they give the objective back;
+        lm-eval's HF backend only. Returns each task's margins (None where a task has none) for
+        the example subsets, which keep them per task."""
         if not self.settings.generation_margins:
-            return
+            return None
         if self.settings.engine != "hf":
             log.debug("generation margins: none (engine %r: the teacher-forced pass runs on the HF model)", self.settings.engine)
-            return
+            return None
+        import numpy as np
+
         from .generation_margins import teacher_forced_margins
 
         mname, filt = _split_metric(self._metric)
+        parts = []
         try:
             with _quiet_progress_bars():
-                m = teacher_forced_margins(lm, self.tasks, out.get("samples") or {}, mname, filt, self._stop_tokens)
+                for n in names:
+                    m = teacher_forced_margins(lm, {n: self.tasks[n]}, out.get("samples") or {}, mname, filt, self._stop_tokens)
+                    if m is None:
+                        return None
+                    parts.append(m)
         except Exception as e:  # margins are an extra: the trial's scores stand without them
             log.debug("generation margins: none (%s: %s)", type(e).__name__, e)
-            return
-        if m is not None and margins_give_back(m, res.metrics[self._metric]):
-            res.margins = {self._metric: m}
+            return None
+        if len({len(m) for m in parts}) != 1:
+            log.debug("generation margins: none for the objective (tasks of different sizes: the objective does not "
+                      "weigh documents equally); the example subsets keep them per task")
+        elif parts:
+            m = np.concatenate(parts)
+            if margins_give_back(m, res.metrics[self._metric]):
+                res.margins = {self._metric: m}
+        return parts
 
-    def _examples(self, res: EvalResult, out: dict[str, Any], idx: Any, names: list[str], offsets: Any) -> Any:
+    def _examples(self, res: EvalResult, out: dict[str, Any], idx: Any, names: list[str], offsets: Any,
+                  gen_parts: list[Any] | None = None) -> Any:
         """The per-document scores of the metric as :class:`~search.fidelity.Examples` (None
         when a task has no per-document scores in [0, 1] for every scored document), with each
-        document's multiple-choice margin where every task has them (per task: the objective's
-        weighting of tasks is the examples' groups)."""
+        document's multiple-choice margin, or its greedy exact-match margin (``gen_parts``, per
+        task), where every task has them (per task: the objective's weighting of tasks is the
+        examples' groups)."""
         import numpy as np
 
         from search.fidelity import Examples
@@ -431,8 +447,8 @@ class LMEvalEvaluator(Evaluator):
         mname, filt = _split_metric(self._metric)
         parts = [_choice_margins(out.get("samples") or {}, {n: self.tasks[n]}, mname, filt) for n in names]
         m = np.concatenate(parts) if parts and all(p is not None for p in parts) else None
-        if m is None and res.margins and self._metric in res.margins:  # greedy exact-match margins
-            m = np.asarray(res.margins[self._metric], dtype=np.float64)
+        if m is None and gen_parts is not None and len(gen_parts) == len(names):  # greedy exact-match margins
+            m = np.concatenate(gen_parts) if gen_parts else None
         return Examples.of(idx, vals, group=group, margin=m if m is not None and len(m) == len(idx) else None)
 
     def _result(self, out: dict[str, Any], names: list[str] | None = None) -> EvalResult:
