@@ -80,7 +80,7 @@ def _write(mode: str, payload: dict[str, Any], out: str | None) -> Path:
 def cluster(args: argparse.Namespace) -> None:
     import numpy as np
 
-    from search.report import _hv
+    from search.pareto import ref_hypervolume as _hv
     from search.simulate import SimSettings, busy_fraction, hypervolume_curve, last_submit, simulate
 
     opts = _options(args.options)

@@ -201,7 +201,7 @@ def hypervolume_curve(timeline: Sequence[dict[str, Any]], directions: Sequence[s
                       times: Sequence[float]) -> list[float]:
     """Hypervolume (against the fixed reference point ``ref``, in the objectives' own units)
     of the successful search results finished by each of ``times``."""
-    from .report import _hv
+    from .pareto import ref_hypervolume as _hv
 
     done = sorted((t for t in timeline if t["split"] == "search" and t["ok"]), key=lambda t: t["end"])
     ends = np.array([t["end"] for t in done])
