@@ -258,8 +258,8 @@ class TrialWorker:
                         res.examples[len(values)] = Examples.of([], [])
                         values.append(math.nan)
                         continue
-                with torch.no_grad():
-                    out = ev.evaluate(self.model, self.tokenizer, seed=seed, examples=idx)
+                with torch.no_grad():  # examples only with fidelity: evaluators of plugins may predate it
+                    out = ev.evaluate(self.model, self.tokenizer, seed=seed, **({} if idx is None else {"examples": idx}))
                 if ev.metric not in out.metrics:
                     raise ValueError(
                         f"objective {o.name!r}: evaluator {o.evaluator!r} produced no metric {ev.metric!r} "
