@@ -158,6 +158,10 @@ def _choice_margins(samples: dict[str, list[dict[str, Any]]], tasks: dict[str, A
     return np.concatenate(parts)
 
 
+#: lm-eval metrics aggregated over tokens or words, not a mean of per-document scores in [0, 1]
+_NOT_PER_DOCUMENT = frozenset({"perplexity", "word_perplexity", "byte_perplexity", "bits_per_byte"})
+
+
 def _split_metric(metric: str) -> tuple[str, str]:
     name, _, filt = metric.partition(",")
     return name, (filt or "none")
@@ -290,6 +294,10 @@ class LMEvalEvaluator(Evaluator):
 
     @classmethod
     def subset_issue(cls, settings: EvaluatorSettings) -> tuple[str, str] | None:
+        metric = str(getattr(settings, "metric", "") or "").split(",")[0]
+        if metric in _NOT_PER_DOCUMENT:
+            return ("metric", f"{metric!r} has no per-document scores in [0, 1], so it cannot be scored on example subsets; "
+                              "remove the fidelity section or use an accuracy-like metric (acc, exact_match)")
         return None
 
     def _docs(self) -> list[list[int]]:

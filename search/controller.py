@@ -79,7 +79,7 @@ def _jsonable(o: Any) -> Any:
 
 
 def front_stats(values: np.ndarray, directions: Sequence[str], ref_given: Sequence[float | None] | None = None) -> tuple[np.ndarray, float | None]:
-    """Pareto mask and hypervolume (reference point rule of :mod:`search.report`) of complete trials' values."""
+    """Pareto mask and hypervolume (reference point rule of :mod:`search.pareto`) of complete trials' values."""
     if len(values) == 0:
         return np.zeros(0, dtype=bool), None
     from .pareto import (  # one reference-point rule for bar, report and dashboard

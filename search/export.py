@@ -19,7 +19,7 @@ Picking a trial
         the COMPLETE trial with the best search value of that objective, in its direction
         (ties: the lowest trial number).
     ``--prefer "math=0.7,code=0.3"``
-        among the Pareto-front members (search values, see :mod:`search.report`), the one
+        among the Pareto-front members (search values, see :mod:`search.pareto`), the one
         with the largest preference score ``sum_j w_j * n_j``, where ``n_j`` is objective
         ``j`` min-max normalised over the front members (``(v - min) / (max - min)``;
         ``1 - that`` for minimised objectives, so 1 is always best; an objective on which

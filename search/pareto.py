@@ -34,8 +34,8 @@ Hypervolume reference point (per objective, in this order of precedence)
 
 Hypervolume history
     :func:`hypervolume_history` gives the hypervolume after each finished evaluation, in the
-    order trials finished (``finished_at``); failed trials count as evaluations (they use
-    budget) but add nothing.
+    order trials finished (``finished_at``); failed trials and trials stopped at a low fidelity
+    level count as evaluations (they use budget) but add nothing.
 """
 
 from __future__ import annotations
@@ -392,6 +392,6 @@ def trial_examples(t: Trial) -> int | None:
 def hypervolume_history(
     trials: Sequence[Trial], directions: Sequence[str], ref: Sequence[float]
 ) -> list[tuple[int, float]]:
-    """``[(n_evaluations, hypervolume), ...]``: one entry per finished trial (COMPLETE or FAIL),
+    """``[(n_evaluations, hypervolume), ...]``: one entry per finished trial (COMPLETE, FAIL or STOPPED),
     in finish order; the hypervolume is recomputed only when the front changes."""
     return list(HypervolumeTracker(directions, ref).update(trials))

@@ -164,6 +164,9 @@ def simulate(cfg: Any, settings: SimSettings, store_url: str,
     from .controller import Controller
     from .workers import TrialWorker
 
+    if getattr(cfg, "fidelity", None) is not None:
+        raise ValueError("the cluster simulator does not model fidelity levels (each level would count as a search "
+                         "result); remove the fidelity section to simulate this config")
     cfg = cfg.model_copy(update={"workers": cfg.workers.model_copy(update={"count": settings.workers, "backend": "local",
                                                                          "trial_timeout": None})}).with_base_dir(cfg.base_dir)
     clock = VirtualClock()

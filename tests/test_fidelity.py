@@ -376,3 +376,42 @@ def test_status_shows_the_cost(fid_run: dict[str, Any]) -> None:
     assert f"examples evaluated near_a={ex[0]}, near_b={ex[1]}" in proc.stdout
     per_level = {lv: sum(1 for t in trials if t.level == lv) for lv in (0, 1, 2)}
     assert "finished at fidelity level " + ", ".join(f"{k}: {n}" for k, n in per_level.items() if n) in proc.stdout
+
+
+def test_fidelity_with_an_lm_eval_perplexity_is_refused(tmp_path: Path) -> None:
+    """A token-aggregated lm-eval metric has no per-document scores in [0, 1]: refused before the run."""
+    import json
+
+    import yaml
+
+    from search.config import parse_config
+    from search.validation import check_config
+
+    (tmp_path / "docs.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in ("12+34=46", "rev:ab=ba")))
+    (tmp_path / "rolling.yaml").write_text(yaml.safe_dump({
+        "task": "ms_rolling_probe", "dataset_path": "json", "validation_split": "validation",
+        "dataset_kwargs": {"data_files": {"validation": str(tmp_path / "docs.jsonl")}},
+        "output_type": "loglikelihood_rolling", "doc_to_text": "", "doc_to_target": "{{text}}",
+        "metric_list": [{"metric": "word_perplexity"}, {"metric": "byte_perplexity"}, {"metric": "bits_per_byte"}],
+    }))
+    raw = {"name": "ppl", "models": {"base": "zoo:tiny-lm/base", "experts": [{"name": "add", "path": "zoo:tiny-lm/add"}]},
+           "merge": {"method": "task_arithmetic", "search": {"weight": [0, 1]}},
+           "objectives": [{"name": "ppl", "evaluator": "lm_eval", "direction": "minimize",
+                           "settings": {"tasks": ["ms_rolling_probe"], "metric": "word_perplexity,none",
+                                        "include_path": [str(tmp_path)]}}],
+           "fidelity": {"levels": [0.3, 1.0]}}
+    issues = [str(i) for i in check_config(parse_config(raw).with_base_dir(tmp_path), check_files=False)]
+    assert issues == [
+        "objectives[0].settings.metric: 'word_perplexity' has no per-document scores in [0, 1], so it cannot be scored on "
+        "example subsets; remove the fidelity section or use an accuracy-like metric (acc, exact_match)"]
+    del raw["fidelity"]
+    assert check_config(parse_config(raw).with_base_dir(tmp_path), check_files=False) == []
+
+
+def test_the_cluster_simulator_refuses_fidelity(toy_root: Path, tmp_path: Path) -> None:
+    from search.config import parse_config
+    from search.simulate import SimSettings, simulate
+
+    cfg = parse_config(fidelity_config(toy_root, name="sim"))
+    with pytest.raises(ValueError, match="does not model fidelity levels"):
+        simulate(cfg, SimSettings(workers=2), str(tmp_path / "s.db"))

@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import zlib
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -201,3 +202,20 @@ def test_mergekit_round_trip(name: str, tiny_lm_zoo: Path, tmp_path: Path) -> No
     assert set(ours) == set(theirs)
     for n in ours:
         torch.testing.assert_close(ours[n], theirs[n], rtol=2e-6, atol=1e-6, msg=f"{name} {n}")
+
+
+def test_a_kernel_given_as_a_plain_function_is_not_bound_to_the_method() -> None:
+    """``kernel = fn`` in a method's class body reaches the merge as ``fn`` itself (not a bound
+    method that would pass the method object as the first chunk argument)."""
+    from search.merge.methods import MergeMethod
+
+    def chunk(*args: Any) -> None:
+        return None
+
+    class PlainKernel(MergeMethod):
+        name = "plain_kernel_probe"
+        params = {"weight": 1.0}
+        summary = "probe"
+        kernel = chunk
+
+    assert PlainKernel().kernel is chunk

@@ -943,3 +943,13 @@ def test_mobo_treats_low_fidelity_values_as_noisier() -> None:
     assert sum(x is not None for x in s._S) == 8
     assert sorted(s._margin_data()) == [0, 1]
     assert_candidates(s.ask(2), prob)
+
+
+def test_turbo_runs_with_the_logit_value_model() -> None:
+    """turbo reads each model's lengthscales; the logit value model (value_warp: accuracies k/n
+    without margins) passes them through."""
+    s = make("turbo", problem(budget=40), value_warp=True, n_init=6)
+    rng = np.random.default_rng(0)
+    for _ in range(5):
+        s.tell([TrialResult(c, np.array([rng.integers(0, 21) / 20, rng.integers(0, 21) / 20])) for c in s.ask(3)])
+    assert len(s.ask(2)) == 2

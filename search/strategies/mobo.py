@@ -209,13 +209,15 @@ class MOBOStrategy(Strategy):
                 out[j] = Mj
         return out
 
-    def _fill_unscored(self, U: np.ndarray, Mj: np.ndarray, j: int) -> np.ndarray:
+    def _fill_unscored(self, U: np.ndarray, Mj: np.ndarray, j: int) -> np.ndarray | None:
         """Margins of examples a low-fidelity result did not score: the margin model's
-        prediction from the rows that scored every example."""
+        prediction from the rows that scored every example (None when fewer than 2 did)."""
         miss = np.isnan(Mj)
         if not miss.any():
             return Mj
         full = ~miss.any(axis=1)
+        if full.sum() < 2:
+            return None
         mgp = self._new_margin_gp(self._mthetas[j])
         mgp.condition(U[full], Mj[full])
         return np.where(miss, mgp.predict_mean(U), Mj)
@@ -246,8 +248,11 @@ class MOBOStrategy(Strategy):
         U_all, U, F = self._data()
         span = np.maximum(F.max(0) - F.min(0), 1e-9)
         ref = F.max(0) + self.options.ref_margin * span
-        on_front = pareto_mask(F, ["minimize"] * p.n_obj)
-        front_U, front_F = U[on_front], F[on_front]  # measured: where local moves start
+        # the front of full-fidelity results only (subset estimates never enter it); all rows feed the models
+        full = np.array([s is None for s, y in zip(self._S, self._Y, strict=True) if y is not None], dtype=bool)
+        Uf, Ff = (U[full], F[full]) if full.any() else (U, F)
+        on_front = pareto_mask(Ff, ["minimize"] * p.n_obj)
+        front_U, front_F = Uf[on_front], Ff[on_front]  # measured: where local moves start
         margin_data = self._margin_data()
         lf = self.options.local_fraction
         if lf is None:
@@ -264,6 +269,10 @@ class MOBOStrategy(Strategy):
         n_ok = len(U)
         refit = self._refit_due(n_ok)
         noise = low_fidelity_noise([s for s, y in zip(self._S, self._Y, strict=True) if y is not None], p.n_obj)
+        # the logit model needs values k/n of one n: not with subset (low-fidelity) values in the run; n from
+        # every result (not the model's row subset), so a resumed run finds the same n
+        n_exs = {j: self._example_count(j, p.objectives[j].sign * F[:, j]) for j in range(p.n_obj)
+                 if self.options.value_warp and noise is None and j not in margin_data}
         rows = model_rows(F, self.options.max_model_points, seed=n_ok)
         if rows is not None:  # subset of data: the model step's cost stops growing with the run
             U, F = U[rows], F[rows]
@@ -275,9 +284,7 @@ class MOBOStrategy(Strategy):
         for j in range(p.n_obj):
             base = gp = self._new_gp(self._thetas[j])
             nj = None if noise is None else noise[:, j]  # known extra noise of subset values, row-aligned with U
-            # the logit model needs values k/n of one n: not with subset (low-fidelity) values in the run
-            warp = self.options.value_warp and noise is None and j not in margin_data
-            n_ex = self._example_count(j, p.objectives[j].sign * F[:, j]) if warp else None
+            n_ex = n_exs.get(j)
             if n_ex:
                 gp = _LogitPredictor(gp, n_ex, p.objectives[j].sign, self.options.value_noise)
             with warnings.catch_warnings():
@@ -290,8 +297,12 @@ class MOBOStrategy(Strategy):
                     gp.condition(U, F[:, j])
             self._thetas[j] = gp.theta.copy()
             gps.append(gp)
-        for j, Mj in margin_data.items():
-            Mj = margin_data[j] = self._fill_unscored(U, Mj, j)
+        for j, Mj in list(margin_data.items()):
+            filled = self._fill_unscored(U, Mj, j)
+            if filled is None:  # too few rows that scored every example: this objective by value this step
+                del margin_data[j]
+                continue
+            Mj = margin_data[j] = filled
             mgp = self._new_margin_gp(self._mthetas[j])
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
@@ -480,6 +491,9 @@ class _LogitPredictor:
         k = np.clip(self.sign * np.asarray(y, dtype=np.float64), 0.0, 1.0) * self.n
         z = np.log((k + 0.5) / (self.n - k + 0.5))
         return z, (1.0 / (k + 0.5) + 1.0 / (self.n - k + 0.5)) if self.noise else None
+
+    def input_lengthscales(self) -> np.ndarray:
+        return self.gp.input_lengthscales()
 
     def fit(self, U: np.ndarray, y: np.ndarray, *, restarts: bool = True) -> None:
         z, var = self._warp(y)

@@ -65,6 +65,12 @@ class MergeMethod:
     summary: ClassVar[str] = ""
     kernel: ClassVar[Callable[..., None] | None] = None
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        k = cls.__dict__.get("kernel")
+        if callable(k) and not isinstance(k, staticmethod):  # a plain function: never bind it as a method
+            cls.kernel = staticmethod(k)
+
     @property
     def sparsifying(self) -> bool:
         """True when the method drops entries of the task vectors."""
