@@ -197,12 +197,16 @@ def run(cpu_smoke: bool = False, device: str | None = None, trials: int | None =
             engine = None
             info: dict[str, Any] = {}
             if name == "vllm":
-                from evaluators.vllm_engine import VLLMEngine, VLLMOptions, model_logprobs, probe_token_ids
+                from evaluators.vllm_engine import (
+                    VLLMEngine,
+                    VLLMOptions,
+                    reference_logprobs,
+                    release_live_model,
+                )
 
                 # as a worker whose every objective runs on the engine: no live model beside it
                 mat.restore_base()  # a worker releases its freshly loaded base model, not a merge
-                ids16 = probe_token_ids(conf.vocab_size, 16)
-                why = mat.try_release_model(lambda ids16=ids16: torch.from_numpy(model_logprobs(model, ids16, dev)))
+                why = release_live_model(mat, model)
                 info["live_model_released"] = why is None
                 if why is not None:
                     info["live_model_kept_because"] = why
@@ -229,15 +233,12 @@ def run(cpu_smoke: bool = False, device: str | None = None, trials: int | None =
                         sync(dev)
                         row["materialize_s"] = mat.last_apply_seconds or 0.0
                         row["push_s"] = time.perf_counter() - t0 - row["materialize_s"]
-                        t0 = time.perf_counter()
-                        with mat.weights_on_call(xs[t], t):
-                            ref = model_logprobs(model, ids, dev)
                     else:
                         engine.push(model.named_parameters())
                         sync(dev)
                         row["push_s"] = time.perf_counter() - t0
-                        t0 = time.perf_counter()
-                        ref = model_logprobs(model, ids, dev)
+                    t0 = time.perf_counter()
+                    ref = reference_logprobs(mat, model, ids, xs[t], t)
                     row["probe_diff"] = engine.verify(ref)
                     row["verify_s"] = time.perf_counter() - t0
                 for key, ev in (("generation", ev_gen), ("loglikelihood", ev_mc)):

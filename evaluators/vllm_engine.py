@@ -327,6 +327,27 @@ def model_logprobs(model: Any, ids: list[int], device: Any) -> Any:
     return ref.double().cpu().numpy()
 
 
+def release_live_model(materializer: Any, model: Any) -> str | None:
+    """Release ``model``'s weights (``Materializer.try_release_model``) when a forward pass with
+    each module's weights merged on call reproduces its probe log-probabilities on the base;
+    returns why not (the model is then kept), or None."""
+    import torch
+
+    dev = materializer.devices[0]
+    ids = probe_token_ids(int(model.get_output_embeddings().weight.shape[0]), 16)
+    return materializer.try_release_model(lambda: torch.from_numpy(model_logprobs(model, ids, dev)))
+
+
+def reference_logprobs(materializer: Any, model: Any, ids: list[int], x: Any, trial_number: int) -> Any:
+    """The stale-weight probe's reference for the merge of ``x``: transformers' forward pass,
+    with the weights merged on call when the live model was released, else on the live model
+    (already holding that merge)."""
+    if materializer.released:
+        with materializer.weights_on_call(x, trial_number):
+            return model_logprobs(model, ids, materializer.devices[0])
+    return model_logprobs(model, ids, next(model.parameters()).device)
+
+
 # ----------------------------------------------------------------------------- worker side
 
 
@@ -436,4 +457,4 @@ def engine_lm(engine: VLLMEngine, tokenizer: Any, batch_size: int | str = "auto"
 
 
 __all__ = ["VLLMEngine", "VLLMOptions", "StaleEngineError", "check_engine", "engine_lm", "engine_options", "longest_request",
-           "model_logprobs", "probe_token_ids"]
+           "model_logprobs", "probe_token_ids", "reference_logprobs", "release_live_model"]

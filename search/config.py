@@ -148,6 +148,17 @@ class StrategyConfig(_Frozen):
     options: dict[str, Any] = Field(default_factory=dict)
 
 
+def _increasing(v: list[Any] | None, what: str, kind: str, example: str) -> list[Any] | None:
+    """``v`` unless it is empty or not strictly increasing (then a ValueError naming ``what``)."""
+    if v is None:
+        return v
+    if not v:
+        raise ValueError(f"{what} is empty; give {kind} {example}")
+    if any(b <= a for a, b in zip(v, v[1:], strict=False)):
+        raise ValueError(f"{what} {v} must increase strictly, e.g. {example}")
+    return v
+
+
 class FidelityConfig(_Frozen):
     """Multi-fidelity evaluation (docs/fidelity.md): candidates are scored on nested, seeded
     subsets of each objective's examples first and promoted to the next level only while
@@ -172,32 +183,20 @@ class FidelityConfig(_Frozen):
     @field_validator("levels")
     @classmethod
     def _levels(cls, v: list[float] | None) -> list[float] | None:
-        if v is None:
-            return v
-        if not v:
-            raise ValueError("levels is empty; give fractions such as [0.1, 0.3, 1.0]")
-        for x in v:
+        for x in v or []:
             if x > 1.0:
                 raise ValueError(f"level {x} is above 1: levels are fractions of each objective's examples "
                                  "(use fidelity.counts for numbers of examples)")
             if x <= 0.0:
                 raise ValueError(f"level {x} must be above 0")
-        if any(b <= a for a, b in zip(v, v[1:], strict=False)):
-            raise ValueError(f"levels {v} must increase strictly, e.g. [0.1, 0.3, 1.0]")
-        return v
+        return _increasing(v, "levels", "fractions such as", "[0.1, 0.3, 1.0]")
 
     @field_validator("counts")
     @classmethod
     def _counts(cls, v: list[int] | None) -> list[int] | None:
-        if v is None:
-            return v
-        if not v:
-            raise ValueError("counts is empty; give numbers of examples such as [30, 100]")
-        if any(x < 1 for x in v):
+        if v and any(x < 1 for x in v):
             raise ValueError(f"counts {v} must be at least 1")
-        if any(b <= a for a, b in zip(v, v[1:], strict=False)):
-            raise ValueError(f"counts {v} must increase strictly, e.g. [30, 100]")
-        return v
+        return _increasing(v, "counts", "numbers of examples such as", "[30, 100]")
 
     @model_validator(mode="after")
     def _one(self) -> FidelityConfig:

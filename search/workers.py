@@ -137,13 +137,10 @@ class TrialWorker:
         with each module's weights merged on call (the stale-weight check's reference) gives the
         live model's log-probabilities on the base and reaches every parameter; otherwise the
         live model is kept, with a warning."""
-        import torch
+        from evaluators.vllm_engine import release_live_model
 
-        from evaluators.vllm_engine import model_logprobs, probe_token_ids
-
-        model, dev = self.model, self.materializer.devices[0]
-        ids = probe_token_ids(int(model.get_output_embeddings().weight.shape[0]), 16)
-        why = self.materializer.try_release_model(lambda: torch.from_numpy(model_logprobs(model, ids, dev)))
+        model = self.model
+        why = release_live_model(self.materializer, model)
         if why is not None:
             log.warning("worker %s keeps the live model beside the vLLM engine (one more copy of the weights): a forward "
                         "pass with the weights merged on call does not reproduce %s (%s)", self.worker_id,
@@ -196,7 +193,7 @@ class TrialWorker:
         Materializer straight into the engine, and the reference is a forward pass with the
         weights merged on call; else the live model (already merged) is pushed and is the
         reference."""
-        from evaluators.vllm_engine import StaleEngineError, model_logprobs
+        from evaluators.vllm_engine import StaleEngineError, reference_logprobs
 
         mat = self.materializer
         x = np.asarray(task.x, dtype=np.float64)
@@ -206,11 +203,9 @@ class TrialWorker:
             mat.last_apply_seconds = None
             self.engine.push(mat.merged_tensors(x, task.number))
             res.materialize_s = mat.last_apply_seconds or 0.0
-            with mat.weights_on_call(x, task.number):
-                reference = model_logprobs(self.model, ids, mat.devices[0])
         else:
             self.engine.push(self.model.named_parameters())
-            reference = model_logprobs(self.model, ids, next(self.model.parameters()).device)
+        reference = reference_logprobs(mat, self.model, ids, x, task.number)
         try:
             self.engine.verify(reference)
         except StaleEngineError as e:
