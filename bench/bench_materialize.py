@@ -2,7 +2,7 @@
 
 A Llama-shaped fp32 model of ~100M parameters (random weights, built from a LlamaConfig) and
 3 experts (random perturbations) are saved as safetensors; each case then runs in a fresh
-subprocess like a worker does: load the base model, ``build_materializer`` from the config
+subprocess like a worker does: load the base model, ``build_materializer`` from the config's merge and model settings
 (tensor-by-tensor reads), and time ``apply`` against a plain tensor copy measured in the
 same process, interleaved with the merges so machine noise hits both alike.
 
@@ -103,7 +103,7 @@ def worker(spec: dict) -> dict:
     rss_model = rss_bytes()
     space = CoefficientSpace.build([n for n, _ in model.named_parameters()], list(EXPERTS), cfg.merge)
     t0 = time.perf_counter()
-    mat = build_materializer(cfg, model, space, "cpu")
+    mat = build_materializer(cfg.merge, cfg.models, model, space, "cpu", base_dir=cfg.base_dir, seed=cfg.seed)
     if spec.get("chunk"):
         mat.chunk = spec["chunk"]
     build_s = time.perf_counter() - t0

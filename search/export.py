@@ -299,7 +299,7 @@ def materialize(cfg: SearchConfig, trial: Trial, device: str = "cpu") -> tuple[A
             f"trial {trial.number}'s stored coefficients do not match the run's coefficient space ({e.args[0]}); "
             "were the models changed since the run?"
         ) from None
-    mat = build_materializer(cfg, model, space, device)
+    mat = build_materializer(cfg.merge, cfg.models, model, space, device, base_dir=cfg.base_dir, seed=cfg.seed)
     with torch.no_grad():
         mat.apply(x, trial.number)
     close = getattr(mat, "close", None)

@@ -161,9 +161,17 @@ def torch_dtype(name: str) -> torch.dtype:
 
 
 def load_model(src: str, cfg: SearchConfig, device: str = "cpu", dtype: str | None = None) -> torch.nn.Module:
-    """Load one model (base or expert) as a torch module in eval mode on ``device``."""
-    m = cfg.models
-    path = resolve_source(src, cfg.base_dir)
+    """Load one model (base or expert) of ``cfg`` as a torch module in eval mode on ``device``."""
+    return load_checkpoint(src, cfg.models, cfg.base_dir, device=device, dtype=dtype, gpus=cfg.workers.gpus_per_worker)
+
+
+def load_checkpoint(src: str, models: ModelsConfig, base_dir: Path | None = None, device: str = "cpu",
+                    dtype: str | None = None, gpus: int = 1) -> torch.nn.Module:
+    """Load one model as a torch module in eval mode on ``device``: through ``models.factory``
+    when set, else transformers; ``src`` relative to ``base_dir``. With ``gpus`` > 1 on CUDA the
+    model is spread over the node's GPUs (``device_map="auto"``)."""
+    m = models
+    path = resolve_source(src, base_dir)
     dt = torch_dtype(dtype or m.dtype)
     if m.factory:
         from .registry import import_object
@@ -172,7 +180,7 @@ def load_model(src: str, cfg: SearchConfig, device: str = "cpu", dtype: str | No
     else:
         from transformers import AutoModelForCausalLM
 
-        if device.startswith("cuda") and cfg.workers.gpus_per_worker > 1:
+        if device.startswith("cuda") and gpus > 1:
             # a worker owning several GPUs of a node spreads the model over them; the
             # Materializer writes each tensor on the device where it lives
             model = AutoModelForCausalLM.from_pretrained(

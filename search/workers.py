@@ -108,7 +108,8 @@ class TrialWorker:
         if self.engine_options is not None:
             mbytes = sum(p.numel() * p.element_size() for p in self.model.parameters())
             reserve = engine_reserve_bytes(self.engine_options, self.device, mbytes)
-        self.materializer = build_materializer(cfg, self.model, self.space, self.device, reserve_bytes=reserve)
+        self.materializer = build_materializer(cfg.merge, cfg.models, self.model, self.space, self.device,
+                                               base_dir=cfg.base_dir, seed=cfg.seed, reserve_bytes=reserve)
         self._build_evaluator = build_evaluator
         self._context_for = context_for
         self.evaluators = [

@@ -394,7 +394,7 @@ def test_factory_model_export_reloads_through_its_factory(toy_root: Path, tmp_pa
     model = load_model(cfg.models.base, cfg)
     space = CoefficientSpace.build([n for n, _ in model.named_parameters()], ["a", "b"], cfg.merge)
     trial = json.loads((out / "mergesearch.json").read_text())
-    build_materializer(cfg, model, space).apply(space.from_dict(trial["params"]), 0)
+    build_materializer(cfg.merge, cfg.models, model, space, base_dir=cfg.base_dir, seed=cfg.seed).apply(space.from_dict(trial["params"]), 0)
     again = load_toy(str(out), torch.float32)
     for (n, p), (_, q) in zip(model.named_parameters(), again.named_parameters(), strict=True):
         assert torch.equal(p, q), n

@@ -287,7 +287,7 @@ def test_build_from_config_equals_in_memory(tmp_path, tie, shard, caplog):
     cfg = make_cfg(tmp_path, paths, merge, seed=9)
     model = load_model(cfg.models.base, cfg)
     space = CoefficientSpace.build([n for n, _ in model.named_parameters()], list(EXPERTS), cfg.merge)
-    mat = build_materializer(cfg, model, space, "cpu")
+    mat = build_materializer(cfg.merge, cfg.models, model, space, "cpu", base_dir=cfg.base_dir, seed=cfg.seed)
     assert "loading the model instead" not in caplog.text  # read tensor by tensor from safetensors
     assert "merge plan resident" in caplog.text
     x = rand_x(space, 1)
@@ -305,6 +305,34 @@ def test_build_from_config_equals_in_memory(tmp_path, tie, shard, caplog):
         assert torch.equal(p, q), n
 
 
+def test_build_takes_merge_and_model_settings_not_a_run_config(tmp_path):
+    """The materializer is built from the merge and model settings alone (paths relative to
+    ``base_dir``, no SearchConfig) and merges what the run's config builds; nothing in
+    search/merge/ names SearchConfig."""
+    import ast
+
+    from search.config import ModelsConfig
+    from search.models import load_checkpoint, load_model
+
+    ref_model, paths = save_models(tmp_path, True)
+    merge = MergeConfig.model_validate({"method": "ties", "search": {"weight": [0.0, 1.0], "density": [0.2, 0.8]}})
+    models = ModelsConfig.model_validate({"base": "base", "experts": [{"name": EXPERTS[i], "path": Path(p).name} for i, p in enumerate(paths)]})
+    model = load_checkpoint(models.base, models, tmp_path)
+    space = CoefficientSpace.build([n for n, _ in model.named_parameters()], list(EXPERTS), merge)
+    x = rand_x(space, 3)
+    build_materializer(merge, models, model, space, base_dir=tmp_path, seed=4).apply(x, 7)
+    cfg = make_cfg(tmp_path, paths, merge.model_dump(exclude_defaults=True), seed=4)
+    other = load_model(cfg.models.base, cfg)
+    build_materializer(cfg.merge, cfg.models, other, space, base_dir=cfg.base_dir, seed=cfg.seed).apply(x, 7)
+    for (n, p), (_, q) in zip(model.named_parameters(), other.named_parameters(), strict=True):
+        assert torch.equal(p, q), n
+    merge_dir = Path(__file__).resolve().parents[1] / "search" / "merge"
+    for f in sorted(merge_dir.rglob("*.py")):
+        names = {n.id for n in ast.walk(ast.parse(f.read_text())) if isinstance(n, ast.Name)}
+        names |= {a.name for n in ast.walk(ast.parse(f.read_text())) if isinstance(n, ast.ImportFrom) for a in n.names}
+        assert "SearchConfig" not in names, f
+
+
 def test_shape_mismatch_names_the_expert_tensor_and_shapes(tmp_path):
     from search.models import load_model
 
@@ -313,7 +341,7 @@ def test_shape_mismatch_names_the_expert_tensor_and_shapes(tmp_path):
     model = load_model(cfg.models.base, cfg)
     space = CoefficientSpace.build([n for n, _ in model.named_parameters()], list(EXPERTS), cfg.merge)
     with pytest.raises(ConfigError) as ei:
-        build_materializer(cfg, model, space, "cpu")
+        build_materializer(cfg.merge, cfg.models, model, space, "cpu", base_dir=cfg.base_dir, seed=cfg.seed)
     msg = str(ei.value)
     assert "models.experts[1].path" in msg
     assert "model.layers.0.mlp.gate_proj.weight" in msg
@@ -360,7 +388,7 @@ def test_factory_model_without_safetensors(tmp_path):
                    "search": {"weight": [0, 1], "density": [0.2, 0.9]}}, factory="tests.test_materializer:make_mlp")
     model = load_model(cfg.models.base, cfg)
     space = CoefficientSpace.build([n for n, _ in model.named_parameters()], list(EXPERTS), cfg.merge)
-    mat = build_materializer(cfg, model, space, "cpu")
+    mat = build_materializer(cfg.merge, cfg.models, model, space, "cpu", base_dir=cfg.base_dir, seed=cfg.seed)
     x = rand_x(space, 2)
     mat.apply(x, 2)
     check_against_reference(model, sds[0], sds[1:], space, "ties", {}, x, 2)

@@ -238,7 +238,7 @@ _PROBE = textwrap.dedent(
         reset = False
     before_rss = psutil.Process().memory_info().rss
     before_peak = hwm()
-    mat = build_materializer(cfg, model, space, "cpu")
+    mat = build_materializer(cfg.merge, cfg.models, model, space, "cpu", base_dir=cfg.base_dir, seed=cfg.seed)
     peak = hwm()
     held = sum(mat.nbytes().values())
     print("RESULT " + json.dumps({"before_rss": before_rss, "before_peak": before_peak, "peak": peak, "reset": reset,

@@ -32,7 +32,7 @@ import torch
 from ..errors import ConfigError, ConfigIssue
 
 if TYPE_CHECKING:
-    from ..config import SearchConfig
+    from ..config import ModelsConfig
 
 log = logging.getLogger("search.merge")
 
@@ -222,10 +222,10 @@ def _pread_into(fh: Any, view: memoryview, pos: int) -> int:
     return fh.readinto(view) or 0
 
 
-def _local_folder(src: str, cfg: SearchConfig) -> Path | None:
+def _local_folder(src: str, base_dir: Path | None) -> Path | None:
     from ..models import resolve_source
 
-    path = Path(resolve_source(src, cfg.base_dir))
+    path = Path(resolve_source(src, base_dir))
     if path.is_dir():
         return path
     try:  # a hub id: the cached (or downloaded) snapshot's safetensors
@@ -239,25 +239,27 @@ def _local_folder(src: str, cfg: SearchConfig) -> Path | None:
 def open_source(
     src: str,
     field: str,
-    cfg: SearchConfig,
+    models: ModelsConfig,
+    base_dir: Path | None,
     aliases: dict[str, list[str]],
     prefix: str = "",
     load_dtype: str | None = None,
 ) -> TensorSource:
-    """A tensor source for a configured model: safetensors when every parameter resolves,
-    else the loaded model (``search.models.load_model`` on CPU)."""
-    if not cfg.models.factory:
-        folder = _local_folder(src, cfg)
+    """A tensor source for one configured model (``src`` relative to ``base_dir``; ``field``
+    names it in errors): safetensors when every parameter resolves, else the loaded model
+    (``search.models.load_checkpoint`` on CPU)."""
+    if not models.factory:
+        folder = _local_folder(src, base_dir)
         if folder is not None and safetensors_files(folder) is not None:
             s = SafetensorsSource(folder, aliases, field, prefix)
             if not s.missing:
                 return s
             log.info("%s: %d parameter names not in the safetensors (e.g. %r); loading the model instead",
                      field, len(s.missing), s.missing[0])
-    from ..models import load_model
+    from ..models import load_checkpoint
 
     try:
-        module = load_model(src, cfg, device="cpu", dtype=load_dtype)
+        module = load_checkpoint(src, models, base_dir, device="cpu", dtype=load_dtype)
     except ConfigError:
         raise
     except Exception as e:  # noqa: BLE001 - report the field, not a traceback

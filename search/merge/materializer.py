@@ -40,6 +40,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Union
 
 import numpy as np
@@ -53,7 +54,7 @@ from .methods import method_info
 from .plan import PLAN_KINDS, Plan, choose_plan, expected_seconds, fmt_bytes, plan_bytes
 
 if TYPE_CHECKING:
-    from ..config import SearchConfig
+    from ..config import MergeConfig, ModelsConfig
     from ..space import CoefficientSpace
 
 log = logging.getLogger("search.merge")
@@ -751,61 +752,60 @@ class Materializer:
 # ----------------------------------------------------------------------------- from a config
 
 
-def _precheck(cfg: SearchConfig, model: torch.nn.Module) -> None:
+def _precheck(models: ModelsConfig, base_dir: Path | None, model: torch.nn.Module) -> None:
     """Shapes from safetensors headers before any tensor is read (fast, precise errors)."""
-    from pathlib import Path
-
     from ..models import resolve_source
     from .checkpoint import SafetensorsSource, safetensors_files
 
-    if cfg.models.factory:
+    if models.factory:
         return
     aliases = param_aliases(model)
     prefix = getattr(model, "base_model_prefix", "") or ""
     ref = {n: tuple(p.shape) for n, p in model.named_parameters()}
-    fields = [("models.base", cfg.models.base)] + [(f"models.experts[{i}].path", e.path) for i, e in enumerate(cfg.models.experts)]
+    fields = [("models.base", models.base)] + [(f"models.experts[{i}].path", e.path) for i, e in enumerate(models.experts)]
     for field_name, src in fields:
-        p = Path(resolve_source(src, cfg.base_dir))
+        p = Path(resolve_source(src, base_dir))
         if p.is_dir() and safetensors_files(p) is not None:
             s = SafetensorsSource(p, aliases, field_name, prefix)
             if not s.missing:
                 check_source(s, ref, "the model" if field_name == "models.base" else "the base")
 
 
-def build_materializer(cfg: SearchConfig, model: torch.nn.Module, space: CoefficientSpace, device: str | torch.device = "cpu",
+def build_materializer(merge: MergeConfig, models: ModelsConfig, model: torch.nn.Module, space: CoefficientSpace,
+                       device: str | torch.device = "cpu", *, base_dir: Path | None = None, seed: int = 0,
                        reserve_bytes: int = 0) -> Materializer:
-    """The worker's materializer for ``cfg`` and its loaded base ``model``.
+    """The worker's materializer for the ``merge`` settings over ``models`` (paths relative to
+    ``base_dir``) and the loaded base ``model``; ``seed`` is the run's (random masks).
 
     Tensors are merged on each parameter's own device (``device`` is the worker's nominal
     device; only a model spread with a device_map differs from it). ``reserve_bytes``: device
     memory something else of the worker will take (a vLLM engine), not free for the plan."""
-    m = cfg.merge
-    info = method_info(m.method)
-    options = {k: v for k, v in m.params.items() if k in info.options}
+    info = method_info(merge.method)
+    options = {k: v for k, v in merge.params.items() if k in info.options}
     aliases = param_aliases(model)
     prefix = getattr(model, "base_model_prefix", "") or ""
     on_cpu = all(p.device.type == "cpu" for p in model.parameters())
-    load_dtype = "float32" if on_cpu else cfg.models.dtype
-    _precheck(cfg, model)
+    load_dtype = "float32" if on_cpu else models.dtype
+    _precheck(models, base_dir, model)
 
     def opener(src: str, field_name: str) -> Callable[[], TensorSource]:
-        return lambda: open_source(src, field_name, cfg, aliases, prefix, load_dtype)
+        return lambda: open_source(src, field_name, models, base_dir, aliases, prefix, load_dtype)
 
-    fields = [f"models.experts[{i}].path" for i in range(len(cfg.models.experts))]
+    fields = [f"models.experts[{i}].path" for i in range(len(models.experts))]
     devs = {str(p.device) for p in model.parameters()}
     if len(devs) == 1 and str(torch.device(device)) not in devs and not (str(device) == "cuda" and next(iter(devs)).startswith("cuda")):
         log.info("model parameters live on %s (worker device %s); merging there", next(iter(devs)), device)
     return Materializer(
         model,
-        opener(cfg.models.base, "models.base"),
-        [opener(e.path, f) for e, f in zip(cfg.models.experts, fields, strict=True)],
+        opener(models.base, "models.base"),
+        [opener(e.path, f) for e, f in zip(models.experts, fields, strict=True)],
         space,
-        m.method,
+        merge.method,
         options,
-        cfg.seed,
-        plan=m.plan,
-        memory_budget_gb=m.memory_budget_gb,
-        accumulate_fp32=m.accumulate_fp32,
+        seed,
+        plan=merge.plan,
+        memory_budget_gb=merge.memory_budget_gb,
+        accumulate_fp32=merge.accumulate_fp32,
         expert_fields=fields,
         reserve_bytes=reserve_bytes,
     )
