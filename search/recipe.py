@@ -141,7 +141,6 @@ def build_recipe(
     params = list(info.params)
     opts = info.resolve_options(cfg.merge.params)
     task_vectors = info.task_vectors
-    linear_normalized = info.name == "linear" and bool(opts.get("normalize", True))
 
     # tensors per slice (embed tensors go to the first slice, head tensors to the last)
     def slice_of(name: str) -> int:
@@ -248,7 +247,7 @@ def build_recipe(
         sources: list[dict[str, Any]] = []
         if task_vectors:
             sources.append({"model": base_ref, "layer_range": [lo, hi]})
-        elif info.name == "linear" and not linear_normalized:
+        elif info.recipe_base_weight(opts):
             # theta_0 + sum_e w_e tau_e = (1 - sum_e w_e) theta_0 + sum_e w_e theta_e
             def base_w(g: str, _e: int, _p: str) -> float:
                 return 1.0 - float(np.sum(values["weight"][gidx[g]]))

@@ -62,6 +62,8 @@ CASES = [
      "merge.search.density: bounds [0.1, 1.5] must lie in [0, 1]"),
     ("fixed-and-searched", [("merge.params", {"weight": 0.5})], "merge.params.weight: 'weight' is both fixed here and searched"),
     ("unknown-param", [("merge.params", {"lamda": 0.5})], "merge.params.lamda: method 'task_arithmetic' has no parameter 'lamda'; did you mean 'lambda'?"),
+    ("option-not-a-number", [("merge.params", {"lambda": "abc"})], "merge.params.lambda: 'abc' is not a number"),
+    ("option-not-a-bool", [("merge.method", "ties"), ("merge.params", {"normalize": "no"})], "merge.params.normalize: 'no' is not true or false"),
     ("duplicate-objectives", [("objectives.1.name", "near_a")], "objective name 'near_a' appears twice"),
     ("duplicate-experts", [("models.experts.1.name", "a")], "expert name 'a' appears twice"),
     ("budget-zero", [("strategy.budget", 0)], "strategy.budget: Input should be greater than 0"),

@@ -177,8 +177,11 @@ def _mergekit_yaml() -> str | None:
     return exe if exe and Path(exe).exists() else None
 
 
-@pytest.mark.parametrize("name", NAMES)
-def test_mergekit_round_trip(name: str, tiny_lm_zoo: Path, tmp_path: Path) -> None:
+ROUND_TRIPS = [(n, {}) for n in NAMES] + [("linear", {"normalize": False})]  # + the base as a weighted source
+
+
+@pytest.mark.parametrize("name,options", ROUND_TRIPS, ids=[n + "".join(f"-{k}={v}" for k, v in o.items()) for n, o in ROUND_TRIPS])
+def test_mergekit_round_trip(name: str, options: dict, tiny_lm_zoo: Path, tmp_path: Path) -> None:
     """The exported recipe re-merges to the exported weights (up to summation order; exactly
     where the card says the recipe is exact and the method is deterministic)."""
     m = METHODS.get(name)
@@ -196,6 +199,7 @@ def test_mergekit_round_trip(name: str, tiny_lm_zoo: Path, tmp_path: Path) -> No
 
     cfg = tiny_cfg(f"mk-{name}", name)
     cfg["merge"]["search"] = {p: list(r) for p, r in search_ranges(m).items()}
+    cfg["merge"]["params"] = {**cfg["merge"].get("params", {}), **options}
     store = hand_store(tmp_path / "mk.db", cfg, [(0, COMPLETE, (0.5,))], x_seed=3, names=param_names(parse_config(cfg)))
     out = export_trial(cfg["name"], store, 0, tmp_path / "export")
     ours, theirs = flat_state(out), mergekit_merge(exe, out, tmp_path / "mk")

@@ -379,7 +379,7 @@ def merge_tensors(
             abs_cache[t] = flats[t].abs()
         return exact_kth_largest(abs_cache[t], k)
 
-    l1 = [float(f.abs().sum(dtype=torch.float64)) for f in flats] if opts.get("rescale") == "l1" else None
+    l1 = [float(f.abs().sum(dtype=torch.float64)) for f in flats] if m.needs_l1(opts) else None
     tp = m.plan(opts, vals, base.numel(), name=name, seed=seed, kth=kth, l1=l1)
     work = work_dtype or (torch.float32 if base.device.type == "cpu" else base.dtype)
     out = torch.empty(base.shape, dtype=work, device=base.device)

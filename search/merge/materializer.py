@@ -282,7 +282,7 @@ class Materializer:
         self.trim_searched = any(p in space.searched for p in tps)
         self.pretrim = self.info.magnitude_trim and not self.trim_searched and bool(tps)
         self.need_sorted = self.info.magnitude_trim and self.trim_searched
-        self.need_l1 = self.info.random and self.options.get("rescale") == "l1"
+        self.need_l1 = self.info.needs_l1(self.options)
         self._fixed_trim = {p: float(space.fixed[p]) for p in tps if p in space.fixed}
         self._bounds = self._search_bounds()
 
@@ -325,7 +325,7 @@ class Materializer:
         if plan != "auto" and plan not in PLAN_KINDS:
             raise ConfigError(ConfigIssue("merge.plan", f"unknown plan {plan!r}; use auto, resident, streamed or sparse"))
         budget = int(budget_gb * 2**30) if budget_gb is not None else None
-        density = self._fixed_trim.get("density", 1.0)
+        density = self.info.kept_fraction(self._fixed_trim)
         best: Plan | None = None
         for dev in self.devices:
             ents = [e for e in self.entries if e.device == dev]
@@ -498,7 +498,7 @@ class Materializer:
     def _log_plan(self, build_s: float) -> None:
         try:
             copy, h2d = self._calibrate()
-            density = self._fixed_trim.get("density", 1.0)
+            density = self.info.kept_fraction(self._fixed_trim)
             est = expected_seconds(self.plan, self.model_bytes(), self.K, copy, h2d, density)
         except Exception:  # noqa: BLE001 - the estimate is only informative
             est = float("nan")

@@ -28,6 +28,11 @@ and implements
 * :meth:`fixed_trim_mask` (``magnitude_trim`` methods): the keep-mask of a fixed trim (by
   default read off :meth:`plan`'s magnitude bounds);
 * :meth:`rank_range`: the ranks of |tau| a searched trim can ask for (sorted once at build);
+* :meth:`needs_l1`: whether :meth:`plan` needs sum |tau_t| per tensor (computed once at build);
+* :meth:`kept_fraction`: the share of task-vector entries a fixed trim keeps (the memory
+  planner's size of a sparse plan);
+* :meth:`recipe_base_weight`: for a method without task vectors in mergekit's terms, whether
+  the recipe lists the base model as a source weighted 1 - sum of the expert weights;
 * :meth:`reference`: a slow, obviously-correct numpy version of the formula, which the
   conformance suite (``tests/test_method_conformance.py``) compares the kernels against;
 * :meth:`recipe_notes`: why a mergekit recipe of this method may differ from the merge;
@@ -90,10 +95,11 @@ class MergeMethod:
         for k, allowed in self.choices.items():
             if k in opts and opts[k] not in allowed:
                 raise ConfigError(ConfigIssue(f"merge.params.{k}", f"{opts[k]!r} is not one of {', '.join(map(repr, allowed))}"))
-        if "lambda" in opts:
-            opts["lambda"] = float(opts["lambda"])
-        if "normalize" in opts:
-            opts["normalize"] = bool(opts["normalize"])
+        for k, default in self.options.items():  # the type of each option's default
+            if isinstance(default, bool):
+                opts[k] = bool(opts[k])
+            elif isinstance(default, float) and isinstance(opts[k], (int, float)):
+                opts[k] = float(opts[k])
         return opts
 
     def check(self, search: dict[str, tuple[float, float]], params: dict[str, Any]) -> list[ConfigIssue]:
@@ -109,6 +115,14 @@ class MergeMethod:
                 a, b = self.bounds[p]
                 if not a <= v <= b:
                     issues.append(ConfigIssue(f"merge.params.{p}", f"{v} must lie in [{a:g}, {b:g}]"))
+        for k, default in self.options.items():  # an option takes its default's type
+            v = params.get(k)
+            if k not in params or k in self.choices:
+                continue
+            if isinstance(default, bool) and not isinstance(v, bool):
+                issues.append(ConfigIssue(f"merge.params.{k}", f"{v!r} is not true or false"))
+            elif isinstance(default, (int, float)) and not isinstance(default, bool) and (isinstance(v, bool) or not isinstance(v, (int, float))):
+                issues.append(ConfigIssue(f"merge.params.{k}", f"{v!r} is not a number"))
         for k, allowed in self.choices.items():
             if k in params and params[k] not in allowed:
                 issues.append(ConfigIssue(f"merge.params.{k}", f"{params[k]!r} is not one of {', '.join(map(repr, allowed))}"))
@@ -137,6 +151,21 @@ class MergeMethod:
     def rank_range(self, n: int, bounds: dict[str, tuple[float, float]]) -> tuple[int, int]:
         """Ranks of |tau| a trial can ask ``kth`` for under searched-parameter bounds."""
         return 1, n
+
+    def needs_l1(self, options: dict[str, Any]) -> bool:
+        """True when :meth:`plan` needs ``l1`` (sum |tau_t| per expert) under these options."""
+        return False
+
+    def kept_fraction(self, fixed: dict[str, float]) -> float:
+        """The share of task-vector entries kept by the trim with these fixed (not searched)
+        parameters; 1.0 when nothing is trimmed or the trim is searched."""
+        return 1.0
+
+    def recipe_base_weight(self, options: dict[str, Any]) -> bool:
+        """For a method with ``task_vectors`` False: True when mergekit's recipe must list the
+        base model as a source weighted 1 - sum_t w_t (theta_0 + sum_t w_t tau_t written as a
+        weighted sum of models)."""
+        return False
 
     def fixed_trim_mask(self, tau: torch.Tensor, vals: dict[str, float]) -> torch.Tensor | None:
         """Keep-mask (bool, flat) of a fixed magnitude trim of one expert's tau; None keeps all.

@@ -26,6 +26,9 @@ class Breadcrumbs(MergeMethod):
     mergekit = "breadcrumbs"
     summary = "per tensor drop the top-gamma outliers and all below the top-density, then task arithmetic"
 
+    def kept_fraction(self, fixed):
+        return float(fixed.get("density", 1.0))
+
     def plan(self, options, vals, numel, *, kth=None, pretrimmed=False, **_: Any) -> TensorPlan:
         lam = float(options.get("lambda", 1.0))
         tp = TensorPlan.start(vals["weight"], [lam * float(x) for x in vals["weight"]])

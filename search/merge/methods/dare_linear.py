@@ -52,6 +52,12 @@ class DareLinear(MergeMethod):
                     tp.coeffs[t] = tp.weights[t] * (1.0 / d)
         return tp
 
+    def needs_l1(self, options):
+        return options.get("rescale", "inverse") == "l1"
+
+    def kept_fraction(self, fixed):
+        return float(fixed.get("density", 1.0))
+
     def plan(self, options, vals, numel, *, name="", seed=0, l1=None, **_: Any) -> TensorPlan:
         tp = self.dare_plan(options, vals, name=name, seed=seed, l1=l1)
         lam = float(options.get("lambda", 1.0))

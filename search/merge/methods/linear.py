@@ -45,6 +45,9 @@ class Linear(MergeMethod):
             return b if abs(W) < 1e-12 else b + s / W
         return b + s
 
+    def recipe_base_weight(self, options):
+        return not bool(options.get("normalize", True))  # theta_0 + sum w tau = (1 - sum w) theta_0 + sum w theta
+
     def mergekit_parameters(self, options):
         return {"normalize": bool(options.get("normalize", True))}
 

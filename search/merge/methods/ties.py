@@ -26,6 +26,9 @@ class Ties(MergeMethod):
     mergekit = "ties"
     summary = "per-tensor top-k trim at density, sign election on weighted deltas, disjoint mean"
 
+    def kept_fraction(self, fixed):
+        return float(fixed.get("density", 1.0))
+
     def plan(self, options, vals, numel, *, kth=None, pretrimmed=False, **_: Any) -> TensorPlan:
         tp = TensorPlan.start(vals["weight"], elect=True, normalize=bool(options.get("normalize", True)),
                               lam=float(options.get("lambda", 1.0)))
