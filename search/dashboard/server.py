@@ -14,17 +14,22 @@ JSON API (``{run}`` is a run key from ``GET /api/runs``: the run's name, made un
                                           front (numbers), hypervolume, ref_point, best, workers
     GET  /api/runs/{run}/trials?after_id=N&since=S
                                           {"epoch", "cursor": {"after_id", "since"}, "trials",
-                                           "summary"}; trials with id > N (new ones) or changed
-                                          since cursor S (state, worker, timings, held-out
-                                          values); both absent: all trials. Poll with the
-                                          returned cursor; if "epoch" changes (server
+                                           "view", "limit", "summary"}; trials with id > N (new
+                                          ones) or changed since cursor S (state, worker,
+                                          timings, held-out values); both absent: all trials,
+                                          or for a run of more than "limit" trials a view of
+                                          it ("view" says what was sent: its front, running
+                                          trials, latest trials and an even sample of the other
+                                          results; null when every trial was sent). Poll with
+                                          the returned cursor; if "epoch" changes (server
                                           restarted) start again without a cursor.
     GET  /api/runs/{run}/trials/{number}  one trial in full: params, coefficient maps
                                           (experts x groups per searched param), metrics, error
-    GET  /api/hypervolume                 hypervolume against evaluations per run ([evaluations,
+    GET  /api/hypervolume?changes=false   hypervolume against evaluations per run ([evaluations,
                                           hypervolume, examples so far, evaluation seconds so
-                                          far] per finished trial), runs with the same
-                                          objectives sharing one reference point
+                                          far] per finished trial; changes=true: only where it
+                                          changes, and the last), runs with the same objectives
+                                          sharing one reference point
     POST /api/runs/{run}/trials/{number}/export   {"out_dir": "...", "force": false}
                                           -> 202 {"job": ...}; runs search.export.export_trial
                                           in a background thread; 501 if export is unavailable
@@ -506,7 +511,7 @@ def create_app(
         c.refresh()
         ts, cursor, view = c.changed_since(after_id, since)
         return {"epoch": epoch, "run": c.key, "cursor": cursor, "trials": [trial_json(t) for t in ts], "view": view,
-                "summary": c.summary()}
+                "limit": c.view_limit, "summary": c.summary()}
 
     @app.get("/api/runs/{run}/trials/{number}")
     def api_trial(run: str, number: int) -> dict[str, Any]:
