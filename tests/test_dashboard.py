@@ -962,3 +962,47 @@ def _wait_until(cond: Callable[[], bool], timeout: float, what: str) -> None:
         if time.time() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
         time.sleep(0.1)
+
+
+def test_browser_big_run_first_load_is_a_view_and_polls_add_new_points(tmp_path: Path, browser: Browser) -> None:
+    """A run above the first-load limit (5000 trials): the page gets a view of it (the front and
+    a sample of the rest), says so, and new results still appear without a reload."""
+    from search.dashboard.server import VIEW_LIMIT
+
+    path = tmp_path / "big.db"
+    n = VIEW_LIMIT + 1000
+    w = Store.open(str(path))
+    study = w.create_study("big", yaml.safe_dump({"name": "big", "strategy": {"name": "random", "budget": n + 20}}), "sha",
+                           OBJECTIVES_2, _space())
+    rng = np.random.default_rng(7)
+    ids = w.add_trials(study.id, [dict(number=i, candidate={"id": i}, params={}, worker=f"gpu-{i % 16}") for i in range(n)], "random")
+    for i, tid in enumerate(ids[:-16]):  # the last 16 still running
+        if i % 97 == 5:
+            w.finish_trial(tid, FAIL, error="CUDA out of memory", worker=f"gpu-{i % 16}")
+        else:
+            w.finish_trial(tid, COMPLETE, values=(0.8 * rng.random(2)).tolist(), worker=f"gpu-{i % 16}", evaluate_s=60.0)
+    d = Dashboard(["big", "--store", str(path)])
+    try:
+        with urllib.request.urlopen(d.url + "api/runs/big/trials", timeout=60) as r:
+            doc = json.loads(r.read())
+        assert doc["view"]["total"] == n and doc["view"]["running"] == 16
+        sent = [t for t in doc["trials"] if t["state"] == COMPLETE]
+        browser.goto(d.url + "?poll=300")
+        browser.wait_for(READY, 60, "the page's first load")
+        assert browser.eval(POINTS) == len(sent) < n
+        front = load_run("big", str(path)).front
+        assert sorted(browser.eval("[...document.querySelectorAll('#scatter circle.pt.front')].map(c => +c.dataset.n)")) == front
+        assert "a sample of" in browser.eval("document.getElementById('points-note').innerText")
+        assert f"of {n} trials" in browser.eval("document.getElementById('table-note').innerText")
+        assert browser.eval("document.querySelectorAll('#hv path[data-run]').length") == 1
+        # ten new results, one of them better than everything: they arrive with the next polls
+        new = w.add_trials(study.id, [dict(number=n + i, candidate={"id": n + i}, params={}, worker="gpu-0") for i in range(10)], "random")
+        for i, tid in enumerate(new):
+            w.finish_trial(tid, COMPLETE, values=[0.95, 0.95] if i == 9 else [0.1, 0.1], worker="gpu-0", evaluate_s=60.0)
+        browser.wait_for(f"{POINTS} === {len(sent) + 10}", 30, "ten new points")
+        browser.wait_for(f"[...document.querySelectorAll('#scatter circle.pt.front')].map(c => +c.dataset.n).join() === '{n + 9}'", 30)
+        browser.screenshot(ARTIFACTS / "dashboard-big.png")
+        assert browser.errors == []
+    finally:
+        w.close()
+        assert d.close() == 0
