@@ -245,11 +245,11 @@ def store(args: argparse.Namespace) -> None:
     dash = [r for r in rows_out if "dashboard" in r]
     if dash:
         print("\ndashboard (seconds; polls: median of 5; baseline: rebuilding the summary from every trial)")
-        print(f"{'store':8} {'trials':>7} {'load avg':>8} {'first load':>10} {'rows sent':>9} {'poll, nothing new':>17} "
+        print(f"{'store':8} {'trials':>7} {'load avg':>8} {'first load':>10} {'page reload':>11} {'rows sent':>9} {'poll, nothing new':>17} "
               f"{'poll, 10 new':>12} {'poll, 10 finished':>17} {'hv curve':>8} {'baseline':>8} {'baseline / poll':>15}")
         for r in dash:
             d = r["dashboard"]
-            print(f"{r['store']:8} {r['trials']:7d} {d['load_avg_1m']:8.1f} {d['first_load_s']:10.2f} {d['first_rows']:9d} "
+            print(f"{r['store']:8} {r['trials']:7d} {d['load_avg_1m']:8.1f} {d['first_load_s']:10.2f} {d['reload_s']:11.2f} {d['first_rows']:9d} "
                   f"{d['poll_nothing_new_s']:17.3f} {d['poll_10_new_s']:12.3f} {d['poll_10_finished_s']:17.3f} "
                   f"{d['hypervolume_s']:8.3f} {d['full_recompute_s']:8.2f} {d['full_recompute_s'] / d['poll_10_new_s']:14.0f}x")
 
@@ -257,7 +257,8 @@ def store(args: argparse.Namespace) -> None:
 def _dashboard_poll(url: str, run: str, rounds: int = 5) -> dict[str, float]:
     """Seconds the dashboard's app (in process, its real FastAPI routes) takes for what the page
     asks: its first load on a freshly started server (``/api/runs``, which reads the whole run,
-    the trials, the hypervolume curve; each part and their sum), a poll with its cursor when
+    the trials, the hypervolume curve; each part and their sum), the same again (a page
+    opened while the server runs), a poll with its cursor when
     nothing is new, a poll after 10 new finished trials, after 10 RUNNING trials finish, and
     the hypervolume curve the page then fetches (``changes=true``) and the full one; polls are
     the median of ``rounds`` rounds."""
@@ -287,6 +288,9 @@ def _dashboard_poll(url: str, run: str, rounds: int = 5) -> dict[str, float]:
         out["first_rows"] = len(body["trials"])
         out["first_hypervolume_s"], _, out["first_hypervolume_bytes"] = timed(c, "/api/hypervolume", changes=True)
         out["first_load_s"] = out["first_runs_s"] + out["first_trials_s"] + out["first_hypervolume_s"]
+        # the same three requests again: a page opened (or reloaded) while the server runs
+        out["reload_s"] = sum(timed(c, path, **q)[0] for path, q in
+                              (("/api/runs", {}), (f"/api/runs/{run}/trials", {}), ("/api/hypervolume", {"changes": True})))
         cur = body["cursor"]
         for _ in range(rounds):
             dt, body, _ = timed(c, f"/api/runs/{run}/trials", **cur)

@@ -537,7 +537,8 @@ function renderWorkers() {
   });
   box.append(svg);
   const leg = Object.entries(STATE_COLOR).map(([k, c]) => `<span style="color:${c}">■</span> ${k.toLowerCase()}`).join("  ");
-  $("workers-note").innerHTML = `${rows.length} worker${rows.length === 1 ? "" : "s"} · right: busy share · ${leg}`;
+  const part = S.runs.some((r) => S.view[r.key]) ? " (of the loaded trials)" : "";
+  $("workers-note").innerHTML = `${rows.length} worker${rows.length === 1 ? "" : "s"} · right: busy share${part} · ${leg}`;
 }
 
 // ------------------------------------------------------------------ trial table
