@@ -37,6 +37,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "RunData",
+    "worker_rows",
     "load_run",
     "run_data",
     "front_json",

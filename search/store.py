@@ -369,6 +369,8 @@ class Store:
             if not readonly:
                 with engine.begin() as c:
                     c.execute(sa.schema.CreateIndex(heldout_index, if_not_exists=True))
+                    if not is_sqlite:  # a run's newest rows as a range (SQLite's study_id index already ends in the rowid)
+                        c.exec_driver_sql("CREATE INDEX IF NOT EXISTS ix_trials_study_id_id ON trials (study_id, id)")
         except sa.exc.SQLAlchemyError as e:
             engine.dispose()
             raise StoreError(f"{where}: {damaged(e)}") from None

@@ -252,10 +252,6 @@ class RunCache:
                 changed.add(tid)
         return changed
 
-    def trials(self) -> list[Trial]:
-        with self.lock:
-            return sorted(self.state.trials.values(), key=lambda t: t.number)
-
     def changed_since(
         self, after_id: int | None, since: int | None
     ) -> tuple[list[Trial], dict[str, int | None], dict[str, int] | None]:
@@ -539,18 +535,19 @@ def create_app(
         finished trial (``changes``: only where the hypervolume changes, and the last one)."""
         st = c.state
         cur = hv_trackers.get(c.key)
-        tr = None if cur is None else cur.tracker
-        fresh = cur is None or tr is None or tr.ref != [float(r) for r in ref] or tr.directions != directions
-        fresh = fresh or cur is None or cur.epoch != st.finish_epoch
-        if not fresh and cur is not None and tr is not None:
-            fresh = not tr.extend([st.trials[i] for i in st.finish_log[cur.seen :]])
-        if fresh or cur is None or tr is None:
+        if (  # counted from the newly finished trials, unless the reference or a counted trial changed
+            cur is None
+            or cur.tracker.ref != [float(r) for r in ref]
+            or cur.tracker.directions != directions
+            or cur.epoch != st.finish_epoch
+            or not cur.tracker.extend([st.trials[i] for i in st.finish_log[cur.seen :]])
+        ):
             tr = HypervolumeTracker(directions, ref)
             tr.update(list(st.trials.values()))
             cur = hv_trackers[c.key] = Curve(tr)
         cur.catch_up(st.finish_epoch, len(st.finish_log))
         if not changes or not cur.points:
-            return cur.points
+            return list(cur.points)  # a copy: the curve grows while an earlier answer is being sent
         return cur.changes + ([cur.points[-1]] if cur.changes[-1] is not cur.points[-1] else [])
 
     @app.get("/api/hypervolume")
