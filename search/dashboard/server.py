@@ -647,6 +647,16 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+def _warm_up(caches: Sequence[RunCache]) -> None:
+    """Read each run once in the background, so the page's first load (seconds for a run of
+    100,000 trials) has often been paid for by the time someone opens it."""
+    for c in caches:
+        try:
+            c.refresh(force=True)
+        except Exception as e:  # noqa: BLE001 - the page's own request reports it again
+            log.warning("could not read run %s yet: %s", c.key, e)
+
+
 def serve(runs: Sequence[str], host: str = "127.0.0.1", port: int = 8765, store: str | None = None) -> int:
     """Serve the dashboard until interrupted; returns the exit code (0, or 2 on a user error).
 
@@ -688,6 +698,7 @@ def serve(runs: Sequence[str], host: str = "127.0.0.1", port: int = 8765, store:
                 "and start exports that write files on this machine (%s, under %s); use --host 127.0.0.1 to keep it local",
                 host, actual, socket.gethostname(), Path.cwd(),
             )
+        threading.Thread(target=_warm_up, args=(app.state.runs,), name="dashboard-warm-up", daemon=True).start()
         server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off"))
         server.run(sockets=[sock])
     except KeyboardInterrupt:  # Ctrl-C is how a dashboard stops (uvicorn re-raises it after shutting down)

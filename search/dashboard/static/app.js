@@ -254,7 +254,7 @@ function renderLegend(pts, ctx) {
   const nd = pts.length, nf = pts.filter((p) => p.onFront).length;
   const sampled = S.runs.filter((r) => S.view[r.key]).map((r) => (r.counts || {}).COMPLETE || 0).reduce((a, b) => a + b, 0);
   lg.append(el("span", { class: "it muted", id: "points-note" }, `${nd} point${nd === 1 ? "" : "s"}, ${nf} on the front` +
-    (sampled ? ` (the dominated ones a sample of ${sampled} results)` : "")));
+    (sampled ? ` (a sample of the run's ${sampled} results)` : "")));
 }
 
 // ------------------------------------------------------------------ 2-D scatter (SVG)
