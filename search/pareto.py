@@ -108,6 +108,9 @@ def _dominated_by_any(F: np.ndarray, G: np.ndarray, chunk: int = 2048) -> np.nda
     return out
 
 
+_SWEEP_BLOCK = 512  # rows per block of pareto_mask's sorted sweep
+
+
 def pareto_mask(values: np.ndarray, directions: Sequence[str]) -> np.ndarray:
     """Boolean mask of the non-dominated rows of ``values``.
 
@@ -121,7 +124,21 @@ def pareto_mask(values: np.ndarray, directions: Sequence[str]) -> np.ndarray:
     if len(idx) == 0:
         return mask
     G = F[idx]
-    mask[idx] = ~_dominated_by_any(G, G)
+    if len(G) <= _SWEEP_BLOCK:
+        mask[idx] = ~_dominated_by_any(G, G)
+        return mask
+    # Lexicographic sweep: a dominating row sorts before the row it dominates, so each block
+    # of sorted rows is checked against the front found so far and against itself only
+    # (O(n * (front + block)) instead of O(n^2); the same mask).
+    order = np.lexsort(G.T[::-1])
+    front = np.zeros((0, G.shape[1]))
+    for s in range(0, len(order), _SWEEP_BLOCK):
+        rows = order[s : s + _SWEEP_BLOCK]
+        rows = rows[~_dominated_by_any(G[rows], front)]
+        B = G[rows]
+        keep = ~_dominated_by_any(B, B)
+        mask[idx[rows[keep]]] = True
+        front = np.vstack([front, B[keep]])
     return mask
 
 
@@ -326,13 +343,14 @@ def front_numbers(trials: Sequence[Trial], directions: Sequence[str]) -> list[in
     return sorted(t.number for t, m in zip(done, mask, strict=True) if m)
 
 
+def _finish_key(t: Trial) -> tuple[float, int]:
+    return (t.finished_at if t.finished_at is not None else math.inf, t.number)
+
+
 def _finish_order(trials: Sequence[Trial]) -> list[Trial]:
     from .store import COMPLETE, FAIL, STOPPED
 
-    return sorted(
-        (t for t in trials if t.state in (COMPLETE, FAIL, STOPPED)),
-        key=lambda t: (t.finished_at if t.finished_at is not None else math.inf, t.number),
-    )
+    return sorted((t for t in trials if t.state in (COMPLETE, FAIL, STOPPED)), key=_finish_key)
 
 
 class HypervolumeTracker:
@@ -340,7 +358,8 @@ class HypervolumeTracker:
 
     ``update(trials)`` only processes trials that finished after the last call (when the
     earlier finish order is unchanged; otherwise it starts over), so a live dashboard does
-    not recompute the whole history at every poll.
+    not recompute the whole history at every poll; ``extend(finished)`` takes the newly
+    finished trials alone, so a poll does not even sort the run.
     """
 
     def __init__(self, directions: Sequence[str], ref: Sequence[float]):
@@ -350,6 +369,10 @@ class HypervolumeTracker:
 
     def _reset(self) -> None:
         self._ids: list[int] = []
+        self._seen: set[int] = set()
+        self._sign = [1.0 if d == "minimize" else -1.0 for d in self.directions]
+        self._front_min: list[tuple[float, ...]] = []
+        self._last: tuple[float, int] = (-math.inf, -1)
         self._front = np.zeros((0, len(self.directions)))
         self._hv = 0.0
         self.history: list[tuple[int, float]] = []
@@ -359,28 +382,50 @@ class HypervolumeTracker:
         self._seconds = 0.0
 
     def update(self, trials: Sequence[Trial]) -> list[tuple[int, float]]:
-        from .store import COMPLETE
-
         done = _finish_order(trials)
         ids = [t.id for t in done]
         if ids[: len(self._ids)] != self._ids:
             self._reset()
-        k = len(self.directions)
         for t in done[len(self._ids) :]:
-            if t.state == COMPLETE and all_finite(t.values) and len(t.values or []) == k:
-                cand = np.vstack([self._front, np.asarray(t.values, dtype=np.float64)[None, :]])
-                mask = np.asarray(pareto_mask(cand, self.directions), dtype=bool)
-                if mask[-1]:  # the new point is on the front: it changes the hypervolume
-                    self._front = cand[mask]
-                    self._hv = ref_hypervolume(self._front, self.directions, self.ref)
-            self._ids.append(t.id)
-            self.history.append((len(self._ids), self._hv))
-            n_ex = trial_examples(t)
-            if n_ex is not None:
-                self._examples = (self._examples or 0) + n_ex
-            self._seconds += t.evaluate_s or 0.0
-            self.cost.append((self._examples, self._seconds))
+            self._add(t)
         return self.history
+
+    def extend(self, finished: Sequence[Trial]) -> bool:
+        """Count ``finished`` (trials that finished since the last call) without looking at
+        the others; False (nothing counted) if one of them sorts before a trial already
+        counted, or is one: then call :meth:`update` with the whole run."""
+        new = sorted(finished, key=_finish_key)
+        if new and self._ids and (_finish_key(new[0]) <= self._last or new[0].id in self._seen):
+            return False
+        for t in new:
+            self._add(t)
+        return True
+
+    def _add(self, t: Trial) -> None:
+        from .store import COMPLETE
+
+        k = len(self.directions)
+        if t.state == COMPLETE and all_finite(t.values) and len(t.values or []) == k:
+            f = tuple(float(v) * s for v, s in zip(t.values, self._sign, strict=True))  # minimisation-signed
+            # plain Python while the front is small (most polls add a point or two to a front of tens)
+            if len(self._front_min) <= 64:
+                dominated = any(all(a <= b for a, b in zip(g, f, strict=True)) and g != f for g in self._front_min)
+            else:
+                G = np.asarray(self._front_min)
+                dominated = bool(np.any(np.all(G <= f, axis=1) & np.any(G < f, axis=1)))
+            if not dominated:  # on the front: the hypervolume changes
+                self._front_min = [g for g in self._front_min if not (all(a <= b for a, b in zip(f, g, strict=True)) and f != g)] + [f]
+                self._front = np.asarray(self._front_min, dtype=np.float64).reshape(-1, k) * self._sign
+                self._hv = ref_hypervolume(self._front, self.directions, self.ref)
+        self._ids.append(t.id)
+        self._seen.add(t.id)
+        self._last = _finish_key(t)
+        self.history.append((len(self._ids), self._hv))
+        n_ex = trial_examples(t)
+        if n_ex is not None:
+            self._examples = (self._examples or 0) + n_ex
+        self._seconds += t.evaluate_s or 0.0
+        self.cost.append((self._examples, self._seconds))
 
 
 def trial_examples(t: Trial) -> int | None:

@@ -37,6 +37,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "RunData",
+    "worker_rows",
     "load_run",
     "run_data",
     "front_json",
@@ -135,29 +136,7 @@ class RunData:
 
     def workers(self) -> list[dict[str, Any]]:
         """Per worker: trials, complete, failed, running, mean timings, first/last activity."""
-        acc: dict[str, dict[str, Any]] = {}
-        for t in self.trials:
-            w = t.worker or "?"
-            a = acc.setdefault(
-                w, {"worker": w, "trials": 0, COMPLETE: 0, FAIL: 0, RUNNING: 0, "_m": [], "_e": [], "first": None, "last": None}
-            )
-            a["trials"] += 1
-            a[t.state] = a.get(t.state, 0) + 1
-            if t.materialize_s is not None:
-                a["_m"].append(t.materialize_s)
-            if t.evaluate_s is not None:
-                a["_e"].append(t.evaluate_s)
-            for ts in (t.started_at, t.finished_at):
-                if ts is not None:
-                    a["first"] = ts if a["first"] is None else min(a["first"], ts)
-                    a["last"] = ts if a["last"] is None else max(a["last"], ts)
-        out = []
-        for a in sorted(acc.values(), key=lambda a: a["worker"]):
-            m, e = a.pop("_m"), a.pop("_e")
-            a["materialize_s"] = float(np.mean(m)) if m else None
-            a["evaluate_s"] = float(np.mean(e)) if e else None
-            out.append(a)
-        return out
+        return worker_rows(self.trials)
 
     def elapsed(self, now: float | None = None) -> float | None:
         """Seconds from the first trial's start to the last finish (to now while trials run)."""
@@ -168,6 +147,34 @@ class RunData:
         running = any(t.state == RUNNING for t in self.trials)
         end = (now if now is not None else time.time()) if running or not ends else max(ends)
         return max(0.0, end - min(starts))
+
+
+def worker_rows(trials: Sequence[Trial]) -> list[dict[str, Any]]:
+    """Per worker (sorted by name; ``?`` for none): trials, count per state, mean materialize
+    and evaluate seconds, first and last activity."""
+    acc: dict[str, dict[str, Any]] = {}
+    for t in trials:
+        w = t.worker or "?"
+        a = acc.setdefault(
+            w, {"worker": w, "trials": 0, COMPLETE: 0, FAIL: 0, RUNNING: 0, "_m": [], "_e": [], "first": None, "last": None}
+        )
+        a["trials"] += 1
+        a[t.state] = a.get(t.state, 0) + 1
+        if t.materialize_s is not None:
+            a["_m"].append(t.materialize_s)
+        if t.evaluate_s is not None:
+            a["_e"].append(t.evaluate_s)
+        for ts in (t.started_at, t.finished_at):
+            if ts is not None:
+                a["first"] = ts if a["first"] is None else min(a["first"], ts)
+                a["last"] = ts if a["last"] is None else max(a["last"], ts)
+    out = []
+    for a in sorted(acc.values(), key=lambda a: a["worker"]):
+        m, e = a.pop("_m"), a.pop("_e")
+        a["materialize_s"] = float(np.mean(m)) if m else None
+        a["evaluate_s"] = float(np.mean(e)) if e else None
+        out.append(a)
+    return out
 
 
 def run_data(

@@ -30,7 +30,7 @@ import pytest
 import yaml
 
 from search.report import load_run
-from search.store import COMPLETE, FAIL, Store
+from search.store import COMPLETE, FAIL, STOPPED, Store
 
 REPO = Path(__file__).resolve().parents[1]
 ARTIFACTS = REPO / "test-artifacts"
@@ -370,6 +370,196 @@ def test_polling_returns_new_finished_and_heldout_trials_only(tmp_path: Path) ->
             assert got[0]["heldout"] == [0.4, None] and got[2]["attempts"] == 2
             assert _poll(c, "live", doc["cursor"])["trials"] == []
             assert doc["summary"]["counts"] == {"RUNNING": 1, "COMPLETE": 1, "FAIL": 1}
+    finally:
+        w.close()
+        for rc in app.state.runs:
+            rc.store.close()
+
+
+def _fresh_read(path: Path, run: str) -> tuple[dict[int, dict], dict, dict]:
+    """What a dashboard started now reads of ``run``: every trial by id, the summary, the curves."""
+    from fastapi.testclient import TestClient
+
+    from search.dashboard.server import create_app
+
+    app = create_app([run], store=str(path))
+    try:
+        with TestClient(app) as c:
+            doc = _poll(c, run)
+            assert doc["view"] is None
+            return {t["id"]: t for t in doc["trials"]}, doc["summary"], c.get("/api/hypervolume").json()
+    finally:
+        for rc in app.state.runs:
+            rc.store.close()
+
+
+def _same_summary(a: dict, b: dict) -> None:
+    skip = {"now", "counter"} | ({"elapsed"} if a["counts"].get("RUNNING") else set())  # elapsed runs to now while trials run
+    assert {k: v for k, v in a.items() if k not in skip} == {k: v for k, v in b.items() if k not in skip}
+
+
+def test_incremental_polls_equal_a_full_reload(tmp_path: Path) -> None:
+    """The page's way of reading a live run (one first load, then polls with the cursor, merged
+    by trial id) holds exactly the trials, summary and hypervolume curve that a dashboard
+    started afresh reads from the whole store, after every kind of change a run makes: new
+    trials, RUNNING trials that complete, fail or are stopped at a low fidelity level,
+    restarts, worker changes, held-out values added, re-scored and removed, a new point that
+    dominates front members, a new worst value that moves the reference point."""
+    from fastapi.testclient import TestClient
+
+    from search.dashboard.server import create_app
+
+    path = tmp_path / "inc.db"
+    objectives = [("acc", "maximize"), ("loss", "minimize")]
+    names = _space()["names"]
+    w = Store.open(str(path))
+    cfg = {"name": "inc", "strategy": {"name": "random", "budget": 40}}
+    study = w.create_study("inc", yaml.safe_dump(cfg), "sha", objectives, _space())
+    rng = np.random.default_rng(0)
+    ids: dict[int, int] = {}
+
+    def add(numbers: range) -> None:
+        for n in numbers:
+            ids[n] = w.add_trial(study.id, n, {"id": n}, dict.fromkeys(names, 0.5), "random", worker=f"local-{n % 3}")
+
+    def finish(n: int, state: str = COMPLETE, values: list[float] | None = None, **kw: Any) -> None:
+        if state in (COMPLETE, STOPPED) and values is None:
+            values = [float(rng.uniform(0.2, 0.8)), float(rng.uniform(1.0, 2.0))]
+        w.finish_trial(ids[n], state, values=values, worker=f"local-{n % 3}", materialize_s=0.1, evaluate_s=1.0 + n, **kw)
+
+    add(range(12))
+    for n in range(10):
+        finish(n, FAIL, error="RuntimeError: boom") if n == 4 else finish(n)
+
+    def new_and_finished() -> None:
+        add(range(12, 20))
+        finish(10, values=[0.95, 0.9])  # dominates most of the front
+        finish(11, FAIL, error="CUDA out of memory")
+
+    def heldout_restart_worker() -> None:
+        for tid in (ids[0], ids[10], ids[3]):
+            w.add_heldout(tid, [0.5, 1.5])
+        w.restart_trial(ids[12], worker="local-9")
+        w.set_worker(ids[13], "local-8")
+
+    def rescore_stop_worst() -> None:
+        w.add_heldout(ids[10], [0.9, None])  # re-scored: one value changes, one goes
+        w.add_heldout(ids[0], [None, None])  # removed
+        finish(12, values=[0.3, 50.0])  # a new worst loss: the reference point moves
+        finish(13, STOPPED, values=[0.99, 0.1], level=0)  # stopped at a low level: never on the front
+        finish(14, values=[0.95, 0.9])  # a duplicate of a front point: both on it
+
+    def rest() -> None:
+        for n in range(15, 20):
+            finish(n)
+        add(range(20, 23))
+        w.set_status(study.id, "finished")
+
+    app = create_app(["inc"], store=str(path))
+    app.state.runs[0].min_interval = 0.0
+    try:
+        with TestClient(app) as c:
+            doc = _poll(c, "inc")
+            held = {t["id"]: t for t in doc["trials"]}
+            for step in (new_and_finished, heldout_restart_worker, rescore_stop_worst, lambda: None, rest):
+                step()
+                doc = _poll(c, "inc", doc["cursor"])
+                if step.__name__ == "<lambda>":
+                    assert doc["trials"] == []  # nothing changed, nothing sent
+                held.update({t["id"]: t for t in doc["trials"]})
+                trials, summary, hv = _fresh_read(path, "inc")
+                assert held == trials, step.__name__
+                _same_summary(doc["summary"], summary)
+                assert c.get("/api/hypervolume").json() == hv, step.__name__
+            # the page's compact curve: where the hypervolume changes, and the last point
+            (curve,) = hv["groups"][0]["runs"].values()
+            want = [p for i, p in enumerate(curve) if i == 0 or p[1] != curve[i - 1][1] or i == len(curve) - 1]
+            (got,) = c.get("/api/hypervolume?changes=true").json()["groups"][0]["runs"].values()
+            assert got == want and len(got) < len(curve)
+    finally:
+        w.close()
+        for rc in app.state.runs:
+            rc.store.close()
+    data = load_run("inc", str(path))
+    assert summary["front"] == data.front and 14 in data.front and 10 in data.front and 13 not in data.front
+    assert summary["ref_point"] == pytest.approx(data.ref_point) and data.ref_point[1] == pytest.approx(55.0)
+    assert summary["counts"] == data.counts() == {"RUNNING": 3, "COMPLETE": 17, "FAIL": 2, "STOPPED": 1}
+
+
+def test_run_state_takes_back_a_counted_result_that_changes() -> None:
+    """A store never changes a finished result, but if a trial that the front, the value range,
+    a best or a worker row counted does change, the aggregates are rebuilt, not left stale."""
+    import dataclasses
+
+    from search.dashboard.runstate import RunState
+    from search.report import run_data
+    from search.store import Study, Trial
+
+    study = Study(1, "s", "", "", {}, 0.0, "running", [("acc", "maximize"), ("loss", "minimize")])
+    rng = np.random.default_rng(3)
+    trials = {
+        n: Trial(id=n + 1, number=n, state=COMPLETE, strategy="random", generation=0, parents=[], candidate={}, params={},
+                 values=[float(rng.random()), float(rng.random())], heldout=None, worker=f"w{n % 2}", attempts=1,
+                 started_at=100.0 + n, finished_at=200.0 + n, error=None, materialize_s=0.1, evaluate_s=1.0)
+        for n in range(30)
+    }
+    st = RunState(study.directions, [None, None])
+
+    def check() -> None:
+        d = run_data(study, sorted(trials.values(), key=lambda t: t.number))
+        assert st.front() == d.front and st.ref_point() == pytest.approx(d.ref_point)
+        assert st.hypervolume() == pytest.approx(d.hypervolume)
+        assert [t.number if t else None for t in st.best()] == [t.number if t else None for _, _, t in d.best()]
+        assert st.counts == d.counts() and st.workers() == d.workers() and st.elapsed(1e9) == d.elapsed(1e9)
+
+    for t in trials.values():
+        st.put(t)
+    check()
+    best_acc = max(trials.values(), key=lambda t: t.values[0]).number
+    trials[best_acc] = dataclasses.replace(trials[best_acc], values=[0.0, 5.0], worker="w9", finished_at=900.0)
+    assert st.put(trials[best_acc])
+    check()
+    for n in (best_acc, min(st.front())):  # the worst loss (the reference point), then a front member
+        trials[n] = dataclasses.replace(trials[n], state=FAIL, values=None, started_at=50.0)
+        assert st.put(trials[n]) and not st.put(trials[n])
+        check()
+
+
+def test_first_load_of_a_big_run_is_a_view(tmp_path: Path) -> None:
+    """Above the limit the first load sends the front, every running trial, the latest trials
+    and an even sample of the other results, and says so; polls then send what is new."""
+    from fastapi.testclient import TestClient
+
+    from search.dashboard.server import create_app
+
+    path = tmp_path / "big.db"
+    w = Store.open(str(path))
+    study = w.create_study("big", "name: big\n", "sha", OBJECTIVES_2, _space())
+    rng = np.random.default_rng(1)
+    ids = [w.add_trial(study.id, n, {"id": n}, {}, "random") for n in range(120)]
+    for tid in ids[:115]:
+        w.finish_trial(tid, COMPLETE, values=rng.random(2).tolist(), worker="local-0")
+    app = create_app(["big"], store=str(path), view_limit=40)
+    app.state.runs[0].min_interval = 0.0
+    try:
+        with TestClient(app) as c:
+            doc = _poll(c, "big")
+            data = load_run("big", str(path))
+            got = {t["number"] for t in doc["trials"]}
+            v = doc["view"]
+            assert doc["limit"] == 40 and v["total"] == 120 and v["running"] == 5 and v["complete"] == 115
+            front, running, latest = set(data.front), set(range(115, 120)), set(range(112, 120))  # latest: limit // 5
+            assert front | running | latest <= got
+            assert v["front"] == len(front) and v["recent"] == len(latest - front - running)
+            assert len(got) == v["front"] + v["running"] + v["recent"] + v["sampled"]
+            assert v["recent"] + v["sampled"] <= 40 and v["sampled"] > 20
+            sampled = sorted(got - front - latest)
+            assert sampled[0] < 10 and sampled[-1] > 100  # spread over the whole run
+            assert doc["summary"]["front"] == data.front and doc["summary"]["counts"] == data.counts()
+            w.finish_trial(ids[115], COMPLETE, values=[2.0, 2.0], worker="local-0")  # dominates every other point
+            new = _poll(c, "big", doc["cursor"])
+            assert [t["number"] for t in new["trials"]] == [115] and new["view"] is None
+            assert new["summary"]["front"] == [115]
     finally:
         w.close()
         for rc in app.state.runs:
@@ -772,3 +962,47 @@ def _wait_until(cond: Callable[[], bool], timeout: float, what: str) -> None:
         if time.time() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
         time.sleep(0.1)
+
+
+def test_browser_big_run_first_load_is_a_view_and_polls_add_new_points(tmp_path: Path, browser: Browser) -> None:
+    """A run above the first-load limit (5000 trials): the page gets a view of it (the front and
+    a sample of the rest), says so, and new results still appear without a reload."""
+    from search.dashboard.server import VIEW_LIMIT
+
+    path = tmp_path / "big.db"
+    n = VIEW_LIMIT + 1000
+    w = Store.open(str(path))
+    study = w.create_study("big", yaml.safe_dump({"name": "big", "strategy": {"name": "random", "budget": n + 20}}), "sha",
+                           OBJECTIVES_2, _space())
+    rng = np.random.default_rng(7)
+    ids = w.add_trials(study.id, [dict(number=i, candidate={"id": i}, params={}, worker=f"gpu-{i % 16}") for i in range(n)], "random")
+    for i, tid in enumerate(ids[:-16]):  # the last 16 still running
+        if i % 97 == 5:
+            w.finish_trial(tid, FAIL, error="CUDA out of memory", worker=f"gpu-{i % 16}")
+        else:
+            w.finish_trial(tid, COMPLETE, values=(0.8 * rng.random(2)).tolist(), worker=f"gpu-{i % 16}", evaluate_s=60.0)
+    d = Dashboard(["big", "--store", str(path)])
+    try:
+        with urllib.request.urlopen(d.url + "api/runs/big/trials", timeout=60) as r:
+            doc = json.loads(r.read())
+        assert doc["view"]["total"] == n and doc["view"]["running"] == 16
+        sent = [t for t in doc["trials"] if t["state"] == COMPLETE]
+        browser.goto(d.url + "?poll=300")
+        browser.wait_for(READY, 60, "the page's first load")
+        assert browser.eval(POINTS) == len(sent) < n
+        front = load_run("big", str(path)).front
+        assert sorted(browser.eval("[...document.querySelectorAll('#scatter circle.pt.front')].map(c => +c.dataset.n)")) == front
+        assert "a sample of" in browser.eval("document.getElementById('points-note').innerText")
+        assert f"of {n} trials" in browser.eval("document.getElementById('table-note').innerText")
+        assert browser.eval("document.querySelectorAll('#hv path[data-run]').length") == 1
+        # ten new results, one of them better than everything: they arrive with the next polls
+        new = w.add_trials(study.id, [dict(number=n + i, candidate={"id": n + i}, params={}, worker="gpu-0") for i in range(10)], "random")
+        for i, tid in enumerate(new):
+            w.finish_trial(tid, COMPLETE, values=[0.95, 0.95] if i == 9 else [0.1, 0.1], worker="gpu-0", evaluate_s=60.0)
+        browser.wait_for(f"{POINTS} === {len(sent) + 10}", 30, "ten new points")
+        browser.wait_for(f"[...document.querySelectorAll('#scatter circle.pt.front')].map(c => +c.dataset.n).join() === '{n + 9}'", 30)
+        browser.screenshot(ARTIFACTS / "dashboard-big.png")
+        assert browser.errors == []
+    finally:
+        w.close()
+        assert d.close() == 0

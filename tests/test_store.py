@@ -60,6 +60,34 @@ def test_sqlite_pragmas_and_schema_version(tmp_path: Path) -> None:
         Store.open(str(p))
 
 
+def test_heldout_index_is_added_by_a_writable_open_and_not_needed_to_read(tmp_path: Path) -> None:
+    """The held-out index is no schema change: a store without it (older) opens read-only and
+    reads the same; the next writable open adds it, and the query the dashboard polls uses it."""
+    p = tmp_path / "s.db"
+    st = Store.open(str(p))
+    s = _study(st)
+    tid = st.add_trial(s.id, 0, {"id": 0}, {"g/a/weight": 0.5}, "nsga2")
+    st.finish_trial(tid, COMPLETE, [0.5, 3.0])
+    st.add_heldout(tid, [0.4, 2.5])
+    st.close()
+    con = sqlite3.connect(p)
+    indexes = "SELECT name FROM sqlite_master WHERE type = 'index' AND name = 'ix_trial_values_split'"
+    assert con.execute(indexes).fetchall() == [("ix_trial_values_split",)]
+    con.execute("DROP INDEX ix_trial_values_split")  # as a store written before it
+    con.commit()
+    ro = Store.open(str(p), readonly=True)
+    assert ro.trials(s.id)[0].heldout == [0.4, 2.5]
+    ro.close()
+    assert con.execute(indexes).fetchall() == []
+    Store.open(str(p)).close()
+    assert con.execute(indexes).fetchall() == [("ix_trial_values_split",)]
+    plan = " ".join(str(r) for r in con.execute(
+        "EXPLAIN QUERY PLAN SELECT v.trial_id FROM trial_values v JOIN trials t ON t.id = v.trial_id"
+        " WHERE v.split = 'heldout' AND t.study_id = 1"))
+    assert "ix_trial_values_split" in plan
+    con.close()
+
+
 def test_reader_sees_writes_while_the_writer_writes(tmp_path: Path) -> None:
     p = tmp_path / "s.db"
     st = Store.open(str(p))

@@ -594,6 +594,26 @@ def test_pareto_mask_and_ranks_with_directions() -> None:
         pareto_mask(V, ["up", "down"])
 
 
+@pytest.mark.parametrize("n_obj", [2, 3])
+def test_pareto_mask_sweep_of_many_points_equals_the_pairwise_check(n_obj: int) -> None:
+    """Past one block the mask comes from a sorted sweep; it must be the pairwise check's mask,
+    with ties, duplicated front points and non-finite rows."""
+    from search.pareto import _SWEEP_BLOCK, _dominated_by_any
+
+    rng = np.random.default_rng(n_obj)
+    V = np.round(rng.random((5 * _SWEEP_BLOCK + 17, n_obj)), 2)  # coarse values: many ties
+    V[::97] = V[3]  # duplicates of one point
+    V[11, 0], V[12, -1] = np.nan, np.inf
+    V[40:60] = 1.0  # a run of equal rows
+    dirs = ["maximize", "minimize", "maximize"][:n_obj]
+    F = to_minimization(V, dirs)
+    finite = np.all(np.isfinite(F), axis=1)
+    want = np.zeros(len(V), dtype=bool)
+    want[finite] = ~_dominated_by_any(F[finite], F[finite])
+    got = pareto_mask(V, dirs)
+    assert got.sum() > 1 and got.tolist() == want.tolist()
+
+
 def test_hypervolume_reference_point_convention() -> None:
     # maximised accuracies, reference 0: the union of the rectangles [0, a] x [0, b]
     V = np.array([[0.5, 0.5], [0.8, 0.2], [0.2, 0.8], [0.1, 0.1], [np.nan, 1.0]])

@@ -14,17 +14,22 @@ JSON API (``{run}`` is a run key from ``GET /api/runs``: the run's name, made un
                                           front (numbers), hypervolume, ref_point, best, workers
     GET  /api/runs/{run}/trials?after_id=N&since=S
                                           {"epoch", "cursor": {"after_id", "since"}, "trials",
-                                           "summary"}; trials with id > N (new ones) or changed
-                                          since cursor S (state, worker, timings, held-out
-                                          values); both absent: all trials. Poll with the
-                                          returned cursor; if "epoch" changes (server
+                                           "view", "limit", "summary"}; trials with id > N (new
+                                          ones) or changed since cursor S (state, worker,
+                                          timings, held-out values); both absent: all trials,
+                                          or for a run of more than "limit" trials a view of
+                                          it ("view" says what was sent: its front, running
+                                          trials, latest trials and an even sample of the other
+                                          results; null when every trial was sent). Poll with
+                                          the returned cursor; if "epoch" changes (server
                                           restarted) start again without a cursor.
     GET  /api/runs/{run}/trials/{number}  one trial in full: params, coefficient maps
                                           (experts x groups per searched param), metrics, error
-    GET  /api/hypervolume                 hypervolume against evaluations per run ([evaluations,
+    GET  /api/hypervolume?changes=false   hypervolume against evaluations per run ([evaluations,
                                           hypervolume, examples so far, evaluation seconds so
-                                          far] per finished trial), runs with the same
-                                          objectives sharing one reference point
+                                          far] per finished trial; changes=true: only where it
+                                          changes, and the last), runs with the same objectives
+                                          sharing one reference point
     POST /api/runs/{run}/trials/{number}/export   {"out_dir": "...", "force": false}
                                           -> 202 {"job": ...}; runs search.export.export_trial
                                           in a background thread; 501 if export is unavailable
@@ -51,6 +56,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import sqlalchemy as sa
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import HTMLResponse, JSONResponse
@@ -58,15 +64,18 @@ from fastapi.staticfiles import StaticFiles
 
 from ..errors import MergeSearchError, StoreError
 from ..pareto import HypervolumeTracker, config_ref_point, reference_point
-from ..report import RunData, config_dict, run_data
-from ..store import COMPLETE, RUNNING, Store, Study, Trial, default_store_for, store_url
+from ..report import config_budget, config_dict
+from ..store import Store, Study, Trial, default_store_for, store_url
 from ..store import trial_values as _tv
 from ..store import trials as _tt
+from .runstate import RunState
 
 log = logging.getLogger("search.dashboard")
 STATIC = Path(__file__).with_name("static")
 ERROR_PREVIEW = 600  # characters of a trial's error in trial lists (full text in the detail)
 LOOPBACK_NAMES = {"localhost", "127.0.0.1", "::1"}
+#: a first load of a run with more trials than this gets a view of it (RunState.view), not every row
+VIEW_LIMIT = 5000
 
 
 # ----------------------------------------------------------------------------- JSON helpers
@@ -152,38 +161,42 @@ def coefficient_maps(space: dict[str, Any], params: dict[str, float]) -> dict[st
 
 
 class RunCache:
-    """The trials of one run, kept up to date incrementally from the (read-only) store.
+    """The trials of one run and their aggregates (:class:`RunState`), kept up to date from the
+    (read-only) store at a cost that follows what changed, not the run's size.
 
-    Each refresh reads new rows (``id > max id seen``), re-reads trials that were RUNNING
-    when their state, worker or timing changed, and picks up held-out values added later.
-    Every change bumps a counter; ``changed_since(after_id, since)`` answers polls.
+    Each refresh reads the rows with an id above the largest seen (new trials), re-reads the
+    trials whose state, worker or timings changed while they were RUNNING (a query over the
+    running trials only) and those whose held-out values changed (a query over the held-out
+    values only), all without params or candidates. Every change bumps the state's counter;
+    ``changed_since(after_id, since)`` answers polls.
     """
 
-    def __init__(self, key: str, store: Store, study: Study, url: str, min_interval: float = 0.4):
+    def __init__(self, key: str, store: Store, study: Study, url: str, min_interval: float = 0.4, view_limit: int = VIEW_LIMIT):
         self.key = key
         self.store = store
         self.study = study
         self.url = url
         self.min_interval = min_interval
+        self.view_limit = view_limit
         self.lock = threading.RLock()
-        self._trials: dict[int, Trial] = {}
-        self._seq: dict[int, int] = {}
-        self.counter = 0
-        self._max_id: int | None = None
         self._last = -math.inf
-        self._data: tuple[tuple[int, str], RunData] | None = None
+        self._config = ("", {})
+        self.state = RunState(study.directions, config_ref_point(self.config, len(study.objectives)))
 
     @property
     def name(self) -> str:
         return self.study.name
 
-    def _put(self, t: Trial) -> None:
-        if self._trials.get(t.id) != t:
-            self._trials[t.id] = t
-            self.counter += 1
-            self._seq[t.id] = self.counter
-        if self._max_id is None or t.id > self._max_id:
-            self._max_id = t.id
+    @property
+    def counter(self) -> int:
+        return self.state.counter
+
+    @property
+    def config(self) -> dict[str, Any]:
+        """The run's config as a dict (parsed again only when the stored YAML changes)."""
+        if self._config[0] != self.study.config_yaml:
+            self._config = (self.study.config_yaml, config_dict(self.study))
+        return self._config[1]
 
     def refresh(self, force: bool = False) -> None:
         with self.lock:
@@ -194,109 +207,105 @@ class RunCache:
             s = self.store.find_study(self.study.name)
             if s is not None:
                 self.study = s
-            for t in self.store.trials(self.study.id, after_id=self._max_id):
-                self._put(t)
-            self._refresh_running()
-            self._refresh_heldout()
+                self.state.set_given(config_ref_point(self.config, len(s.objectives)))
+            for t in self.store.trials(self.study.id, after_id=self.state.max_id, with_params=False):
+                self.state.put(t)
+            changed = self._changed_running() | self._changed_heldout()
+            if changed:
+                numbers = [self.state.trials[i].number for i in changed]
+                for t in self.store.trials(self.study.id, numbers=numbers, with_params=False):
+                    self.state.put(t)
 
-    def _refresh_running(self) -> None:
-        running = [i for i, t in self._trials.items() if t.state == RUNNING]
-        if not running:
-            return
+    def _changed_running(self) -> set[int]:
+        """Ids of RUNNING trials whose state, attempts, worker or timings changed in the store."""
+        running = sorted(self.state.running)
         cols = (_tt.c.id, _tt.c.state, _tt.c.attempts, _tt.c.worker, _tt.c.started_at, _tt.c.finished_at)
-        changed = []
+        changed: set[int] = set()
         with self.store.engine.connect() as c:
             for chunk in (running[i : i + 500] for i in range(0, len(running), 500)):
                 for r in c.execute(sa.select(*cols).where(_tt.c.id.in_(chunk))):
-                    t = self._trials[r.id]
+                    t = self.state.trials[r.id]
                     if (r.state, r.attempts, r.worker, r.started_at, r.finished_at) != (
                         t.state, t.attempts, t.worker, t.started_at, t.finished_at,
                     ):
-                        changed.append(r.id)
-        if changed:
-            want = set(changed)
-            for t in self.store.trials(self.study.id, after_id=min(want) - 1):
-                if t.id in want or (self._max_id is not None and t.id > self._max_id):
-                    self._put(t)
+                        changed.add(r.id)
+        return changed
 
-    def _refresh_heldout(self) -> None:
+    def _changed_heldout(self) -> set[int]:
+        """Ids of trials whose held-out values in the store differ from the ones held."""
         q = (
             sa.select(_tv.c.trial_id, _tv.c.objective_idx, _tv.c.value)
             .join(_tt, _tt.c.id == _tv.c.trial_id)
-            .where(_tt.c.study_id == self.study.id, _tv.c.split == "heldout")
+            .where(_tv.c.split == "heldout", _tt.c.study_id == self.study.id)
         )
         found: dict[int, dict[int, float]] = {}
         with self.store.engine.connect() as c:
             for r in c.execute(q):
                 found.setdefault(r.trial_id, {})[r.objective_idx] = r.value
-        for tid, t in list(self._trials.items()):
+        changed = set()
+        for tid in set(found) | self.state.with_heldout:
+            t = self.state.trials.get(tid)
+            if t is None:
+                continue  # a trial newer than this refresh's read: the next one reads it whole
             have = {i: v for i, v in enumerate(t.heldout or []) if v is not None}
-            new = found.get(tid, {})
-            if have != new:
-                n = max([len(self.study.objectives)] + [i + 1 for i in new])
-                self._put(dataclasses.replace(t, heldout=[new.get(i) for i in range(n)] if new else None))
+            if have != found.get(tid, {}):
+                changed.add(tid)
+        return changed
 
-    def trials(self) -> list[Trial]:
+    def changed_since(
+        self, after_id: int | None, since: int | None
+    ) -> tuple[list[Trial], dict[str, int | None], dict[str, int] | None]:
+        """Trials for a poll (new ones, and changed ones after the cursor), the next cursor, and,
+        for a first load (no cursor) of a run above ``view_limit`` trials, what of it was sent
+        (:meth:`RunState.view`; None: every trial)."""
         with self.lock:
-            return sorted(self._trials.values(), key=lambda t: t.number)
-
-    def changed_since(self, after_id: int | None, since: int | None) -> tuple[list[Trial], dict[str, int | None]]:
-        with self.lock:
+            view = None
             if after_id is None and since is None:
-                out = list(self._trials.values())
+                v = self.state.view(self.view_limit)
+                if v is None:
+                    out = list(self.state.trials.values())
+                    out.sort(key=lambda t: t.number)
+                else:
+                    out, view = v
             else:
-                out = [
-                    t
-                    for t in self._trials.values()
-                    if (after_id is not None and t.id > after_id) or (since is not None and self._seq[t.id] > since)
-                ]
-            cursor = {"after_id": self._max_id, "since": self.counter}
-        return sorted(out, key=lambda t: t.number), cursor
-
-    def data(self) -> RunData:
-        with self.lock:
-            sig = (self.counter, self.study.status)
-            if self._data is None or self._data[0] != sig:
-                self._data = (sig, run_data(self.study, self.trials(), store_url=self.url))
-            return self._data[1]
+                out = self.state.changed_since(after_id, since)
+            cursor = {"after_id": self.state.max_id, "since": self.state.counter}
+        return out, cursor, view
 
     def summary(self) -> dict[str, Any]:
-        d = self.data()
-        space = self.study.space or {}
-        best = []
-        for j, (name, direction, t) in enumerate(d.best()):
-            best.append(
-                {
-                    "objective": name,
-                    "direction": direction,
-                    "number": None if t is None else t.number,
-                    "value": None if t is None else _num(t.values[j]),
-                    "heldout": None if t is None or not t.heldout or j >= len(t.heldout) else _num(t.heldout[j]),
-                }
-            )
-        workers = d.workers()
-        for w in workers:
-            for k in ("materialize_s", "evaluate_s"):
-                w[k] = _num(w[k])
-        return {
-            "key": self.key,
-            "name": self.name,
-            "store": self.url,
-            "status": self.study.status,
-            "created_at": self.study.created_at,
-            "objectives": [{"name": n, "direction": dd} for n, dd in zip(d.objectives, d.directions, strict=True)],
-            "space": {k: space.get(k, []) for k in ("groups", "experts", "searched")},
-            "budget": d.budget,
-            "counts": d.counts(),
-            "front": d.front,
-            "hypervolume": _num(d.hypervolume),
-            "ref_point": _nums(d.ref_point),
-            "best": best,
-            "workers": workers,
-            "elapsed": d.elapsed(),
-            "counter": self.counter,
-            "now": time.time(),
-        }
+        with self.lock:
+            st = self.state
+            space = self.study.space or {}
+            best = []
+            for j, ((name, direction), t) in enumerate(zip(self.study.objectives, st.best(), strict=True)):
+                best.append(
+                    {
+                        "objective": name,
+                        "direction": direction,
+                        "number": None if t is None else t.number,
+                        "value": None if t is None else _num(t.values[j]),
+                        "heldout": None if t is None or not t.heldout or j >= len(t.heldout) else _num(t.heldout[j]),
+                    }
+                )
+            return {
+                "key": self.key,
+                "name": self.name,
+                "store": self.url,
+                "status": self.study.status,
+                "created_at": self.study.created_at,
+                "objectives": [{"name": n, "direction": dd} for n, dd in self.study.objectives],
+                "space": {k: space.get(k, []) for k in ("groups", "experts", "searched")},
+                "budget": config_budget(self.config),
+                "counts": dict(st.counts),
+                "front": st.front(),
+                "hypervolume": _num(st.hypervolume()),
+                "ref_point": _nums(st.ref_point()),
+                "best": best,
+                "workers": st.workers(),
+                "elapsed": st.elapsed(time.time()),
+                "counter": st.counter,
+                "now": time.time(),
+            }
 
 
 # ----------------------------------------------------------------------------- exports
@@ -363,7 +372,7 @@ class ExportJobs:
 # ----------------------------------------------------------------------------- app
 
 
-def open_runs(runs: Sequence[str], store: str | None = None) -> list[RunCache]:
+def open_runs(runs: Sequence[str], store: str | None = None, view_limit: int = VIEW_LIMIT) -> list[RunCache]:
     """Open each RUN (a run name or a store path) read-only; one Store per database."""
     if not runs:
         raise StoreError("name at least one run: search dashboard RUN [RUN...]")
@@ -390,12 +399,32 @@ def open_runs(runs: Sequence[str], store: str | None = None) -> list[RunCache]:
             while key in keys:
                 key, i = f"{study.name}~{i}", i + 1
             keys.add(key)
-            caches.append(RunCache(key, st, study, path))
+            caches.append(RunCache(key, st, study, path, view_limit=view_limit))
     except BaseException:
         for st in stores.values():
             st.close()
         raise
     return caches
+
+
+@dataclasses.dataclass
+class Curve:
+    """A run's hypervolume curve as the page gets it, extended as its tracker counts new trials."""
+
+    tracker: HypervolumeTracker
+    epoch: int = -1  # the run's finish epoch and finish log length the tracker has counted
+    seen: int = 0
+    points: list[list[Any]] = dataclasses.field(default_factory=list)
+    changes: list[list[Any]] = dataclasses.field(default_factory=list)  # the points where it changes
+
+    def catch_up(self, epoch: int, seen: int) -> None:
+        tr = self.tracker
+        for (n, h), (ex, sec) in zip(tr.history[len(self.points) :], tr.cost[len(self.points) :], strict=True):
+            p = [n, _num(h), ex, _num(sec)]
+            if not self.changes or p[1] != self.points[-1][1]:
+                self.changes.append(p)
+            self.points.append(p)
+        self.epoch, self.seen = epoch, seen
 
 
 def _host_ok(host_header: str | None, allowed: set[str]) -> bool:
@@ -415,6 +444,7 @@ def create_app(
     *,
     allowed_hosts: set[str] | None = None,
     export_root: str | Path | None = None,
+    view_limit: int = VIEW_LIMIT,
 ) -> FastAPI:
     """The FastAPI app serving ``runs`` (names or store paths; ``store`` overrides the path).
 
@@ -424,12 +454,12 @@ def create_app(
     the working directory when the dashboard listens on a non-loopback address).
     """
     root = Path(export_root).expanduser().resolve() if export_root is not None else None
-    caches = open_runs(runs, store)
+    caches = open_runs(runs, store, view_limit=view_limit)
     by_key = {c.key: c for c in caches}
     jobs = ExportJobs()
     epoch = uuid.uuid4().hex[:8]
     hv_cache: dict[str, Any] = {}
-    hv_trackers: dict[str, HypervolumeTracker] = {}  # run key -> tracker (for its group's current reference)
+    hv_trackers: dict[str, Curve] = {}  # run key -> its curve (for its group's current reference)
     hv_lock = threading.Lock()
 
     app = FastAPI(title="mergesearch dashboard", docs_url="/api/docs", redoc_url=None, openapi_url="/api/openapi.json")
@@ -475,8 +505,9 @@ def create_app(
     def api_trials(run: str, after_id: int | None = None, since: int | None = None) -> dict[str, Any]:
         c = run_or_404(run)
         c.refresh()
-        ts, cursor = c.changed_since(after_id, since)
-        return {"epoch": epoch, "run": c.key, "cursor": cursor, "trials": [trial_json(t) for t in ts], "summary": c.summary()}
+        ts, cursor, view = c.changed_since(after_id, since)
+        return {"epoch": epoch, "run": c.key, "cursor": cursor, "trials": [trial_json(t) for t in ts], "view": view,
+                "limit": c.view_limit, "summary": c.summary()}
 
     @app.get("/api/runs/{run}/trials/{number}")
     def api_trial(run: str, number: int) -> dict[str, Any]:
@@ -485,32 +516,47 @@ def create_app(
         t = c.store.trial(c.study.id, number)
         if t is None:
             raise HTTPException(404, f"run {c.key!r} has no trial {number}")
-        d = c.data()
+        with c.lock:
+            on_front = number in set(c.state.front())
         out = trial_json(t, full=True)
         out.update(
             run=c.key,
             params={k: _num(v) for k, v in t.params.items()},
             coefficients=coefficient_maps(c.study.space or {}, t.params),
             metrics=[dict(m, value=_num(m.get("value"))) for m in t.metrics],
-            on_front=number in set(d.front),
-            objectives=[{"name": n, "direction": dd} for n, dd in zip(d.objectives, d.directions, strict=True)],
+            on_front=on_front,
+            objectives=[{"name": n, "direction": dd} for n, dd in c.study.objectives],
             candidate_meta=(t.candidate or {}).get("meta", {}),
         )
         return out
 
-    def track(c: RunCache, directions: list[str], ref: list[float]) -> list[list[Any]]:
-        """[evaluations, hypervolume, examples evaluated so far, evaluation seconds so far] per finished trial."""
-        tr = hv_trackers.get(c.key)
-        if tr is None or tr.ref != [float(r) for r in ref] or tr.directions != directions:
-            tr = hv_trackers[c.key] = HypervolumeTracker(directions, ref)
-        hist = tr.update(c.trials())
-        return [[n, _num(h), ex, _num(sec)] for (n, h), (ex, sec) in zip(hist, tr.cost, strict=True)]
+    def track(c: RunCache, directions: list[str], ref: list[float], changes: bool) -> list[list[Any]]:
+        """[evaluations, hypervolume, examples evaluated so far, evaluation seconds so far] per
+        finished trial (``changes``: only where the hypervolume changes, and the last one)."""
+        st = c.state
+        cur = hv_trackers.get(c.key)
+        if (  # counted from the newly finished trials, unless the reference or a counted trial changed
+            cur is None
+            or cur.tracker.ref != [float(r) for r in ref]
+            or cur.tracker.directions != directions
+            or cur.epoch != st.finish_epoch
+            or not cur.tracker.extend([st.trials[i] for i in st.finish_log[cur.seen :]])
+        ):
+            tr = HypervolumeTracker(directions, ref)
+            tr.update(list(st.trials.values()))
+            cur = hv_trackers[c.key] = Curve(tr)
+        cur.catch_up(st.finish_epoch, len(st.finish_log))
+        if not changes or not cur.points:
+            return list(cur.points)  # a copy: the curve grows while an earlier answer is being sent
+        return cur.changes + ([cur.points[-1]] if cur.changes[-1] is not cur.points[-1] else [])
 
     @app.get("/api/hypervolume")
-    def api_hypervolume() -> dict[str, Any]:
+    def api_hypervolume(changes: bool = False) -> dict[str, Any]:
+        """``changes``: only the points where a run's hypervolume changes, and its last one
+        (the same step curve, drawn from far fewer points)."""
         for c in caches:
             c.refresh()
-        sig = tuple(c.counter for c in caches)
+        sig = (tuple(c.counter for c in caches), changes)
         with hv_lock:
             if hv_cache.get("sig") == sig:
                 return hv_cache["doc"]
@@ -520,25 +566,24 @@ def create_app(
             doc_groups = []
             for objs, members in groups.items():
                 directions = [d for _, d in objs]
-                vals = [
-                    t.values
-                    for c in members
-                    for t in c.trials()
-                    if t.state == COMPLETE and t.values and len(t.values) == len(objs) and all(math.isfinite(v) for v in t.values)
-                ]
                 given: list[float | None] = [None] * len(objs)
+                extremes = []
                 for c in members:  # a config-pinned reference wins (first run that pins it)
-                    for j, r in enumerate(config_ref_point(config_dict(c.study), len(objs))):
+                    with c.lock:
+                        ex = c.state.extremes()
+                    if ex is not None:
+                        extremes.extend(ex)
+                    for j, r in enumerate(config_ref_point(c.config, len(objs))):
                         if given[j] is None and r is not None:
                             given[j] = r
-                ref = reference_point(vals, directions, given) if vals else reference_point([], directions, given)
-                doc_groups.append(
-                    {
-                        "objectives": [{"name": n, "direction": d} for n, d in objs],
-                        "ref_point": _nums(ref),
-                        "runs": {c.key: track(c, directions, ref) for c in members},
-                    }
-                )
+                # the pooled values' smallest and largest per objective decide the reference
+                vals = np.vstack(extremes) if extremes else np.zeros((0, len(objs)))
+                ref = reference_point(vals, directions, given)
+                runs = {}
+                for c in members:
+                    with c.lock:
+                        runs[c.key] = track(c, directions, ref, changes)
+                doc_groups.append({"objectives": [{"name": n, "direction": d} for n, d in objs], "ref_point": _nums(ref), "runs": runs})
             doc = {"groups": doc_groups}
             hv_cache.update(sig=sig, doc=doc)
             return doc
@@ -559,7 +604,7 @@ def create_app(
             raise HTTPException(400, "force must be true or false")
         c = run_or_404(run)
         c.refresh()
-        if not any(t.number == number for t in c.trials()):
+        if number not in c.state.by_number:
             raise HTTPException(404, f"run {c.key!r} has no trial {number}")
         try:
             fn = ExportJobs.function()
@@ -600,6 +645,16 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host.strip("[]")).is_loopback
     except ValueError:
         return False
+
+
+def _warm_up(caches: Sequence[RunCache]) -> None:
+    """Read each run once in the background, so the page's first load (seconds for a run of
+    100,000 trials) has often been paid for by the time someone opens it."""
+    for c in caches:
+        try:
+            c.refresh(force=True)
+        except Exception as e:  # noqa: BLE001 - the page's own request reports it again
+            log.warning("could not read run %s yet: %s", c.key, e)
 
 
 def serve(runs: Sequence[str], host: str = "127.0.0.1", port: int = 8765, store: str | None = None) -> int:
@@ -643,6 +698,7 @@ def serve(runs: Sequence[str], host: str = "127.0.0.1", port: int = 8765, store:
                 "and start exports that write files on this machine (%s, under %s); use --host 127.0.0.1 to keep it local",
                 host, actual, socket.gethostname(), Path.cwd(),
             )
+        threading.Thread(target=_warm_up, args=(app.state.runs,), name="dashboard-warm-up", daemon=True).start()
         server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off"))
         server.run(sockets=[sock])
     except KeyboardInterrupt:  # Ctrl-C is how a dashboard stops (uvicorn re-raises it after shutting down)

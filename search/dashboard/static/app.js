@@ -4,6 +4,9 @@
  * GET /api/runs/{run}/trials?after_id=&since= (new trials and changed ones: RUNNING trials
  * that finished, held-out values added later); the reply's cursor is sent back next time.
  * If the server's epoch changes (it restarted), everything is fetched again.
+ * A run above the server's limit (reply.limit) comes as a view on the first request (its
+ * front, running trials, latest trials and an even sample of the other results; reply.view
+ * says how many of each); once the page holds twice the limit, it asks for a fresh view.
  */
 "use strict";
 
@@ -20,6 +23,7 @@ const S = {
   runs: [],                // run summaries, in the order given on the command line
   trials: {},              // run key -> Map(trial id -> trial)
   cursor: {},              // run key -> {after_id, since}
+  view: {},                // run key -> what the first load sent of a big run (null: every trial)
   hv: null,
   sel: null,               // {run, number}
   detail: null,
@@ -248,7 +252,9 @@ function renderLegend(pts, ctx) {
   lg.append(el("span", { class: "it" }, el("span", { class: "ring" }), "front member"));
   if (S.opt.dominated) lg.append(el("span", { class: "it" }, el("span", { class: "sw faded", style: "background:#4b5563" }), "dominated"));
   const nd = pts.length, nf = pts.filter((p) => p.onFront).length;
-  lg.append(el("span", { class: "it muted" }, `${nd} point${nd === 1 ? "" : "s"}, ${nf} on the front`));
+  const sampled = S.runs.filter((r) => S.view[r.key]).map((r) => (r.counts || {}).COMPLETE || 0).reduce((a, b) => a + b, 0);
+  lg.append(el("span", { class: "it muted", id: "points-note" }, `${nd} point${nd === 1 ? "" : "s"}, ${nf} on the front` +
+    (sampled ? ` (a sample of the run's ${sampled} results)` : "")));
 }
 
 // ------------------------------------------------------------------ 2-D scatter (SVG)
@@ -531,7 +537,8 @@ function renderWorkers() {
   });
   box.append(svg);
   const leg = Object.entries(STATE_COLOR).map(([k, c]) => `<span style="color:${c}">■</span> ${k.toLowerCase()}`).join("  ");
-  $("workers-note").innerHTML = `${rows.length} worker${rows.length === 1 ? "" : "s"} · right: busy share · ${leg}`;
+  const part = S.runs.some((r) => S.view[r.key]) ? " (of the loaded trials)" : "";
+  $("workers-note").innerHTML = `${rows.length} worker${rows.length === 1 ? "" : "s"} · right: busy share${part} · ${leg}`;
 }
 
 // ------------------------------------------------------------------ trial table
@@ -568,7 +575,8 @@ function renderTable() {
   const fronts = {};
   for (const r of S.runs) fronts[r.key] = frontSet(r);
   let rows = allTrials();
-  const total = rows.length;
+  const loaded = rows.length;
+  const total = S.runs.map((r) => Object.values(r.counts || {}).reduce((a, b) => a + b, 0)).reduce((a, b) => a + b, 0);
   if (S.filter.state !== "all") rows = rows.filter((t) => t.state === S.filter.state);
   if (S.filter.front) rows = rows.filter((t) => fronts[t.run].has(t.number));
   const col = cols.find((c) => c.id === S.sort.col) || cols.find((c) => c.id === "number");
@@ -580,7 +588,8 @@ function renderTable() {
     return (x < y ? -1 : 1) * S.sort.dir;
   });
   const LIMIT = 600;
-  $("table-note").textContent = `${rows.length} of ${total} trials` + (rows.length > LIMIT ? ` (first ${LIMIT} shown)` : "");
+  $("table-note").textContent = `${rows.length} of ${total} trials` + (loaded < total ? ` (of ${loaded} loaded: the front, running, latest and a sample)` : "") +
+    (rows.length > LIMIT ? ` (first ${LIMIT} shown)` : "");
   tbody.innerHTML = "";
   const frag = document.createDocumentFragment();
   for (const t of rows.slice(0, LIMIT)) {
@@ -750,12 +759,14 @@ async function startExport(run, number, outDir, force, btn, msg) {
 // ------------------------------------------------------------------ polling
 function renderAll() { renderHeader(); renderPlot(); renderTable(); renderWorkers(); renderHV(); }
 async function loadHV() {
-  try { S.hv = await getJSON("/api/hypervolume"); renderHV(); } catch (e) { /* next poll retries */ }
+  try { S.hv = await getJSON("/api/hypervolume?changes=true"); renderHV(); } catch (e) { /* next poll retries */ }
 }
 async function poll() {
   let changed = false, selChanged = false;
   try {
     for (const r of S.runs) {
+      const held = S.trials[r.key];
+      if (held && S.limit && held.size > 2 * S.limit) { S.trials[r.key] = new Map(); delete S.cursor[r.key]; }  // a fresh view
       const c = S.cursor[r.key];
       const q = new URLSearchParams();
       if (c && c.after_id !== null && c.after_id !== undefined) q.set("after_id", c.after_id);
@@ -763,6 +774,8 @@ async function poll() {
       const res = await getJSON(`/api/runs/${enc(r.key)}/trials?${q}`);
       if (S.epoch !== null && res.epoch !== S.epoch) { S.epoch = res.epoch; S.trials = {}; S.cursor = {}; changed = true; return setTimeout(poll, 0); }
       S.epoch = res.epoch;
+      S.limit = res.limit;
+      if (!c) { S.view[r.key] = res.view; S.trials[r.key] = new Map(); changed = true; }
       const map = S.trials[r.key] || (S.trials[r.key] = new Map());
       for (const t of res.trials) {
         map.set(t.id, t);

@@ -1,0 +1,279 @@
+"""One run's trials and the aggregates the dashboard shows, updated one changed trial at a time.
+
+A live dashboard polls every few seconds while a run grows to 100,000 trials, so nothing here
+walks every trial on a poll: :meth:`RunState.put` adjusts the counts, the per-objective value
+range (the hypervolume's reference point), the best trial per objective and the per-worker
+rows for the trial that changed, and queues a new complete result for the front. The front is
+then the Pareto front of the previous front plus the queued results (a dominated point stays
+dominated), the hypervolume is that of the front. Only when a trial that was counted changes
+(a complete result's values, a first start or last finish) is the affected aggregate rebuilt
+from all trials. Every answer equals what :func:`search.report.run_data` computes from the
+whole run (tests/test_dashboard.py checks it).
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from ..pareto import pareto_mask, ref_hypervolume, reference_point
+from ..report import worker_rows
+from ..store import COMPLETE, FAIL, RUNNING, STOPPED, Trial
+
+FINISHED = (COMPLETE, FAIL, STOPPED)
+_BASE_COUNTS = (RUNNING, COMPLETE, FAIL)  # always present in counts (as RunData.counts)
+
+
+def _curve_fields(t: Trial) -> tuple[Any, ...]:
+    """What a finished trial contributes to the hypervolume curve."""
+    return (t.state, t.values, t.finished_at, t.examples, t.evaluate_s)
+
+
+def _num(v: Any) -> float | None:
+    if v is None:
+        return None
+    f = float(v)
+    return f if math.isfinite(f) else None
+
+
+class RunState:
+    """The trials of one run (by id) and their aggregates, kept exact under :meth:`put`.
+
+    ``given_ref``: per objective, a reference value the config pins (None: from the values).
+    """
+
+    def __init__(self, directions: Sequence[str], given_ref: Sequence[float | None]):
+        self.directions = list(directions)
+        self.k = len(self.directions)
+        self.given: list[float | None] = list(given_ref)
+        self._sign = [1.0 if d == "minimize" else -1.0 for d in self.directions]
+        self.trials: dict[int, Trial] = {}
+        self.by_number: dict[int, int] = {}  # trial number -> id
+        self.running: set[int] = set()
+        self.with_heldout: set[int] = set()
+        self.counts: dict[str, int] = dict.fromkeys(_BASE_COUNTS, 0)
+        self.counter = 0  # bumps on every change; a trial's seq is the counter after its last change
+        self._seq_log: list[int] = []  # seqs in order, with the trial id of each change
+        self._id_log: list[int] = []
+        self._ids: list[int] = []  # every trial id, ascending
+        # complete results with k finite values: number -> minimisation-signed values
+        self._complete: dict[int, tuple[float, ...]] = {}
+        self._front: dict[int, tuple[float, ...]] = {}
+        self._pending: list[int] = []
+        self._front_dirty = False
+        self._lo: list[float] | None = None  # per objective, smallest and largest raw value
+        self._hi: list[float] | None = None
+        self._range_dirty = False
+        self._best: list[tuple[float, int] | None] = [None] * self.k
+        self._best_dirty = False
+        self._hv: tuple[Any, float | None] | None = None
+        self._worker_ids: dict[str, set[int]] = {}
+        self._worker_rows: dict[str, dict[str, Any]] = {}
+        self._dirty_workers: set[str] = set()
+        self._first: float | None = None
+        self._last: float | None = None
+        self._time_dirty = False
+        #: trial ids in the order they were seen finished; ``finish_epoch`` bumps when a trial
+        #: already in it changes, so a hypervolume curve built from it must start over
+        self.finish_log: list[int] = []
+        self.finish_epoch = 0
+
+    # ------------------------------------------------------------------ updates
+    def set_given(self, given_ref: Sequence[float | None]) -> None:
+        """The config's reference values changed (a resume may edit the config)."""
+        if list(given_ref) != self.given:
+            self.given = list(given_ref)
+            self._hv = None
+            self.counter += 1
+
+    def put(self, t: Trial) -> bool:
+        """Record ``t`` (new, or a newer version of a known trial); False if nothing changed."""
+        old = self.trials.get(t.id)
+        if old == t:
+            return False
+        if old is not None:
+            self._remove(old)
+            if old.state in FINISHED and (t.state not in FINISHED or _curve_fields(old) != _curve_fields(t)):
+                self.finish_epoch += 1
+        else:
+            bisect.insort(self._ids, t.id)
+        self._add(t)
+        if t.state in FINISHED and (old is None or old.state not in FINISHED):
+            self.finish_log.append(t.id)
+        self.trials[t.id] = t
+        self.by_number[t.number] = t.id
+        self.counter += 1
+        self._seq_log.append(self.counter)
+        self._id_log.append(t.id)
+        return True
+
+    def _values(self, t: Trial) -> list[float] | None:
+        if t.state != COMPLETE or t.values is None or len(t.values) != self.k:
+            return None
+        if not all(v is not None and math.isfinite(v) for v in t.values):
+            return None
+        return [float(v) for v in t.values]
+
+    def _remove(self, t: Trial) -> None:
+        self.counts[t.state] -= 1
+        if self.counts[t.state] == 0 and t.state not in _BASE_COUNTS:
+            del self.counts[t.state]
+        self.running.discard(t.id)
+        self.with_heldout.discard(t.id)
+        w = t.worker or "?"
+        self._worker_ids[w].discard(t.id)
+        self._dirty_workers.add(w)
+        if t.number in self._complete:
+            v = [f * s for f, s in zip(self._complete.pop(t.number), self._sign, strict=True)]
+            self._front_dirty = self._front_dirty or t.number in self._front or t.number in self._pending
+            if self._lo is not None and self._hi is not None and (
+                any(a <= b for a, b in zip(v, self._lo, strict=True)) or any(a >= b for a, b in zip(v, self._hi, strict=True))
+            ):
+                self._range_dirty = True
+            if any(b is not None and b[1] == t.number for b in self._best):
+                self._best_dirty = True
+        if (t.started_at is not None and t.started_at == self._first) or (t.finished_at is not None and t.finished_at == self._last):
+            self._time_dirty = True
+
+    def _add(self, t: Trial) -> None:
+        self.counts[t.state] = self.counts.get(t.state, 0) + 1
+        if t.state == RUNNING:
+            self.running.add(t.id)
+        if t.heldout is not None:
+            self.with_heldout.add(t.id)
+        w = t.worker or "?"
+        self._worker_ids.setdefault(w, set()).add(t.id)
+        self._dirty_workers.add(w)
+        v = self._values(t)
+        if v is not None:
+            f = tuple(a * s for a, s in zip(v, self._sign, strict=True))
+            self._complete[t.number] = f
+            self._pending.append(t.number)
+            self._lo = v if self._lo is None else [min(a, b) for a, b in zip(self._lo, v, strict=True)]
+            self._hi = v if self._hi is None else [max(a, b) for a, b in zip(self._hi, v, strict=True)]
+            for j in range(self.k):
+                b = self._best[j]
+                if b is None or (f[j], t.number) < b:
+                    self._best[j] = (f[j], t.number)
+        for ts, attr, pick in ((t.started_at, "_first", min), (t.finished_at, "_last", max)):
+            cur = getattr(self, attr)
+            if ts is not None:
+                setattr(self, attr, ts if cur is None else pick(cur, ts))
+
+    # ------------------------------------------------------------------ aggregates
+    def front(self) -> list[int]:
+        """Numbers of the complete trials on the Pareto front, ascending."""
+        if self._front_dirty:
+            nums = list(self._complete)
+            self._front, self._pending, self._front_dirty = {}, nums, False
+        if self._pending:
+            cand = list(self._front) + [n for n in self._pending if n in self._complete and n not in self._front]
+            F = np.asarray([self._complete[n] for n in cand], dtype=np.float64).reshape(-1, self.k)
+            mask = pareto_mask(F, ["minimize"] * self.k)
+            self._front = {n: self._complete[n] for n, m in zip(cand, mask, strict=True) if m}
+            self._pending = []
+            self._hv = None
+        return sorted(self._front)
+
+    def extremes(self) -> tuple[list[float], list[float]] | None:
+        """Per objective, the smallest and largest value of the complete results (None: none yet)."""
+        if self._range_dirty:
+            V = np.asarray(list(self._complete.values()), dtype=np.float64).reshape(-1, self.k) * np.asarray(self._sign)
+            self._lo, self._hi = (V.min(0).tolist(), V.max(0).tolist()) if len(V) else (None, None)
+            self._range_dirty = False
+            self._hv = None
+        return None if self._lo is None or self._hi is None else (self._lo, self._hi)
+
+    def ref_point(self) -> list[float]:
+        ex = self.extremes()
+        vals = np.zeros((0, self.k)) if ex is None else np.asarray(ex, dtype=np.float64)
+        return reference_point(vals, self.directions, self.given)
+
+    def hypervolume(self) -> float | None:
+        """Hypervolume of the front above :meth:`ref_point` (None while no result is complete)."""
+        if not self._complete:
+            return None
+        front = self.front()
+        ref = self.ref_point()
+        key = (tuple(front), tuple(ref))
+        if self._hv is None or self._hv[0] != key:
+            V = np.asarray([self._front[n] for n in front], dtype=np.float64).reshape(-1, self.k) * np.asarray(self._sign)
+            self._hv = (key, ref_hypervolume(V, self.directions, ref))
+        return self._hv[1]
+
+    def best(self) -> list[Trial | None]:
+        """Per objective, the complete trial with the best value (the lowest number on ties)."""
+        if self._best_dirty:
+            self._best = [None] * self.k
+            for n, f in self._complete.items():
+                for j in range(self.k):
+                    b = self._best[j]
+                    if b is None or (f[j], n) < b:
+                        self._best[j] = (float(f[j]), n)
+            self._best_dirty = False
+        return [None if b is None else self.trials[self.by_number[b[1]]] for b in self._best]
+
+    def workers(self) -> list[dict[str, Any]]:
+        """:func:`search.report.worker_rows` of every worker, rebuilt for those that changed."""
+        for w in self._dirty_workers:
+            ids = self._worker_ids.get(w) or set()
+            if not ids:
+                self._worker_rows.pop(w, None)
+                continue
+            (row,) = worker_rows([self.trials[i] for i in ids])
+            for k in ("materialize_s", "evaluate_s"):
+                row[k] = _num(row[k])
+            self._worker_rows[w] = row
+        self._dirty_workers.clear()
+        return [dict(self._worker_rows[w]) for w in sorted(self._worker_rows)]
+
+    def elapsed(self, now: float) -> float | None:
+        """As :meth:`search.report.RunData.elapsed`."""
+        if self._time_dirty:
+            starts = [t.started_at for t in self.trials.values() if t.started_at is not None]
+            ends = [t.finished_at for t in self.trials.values() if t.finished_at is not None]
+            self._first = min(starts) if starts else None
+            self._last = max(ends) if ends else None
+            self._time_dirty = False
+        if self._first is None:
+            return None
+        end = now if self.counts.get(RUNNING, 0) or self._last is None else self._last
+        return max(0.0, end - self._first)
+
+    # ------------------------------------------------------------------ trial lists
+    def changed_since(self, after_id: int | None, since: int | None) -> list[Trial]:
+        """Trials with an id above ``after_id`` or changed after counter ``since``, in number order."""
+        want: set[int] = set()
+        if after_id is not None:
+            want.update(self._ids[bisect.bisect_right(self._ids, after_id) :])
+        if since is not None:
+            want.update(self._id_log[bisect.bisect_right(self._seq_log, since) :])
+        return sorted((self.trials[i] for i in want), key=lambda t: t.number)
+
+    @property
+    def max_id(self) -> int | None:
+        return self._ids[-1] if self._ids else None
+
+    def view(self, limit: int) -> tuple[list[Trial], dict[str, int]] | None:
+        """What a page needs of a run with more than ``limit`` trials (None: send them all):
+        the front, the running trials, the latest ``limit // 5`` trials and an even sample (by
+        trial number) of the other complete results, at most ``limit`` trials in all beyond
+        the front and the running ones; and how many of each were sent."""
+        if len(self.trials) <= limit:
+            return None
+        front = self.front()
+        keep = {self.by_number[n] for n in front} | self.running
+        recent = [i for i in self._ids[-max(1, limit // 5) :] if i not in keep]
+        keep.update(recent)
+        rest = sorted(n for n in self._complete if self.by_number[n] not in keep)
+        room = max(0, limit - len(recent))
+        step = max(1, math.ceil(len(rest) / room)) if room else 0
+        sample = [self.by_number[n] for n in rest[::step]][:room] if step else []
+        keep.update(sample)
+        out = sorted((self.trials[i] for i in keep), key=lambda t: t.number)
+        return out, {"total": len(self.trials), "front": len(front), "running": len(self.running),
+                     "recent": len(recent), "sampled": len(sample), "complete": len(self._complete), "limit": limit}
