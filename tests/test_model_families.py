@@ -85,7 +85,6 @@ MERGEKIT_FAILS = {"gpt_neox": "Tensor gpt_neox.layers.1.attention.bias required 
 
 def build_family(root: Path, family: str) -> Path:
     """base, e0, e1 folders of one family (random weights from its config)."""
-    import torch
     import transformers
 
     from search.zoo.tiny_lm import build_tokenizer
