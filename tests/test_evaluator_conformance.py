@@ -10,8 +10,12 @@ add / reverse experts, or the digits zoo's low / high MLPs). For each case:
   with the same trial seed give identical results;
 * per-sample scores lie in [0, 1];
 * margins give the metric back (``metric == mean(margins > 0)``);
-* an exception in the model's forward pass becomes EvaluationError, and with NaN weights the
-  evaluator raises EvaluationError or returns finite values (never NaN, never another error).
+* an exception in the model's forward pass becomes EvaluationError; with NaN or inf weights an
+  evaluator whose metric then is not finite raises EvaluationError, and one that legitimately
+  scores a broken model (its case says why) returns finite values (never NaN, never an error);
+* a seeded subset depends on the run seed: another run seed scores other documents;
+* example subsets (``examples=``): scoring a subset of the examples gives the full run's
+  per-example results at those indices.
 
 A new evaluator (built in or a plugin) adds its case to ``CASES``; the suite refuses a
 registered evaluator without one.
@@ -34,9 +38,10 @@ REPO = Path(__file__).resolve().parents[1]
 TINY_DATA = REPO / "evaluators" / "tasks" / "tinylm"
 
 
-def weight_margins(model: Any, tokenizer: Any, n: int = 16) -> tuple[dict, dict, dict]:
-    """A python objective: next-token prediction on fixed token sequences, with margins (the
-    gold token's logit minus the best other) and per-example correctness."""
+def weight_margins(model: Any, tokenizer: Any, n: int = 16, examples: list[int] | None = None) -> tuple[dict, dict, dict]:
+    """A python objective: next-token prediction on fixed token sequences (the ``examples``
+    among them when given), with margins (the gold token's logit minus the best other) and
+    per-example correctness."""
     import torch
 
     from evaluators._common import argmax_margins
@@ -44,10 +49,12 @@ def weight_margins(model: Any, tokenizer: Any, n: int = 16) -> tuple[dict, dict,
     g = torch.Generator().manual_seed(0)
     vocab = model.get_input_embeddings().num_embeddings
     ids = torch.randint(0, vocab, (n, 6), generator=g)
+    if examples is not None:
+        ids = ids[examples]
     with torch.no_grad():
         logits = model(input_ids=ids[:, :-1]).logits[:, -1].double().numpy()
     m = argmax_margins(logits, ids[:, -1].numpy())
-    return {"acc": float((m > 0).mean())}, {"tokens": (m > 0).astype(float)}, {"acc": m}
+    return {"acc": float((m > 0).mean())}, {"acc": (m > 0).astype(float)}, {"acc": m}
 
 
 @dataclass
@@ -55,23 +62,29 @@ class Case:
     evaluator: str
     settings: dict[str, Any]
     model: str  # "lm" or "mlp"
-    nan_raises: bool  # NaN weights make the metric NaN, which must raise
+    # NaN / inf weights: "" = the metric is then not finite, which must raise; otherwise why the
+    # evaluator legitimately scores such a model with a finite value
+    finite_when_broken: str
     margins: bool = False  # the case's metric comes with margins
+    seeded_subset: bool = False  # it scores a random subset of documents drawn from the run seed
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+WRONG_ANSWERS = ("a broken model's NaN logits still pick answers, all wrong: accuracy / exact match 0 is the true "
+                 "score of such a merge, and the search should see it as bad, not as a failure")
 CASES: dict[str, Case] = {
-    "lm_eval": Case("lm_eval", {"tasks": ["tinylm_add", "tinylm_reverse"], "limit": 6}, "lm", nan_raises=False),
+    "lm_eval": Case("lm_eval", {"tasks": ["tinylm_add", "tinylm_reverse"], "limit": 6}, "lm", WRONG_ANSWERS,
+                    seeded_subset=True),
     "lm_eval_mc": Case("lm_eval", {"tasks": ["tinylm_add_mc"], "metric": "acc", "limit": 12, "include_path": ["MC"]},
-                       "lm", nan_raises=False, margins=True),
+                       "lm", WRONG_ANSWERS, margins=True, seeded_subset=True),
     "perplexity": Case("perplexity", {"path": str(TINY_DATA / "add_validation.jsonl"), "text_field": "prompt", "limit": 8},
-                       "lm", nan_raises=True),
+                       "lm", ""),
     "generation_length": Case("generation_length", {"path": str(TINY_DATA / "add_validation.jsonl"), "limit": 4}, "lm",
-                              nan_raises=False),
-    "python": Case("python", {"function": "tests.test_evaluator_conformance:weight_margins", "metric": "acc"}, "lm",
-                   nan_raises=True, margins=True),
-    "classification": Case("classification", {"labels": [0, 1, 2], "split": "validation"}, "mlp", nan_raises=True,
-                           margins=True),
+                              "greedy decoding of NaN logits still emits tokens, so every generation has a length "
+                              "(the token budget at worst): a finite, true measurement of the merge"),
+    "python": Case("python", {"function": "tests.test_evaluator_conformance:weight_margins", "metric": "acc",
+                              "n_examples": 16}, "lm", "", margins=True),
+    "classification": Case("classification", {"labels": [0, 1, 2], "split": "validation"}, "mlp", "", margins=True),
 }
 
 
@@ -107,7 +120,7 @@ def put(model: Any, state: dict) -> None:
             p.copy_(state[k])
 
 
-def build(case: Case, models: dict, seed: int = 3):
+def build(case: Case, models: dict, seed: int = 3) -> Any:
     settings = dict(case.settings)
     if "include_path" in settings:
         settings["include_path"] = [str(models["mc"])]
@@ -178,22 +191,63 @@ def test_failures_become_evaluation_errors(key: str, models: dict) -> None:
     finally:
         handle.remove()
 
-    with torch.no_grad():
-        for p in model.parameters():
-            p.fill_(float("nan"))
     try:
-        if case.nan_raises:
-            with pytest.raises(EvaluationError):
-                ev.evaluate(model, tok, seed=11)
-        else:
-            try:
-                res = ev.evaluate(model, tok, seed=11)
-            except EvaluationError:
-                pass
-            else:
-                assert all(math.isfinite(v) for v in res.metrics.values()), res.metrics
+        for broken in (math.nan, math.inf, -math.inf):
+            with torch.no_grad():
+                for p in model.parameters():
+                    p.fill_(broken)
+            if not case.finite_when_broken:
+                with pytest.raises(EvaluationError):
+                    ev.evaluate(model, tok, seed=11)
+                continue
+            res = ev.evaluate(model, tok, seed=11)  # scored, as the case says
+            assert all(math.isfinite(v) for v in res.metrics.values()), (broken, res.metrics)
     finally:
         put(model, states["add" if case.model == "lm" else "low"])
+
+
+@pytest.mark.parametrize("key", sorted(k for k, c in CASES.items() if c.seeded_subset))
+def test_a_seeded_subset_follows_the_run_seed(key: str, models: dict) -> None:
+    """The run seed really draws the subset: the same seed scores the same documents, another
+    seed other ones (perplexity and generation_length take the first ``limit`` documents,
+    classification and python every example: they have no seeded subset)."""
+    case = CASES[key]
+    model, tok, states = models[case.model]
+    put(model, states["add"])
+    a, again, other = (build(case, models, seed=s).evaluate(model, tok, seed=11) for s in (3, 3, 4))
+    subset = a.info["subset"]
+    assert set(subset) == set(case.settings["tasks"]) and all(len(v) == case.settings["limit"] for v in subset.values())
+    assert again.info["subset"] == subset
+    assert all(other.info["subset"][t] != subset[t] for t in subset), (subset, other.info["subset"])
+
+
+@pytest.mark.parametrize("key", sorted(CASES))
+def test_an_example_subset_gives_the_full_runs_results_there(key: str, models: dict) -> None:
+    """``examples=`` scores just those examples: their values, weights, groups and margins are
+    the full run's at those indices, and they combine to their own metric."""
+    from search.fidelity import combine
+
+    case = CASES[key]
+    model, tok, states = models[case.model]
+    ev = build(case, models)
+    sizes = ev.example_groups()
+    assert sizes, f"{key}: every built-in evaluator scores example subsets"
+    put(model, states["reverse" if case.model == "lm" else "high"])
+    full = ev.evaluate(model, tok, seed=11)
+    n = sum(sizes)
+    assert full.examples is not None and np.array_equal(full.examples.index, np.arange(n))
+    # a third of the examples, one in the middle of each group among them
+    mids = np.cumsum([0, *sizes[:-1]]) + np.asarray(sizes) // 2
+    at = np.union1d(np.random.default_rng(7).choice(n, size=max(1, n // 3), replace=False), mids)
+    assert len(at) < n
+    sub = ev.evaluate(model, tok, seed=11, examples=at)
+    ex = sub.examples
+    assert ex is not None and np.array_equal(ex.index, at)
+    for part in ("value", "weight", "group", "margin"):
+        assert np.array_equal(getattr(ex, part), getattr(full.examples, part)[at], equal_nan=True), (key, part)
+    assert ex.combine == full.examples.combine
+    assert combine(ex) == pytest.approx(sub.metrics[ev.metric], rel=1e-9, abs=1e-12)
+    assert combine(full.examples) == pytest.approx(full.metrics[ev.metric], rel=1e-9, abs=1e-12)
 
 
 # ----------------------------------------------------------------------------- dataset registry

@@ -9,7 +9,8 @@ For each name in ``search.merge.methods.METHODS``:
   the resident plan's tensors bit for bit;
 * a real search (toy MLP, python objectives), exported, reloaded and re-scored, gives the values
   the store recorded, exactly;
-* the mergekit recipe re-merges to the export where mergekit is installed and has the method.
+* the mergekit recipe re-merges to the export where mergekit is installed and has the method;
+* the README's example method file passes the tensor checks (kernels, materialized model, plans).
 
 Parameter ranges come from the method's declaration: ``bounds`` where given, else [0.1, 1].
 """
@@ -223,3 +224,37 @@ def test_a_kernel_given_as_a_plain_function_is_not_bound_to_the_method() -> None
         kernel = chunk
 
     assert PlainKernel().kernel is chunk
+
+
+# ----------------------------------------------------------------------------- the README's example
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+def readme_method() -> MergeMethod:
+    """The merge method file shown in the README ("A merge method's file, complete"), run as a
+    module; returns the ``MergeMethod`` instance it defines."""
+    import re
+    import types
+
+    text = README.read_text()
+    at = text.index("A merge method's file, complete")
+    block = re.search(r"```python\n(.*?)```", text[at:], re.S)
+    assert block is not None, "the README's merge method example has no ```python block"
+    mod = types.ModuleType("readme_merge_method")
+    exec(compile(block.group(1), f"{README}:merge method example", "exec"), mod.__dict__)
+    (method,) = [v for v in vars(mod).values() if isinstance(v, MergeMethod)]
+    return method
+
+
+def test_the_readme_merge_method_example_conforms(tiny, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The README's example method, registered for this test, passes the suite's tensor checks:
+    kernels = its numpy reference, a materialized model = the reference, streamed plans
+    bit-identical to resident (so the example cannot rot)."""
+    m = readme_method()
+    assert m.name not in METHODS.names(), f"the README example's name {m.name!r} is taken"
+    monkeypatch.setitem(METHODS._entries, m.name, m)
+    assert METHODS.get(m.name) is m
+    test_kernels_equal_the_numpy_reference(m.name)
+    test_materialized_model_equals_the_reference(tiny, m.name)
+    test_every_plan_is_bit_identical_to_resident(tiny, m.name)

@@ -1,8 +1,10 @@
 """Entry-point plugins: a tiny package, pip-installed into a temporary folder, adds a strategy,
 an evaluator and a merge method, and a real search runs with all three.
 
-The package also declares a merge method whose module does not exist: using it is refused in
-one line naming the plugin, while everything else keeps working.
+The package also declares a broken plugin of each kind (a merge method whose module does not
+exist, a strategy whose attribute does not, an evaluator whose module raises a two-line error on
+import): each one used is refused in one line naming the plugin, while everything else keeps
+working; a misspelt plugin name of each kind suggests the plugin's name.
 """
 
 from __future__ import annotations
@@ -97,6 +99,10 @@ class HalfSum(MergeMethod):
 HALF = HalfSum()
 '''
 
+BROKEN = '''
+raise RuntimeError("the demo plugin is broken\\non purpose")
+'''
+
 PYPROJECT = """
 [build-system]
 requires = ["setuptools"]
@@ -107,13 +113,15 @@ name = "mergesearch-demo-plugin"
 version = "0.1"
 
 [tool.setuptools]
-py-modules = ["ms_demo_plugin"]
+py-modules = ["ms_demo_plugin", "ms_demo_broken"]
 
 [project.entry-points."mergesearch.strategies"]
 demo_recurrence = "ms_demo_plugin:Halton"
+demo_broken_strategy = "ms_demo_plugin:NoSuchStrategy"
 
 [project.entry-points."mergesearch.evaluators"]
 demo_norm = "ms_demo_plugin:WeightNorm"
+demo_broken_eval = "ms_demo_broken:Evaluator"
 
 [project.entry-points."mergesearch.merge_methods"]
 demo_half = "ms_demo_plugin:HALF"
@@ -128,6 +136,7 @@ def plugin_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
     src = tmp_path_factory.mktemp("plugin_src")
     (src / "pyproject.toml").write_text(PYPROJECT)
     (src / "ms_demo_plugin.py").write_text(textwrap.dedent(PLUGIN))
+    (src / "ms_demo_broken.py").write_text(BROKEN)
     target = tmp_path_factory.mktemp("plugin_site")
     r = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", "--no-index",
                         "--target", str(target), str(src)], capture_output=True, text=True, timeout=300)
@@ -143,13 +152,14 @@ def run_search(plugin_path: Path, *argv: str, cwd: Path) -> subprocess.Completed
                           timeout=300)
 
 
-def plugin_config(toy_root: Path, tmp: Path, method: str = "demo_half") -> Path:
+def plugin_config(toy_root: Path, tmp: Path, method: str = "demo_half", strategy: str = "demo_recurrence",
+                  evaluator: str = "demo_norm") -> Path:
     from tests.toy_problem import toy_config
 
-    cfg = toy_config(toy_root, name="plug", budget=4, strategy="demo_recurrence", store=str(tmp / "plug.db"))
+    cfg = toy_config(toy_root, name="plug", budget=4, strategy=strategy, store=str(tmp / "plug.db"))
     cfg["merge"]["method"] = method
     cfg["merge"]["granularity"] = "global"
-    cfg["objectives"][1] = {"name": "small", "evaluator": "demo_norm", "direction": "maximize", "settings": {"scale": 2.0}}
+    cfg["objectives"][1] = {"name": "small", "evaluator": evaluator, "direction": "maximize", "settings": {"scale": 2.0}}
     path = tmp / "plug.yaml"
     path.write_text(yaml.safe_dump(cfg))
     return path
@@ -186,13 +196,27 @@ def test_a_search_runs_with_a_plugin_strategy_evaluator_and_merge_method(plugin_
 
 def test_unknown_names_suggest_plugins_and_a_broken_plugin_is_one_line(plugin_path: Path, toy_root: Path,
                                                                       tmp_path: Path) -> None:
-    path = plugin_config(toy_root, tmp_path, method="demo_hlaf")
+    """One config misspells a plugin of each kind, another names a broken plugin of each kind:
+    ``search validate`` reports every one (exit 2), each in one line with its field."""
+    path = plugin_config(toy_root, tmp_path, method="demo_hlaf", strategy="demo_recurence", evaluator="demo_nrom")
     r = run_search(plugin_path, "validate", str(path), cwd=tmp_path)
-    assert r.returncode == 2
-    assert "merge.method: unknown merge method 'demo_hlaf'; did you mean 'demo_half'?" in r.stderr + r.stdout
-    path = plugin_config(toy_root, tmp_path, method="demo_broken")
+    assert r.returncode == 2, r.stdout + r.stderr
+    out = r.stderr + r.stdout
+    assert "merge.method: unknown merge method 'demo_hlaf'; did you mean 'demo_half'?" in out, out
+    assert "strategy.name: unknown strategy 'demo_recurence'; did you mean 'demo_recurrence'?" in out, out
+    assert "objectives[1].evaluator: unknown evaluator 'demo_nrom'; did you mean 'demo_norm'?" in out, out
+
+    path = plugin_config(toy_root, tmp_path, method="demo_broken", strategy="demo_broken_strategy",
+                         evaluator="demo_broken_eval")
     r = run_search(plugin_path, "validate", str(path), cwd=tmp_path)
-    assert r.returncode == 2
-    lines = [ln for ln in (r.stderr + r.stdout).splitlines() if "demo_broken" in ln]
-    assert len(lines) == 1, r.stderr + r.stdout
-    assert "plugin mergesearch-demo-plugin" in lines[0] and "ModuleNotFoundError" in lines[0] and "merge.method" in lines[0]
+    assert r.returncode == 2, r.stdout + r.stderr
+    out = r.stderr + r.stdout
+    for name, group, field, error in (
+        ("demo_broken", "mergesearch.merge_methods", "merge.method", "ModuleNotFoundError"),
+        ("demo_broken_strategy", "mergesearch.strategies", "strategy.name", "AttributeError"),
+        ("demo_broken_eval", "mergesearch.evaluators", "objectives[1].settings", "RuntimeError: the demo plugin is broken on purpose"),
+    ):
+        lines = [ln for ln in out.splitlines() if f"'{name}'" in ln]
+        assert len(lines) == 1, (name, out)
+        assert f"plugin mergesearch-demo-plugin (entry point {name} = " in lines[0] and group in lines[0], lines[0]
+        assert field in lines[0] and error in lines[0], lines[0]
