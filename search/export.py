@@ -392,7 +392,7 @@ def export_trial(
 
 
 def _export(data: RunData, trial: Trial, out: Path, force: bool, picked_by: str, max_shard_size: int | str, device: str) -> Path:
-    from .card import CardInfo, is_hub_id, render_card
+    from .card import MERGEKIT_KNOWN_ISSUES, CardInfo, is_hub_id, render_card
     from .models import resolve_source
     from .recipe import build_recipe
     from .seeding import trial_seed
@@ -413,6 +413,7 @@ def _export(data: RunData, trial: Trial, out: Path, force: bool, picked_by: str,
         exp_res,
         architecture_known=cfg.models.factory is None,
     )
+    model_type = str(getattr(getattr(model, "config", None), "model_type", "") or "") or None
     card = render_card(
         CardInfo(
             run=data.name,
@@ -434,7 +435,7 @@ def _export(data: RunData, trial: Trial, out: Path, force: bool, picked_by: str,
             recipe_written=recipe.config is not None,
             recipe_exact=recipe.exact,
             recipe_notes=recipe.notes,
-            model_type=str(getattr(getattr(model, "config", None), "model_type", "") or "") or None,
+            model_type=model_type,
             package_versions=_versions(),
             seed=trial_seed(cfg.seed, trial.number),
             eval_settings=_eval_settings(cfg),
@@ -460,6 +461,8 @@ def _export(data: RunData, trial: Trial, out: Path, force: bool, picked_by: str,
             "params": trial.params,
             "seed": trial_seed(cfg.seed, trial.number),
             "recipe_exact": recipe.exact if recipe.config is not None else None,
+            # why mergekit cannot run the recipe on this architecture (None: nothing known)
+            "mergekit_issue": MERGEKIT_KNOWN_ISSUES.get(model_type or "") if recipe.config is not None else None,
         }
         (stage / "mergesearch.json").write_text(json.dumps(meta, indent=1) + "\n")
         check_out_dir(out, force)  # again: something may have appeared while we merged

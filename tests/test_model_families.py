@@ -19,6 +19,7 @@ is skipped with the reason.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 from pathlib import Path
@@ -228,6 +229,8 @@ def test_family_through_the_pipeline(family: str, tmp_path: Path) -> None:
     assert "resolve differently in mergekit" not in card
     known = MERGEKIT_KNOWN_ISSUES.get(model.config.model_type)
     assert set(MERGEKIT_KNOWN_ISSUES) <= set(MERGEKIT_FAILS), "say in MERGEKIT_FAILS how mergekit fails"
+    meta = json.loads((out / "mergesearch.json").read_text())
+    assert meta["mergekit_issue"] == known
     if known is None:
         assert "It reproduces this merge's parameters for every tensor." in card
     else:  # the note stands next to the recipe instead of the claim
