@@ -85,17 +85,10 @@ def test_simulated_failures_are_retried_and_recorded_like_real_ones(digits_zoo: 
     assert n_retried and n_gave_up and n_failed  # the seed exercises every path
 
 
-@pytest.mark.parametrize(
-    "strategy",
-    # mobo and turbo take minutes here (a GP refit after every result below 50): marked slow
-    [pytest.param(s, marks=pytest.mark.slow) if s in ("mobo", "turbo") else s for s in STRATEGIES.names()],
-)
+@pytest.mark.parametrize("strategy", STRATEGIES.names())
 def test_small_cluster_run_of_each_strategy_loses_nothing(strategy: str, digits_zoo: Path, tmp_path: Path) -> None:
     budget = 200
-    # the GP strategies refit after every result below 50: hyperparameters fitted on a subset
-    # of 32 and fewer scored candidates keep this test short
-    options = {"n_candidates": 256, "max_fit_points": 32} if strategy in ("mobo", "turbo") else {}
-    cfg = _digits_cfg(strategy, budget, options)
+    cfg = _digits_cfg(strategy, budget)
     rep = simulate(cfg, SimSettings(workers=16, seed=0), str(tmp_path / "s.db"))
     assert rep.rc == 0
     trials = _stored(tmp_path / "s.db")
