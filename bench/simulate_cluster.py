@@ -56,7 +56,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 RESULTS = REPO / "bench" / "results"
 
 
-def _cfg(config: str, strategy: str, budget: int, options: dict[str, Any]) -> Any:
+def _cfg(config: str, strategy: str, budget: int, options: dict[str, Any], seed: int | None = None) -> Any:
     import yaml
 
     from search.config import parse_config
@@ -64,6 +64,8 @@ def _cfg(config: str, strategy: str, budget: int, options: dict[str, Any]) -> An
     path = Path(config) if Path(config).exists() else REPO / "configs" / f"{config}.yaml"
     raw = yaml.safe_load(path.read_text())
     raw["strategy"] = {"name": strategy, "budget": budget, "options": options}
+    if seed is not None:
+        raw["seed"] = seed
     return parse_config(raw).with_base_dir(str(path.resolve().parent))
 
 
@@ -103,7 +105,7 @@ def cluster(args: argparse.Namespace) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for strategy in args.strategies.split(","):
             for w in [int(x) for x in args.workers.split(",")]:
-                cfg = _cfg(args.config, _strategy(strategy), args.budget, opts.get(strategy, {}))
+                cfg = _cfg(args.config, _strategy(strategy), args.budget, opts.get(strategy, {}), seed=args.seed)
                 sim = SimSettings(workers=w, trial_mean_s=args.trial_mean, trial_sigma=args.trial_sigma, controller_time=True, seed=args.seed)
                 rep = simulate(cfg, sim, str(Path(tmp) / f"{strategy}-{w}.db"))
                 search = [t for t in rep.timeline if t["split"] == "search"]
@@ -165,6 +167,7 @@ class _Evaluate:
 def throughput(args: argparse.Namespace) -> None:
     import numpy as np
 
+    from search import statedata
     from search.controller import build_problem
     from search.strategies import STRATEGIES
     from search.workers import TrialWorker
@@ -199,18 +202,31 @@ def throughput(args: argparse.Namespace) -> None:
                 pend = strat.ask(args.q)
                 # enough cycles that n/25 results are told in the window: a mobo refit (every n/25) falls in it
                 n_cycles = max(3, math.ceil(n / 25 / args.q) + 1)
+                refits = []  # cycles whose ask refitted mobo's hyperparameters (its _fit_n moved)
                 for _ in range(n_cycles):
                     res = evaluate(pend)  # evaluation time is not the strategy's
+                    fit_n = getattr(strat, "_fit_n", None)
                     t0 = time.perf_counter()
                     strat.tell(res)
                     pend = strat.ask(args.q)
                     cycles.append(time.perf_counter() - t0)
+                    if fit_n is not None and strat._fit_n != fit_n:
+                        refits.append(cycles[-1])
                 strat.tell(evaluate(pend))
-                row = dict(strategy=entry, options=opts.get(entry, {}), told=n, q=args.q, cycle_s=cycles,
-                           proposals_per_s=args.q / float(np.mean(cycles)), max_cycle_s=max(cycles), elapsed_s=time.perf_counter() - t_start)
+                snap_s = snap_mb = None
+                if strat.snapshots:  # what the controller encodes and writes for a snapshot (geometrically spaced)
+                    t0 = time.perf_counter()
+                    text, blob = statedata.encode(strat.state_dict())
+                    snap_s, snap_mb = time.perf_counter() - t0, (len(text) + len(blob)) / 2**20
+                plain = [c for c in cycles if c not in refits]
+                row = dict(strategy=entry, options=opts.get(entry, {}), told=n, q=args.q, cycle_s=cycles, refit_cycle_s=refits,
+                           proposals_per_s=args.q / float(np.mean(cycles)), max_cycle_s=max(cycles),
+                           median_plain_cycle_s=float(np.median(plain)) if plain else None,
+                           snapshot_encode_s=snap_s, snapshot_mb=snap_mb, elapsed_s=time.perf_counter() - t_start)
                 rows.append(row)
                 print(f"{entry:10s} told {n:5d}: {row['proposals_per_s']:8.1f} proposals/s over {n_cycles} cycles "
-                      f"(mean {np.mean(cycles):.3f} s, max {max(cycles):.3f} s)", flush=True)
+                      f"(mean {np.mean(cycles):.3f} s, max {max(cycles):.3f} s; refit cycles {', '.join(f'{c:.3f}' for c in refits) or '-'} s"
+                      + (f"; snapshot {snap_mb:.1f} MB encoded in {snap_s:.3f} s" if snap_s is not None else "") + ")", flush=True)
             n_told += (n_cycles + 1) * args.q  # the lead's own timed cycles
     load = os.getloadavg()
     print(f"\n{'strategy':10s} {'options':40s} " + " ".join(f"{p:>8d}" for p in points) + f"   (proposals/s at told points; q={args.q}; "
@@ -325,7 +341,7 @@ def main() -> None:
     ap.add_argument("--budget", type=int, default=500)
     ap.add_argument("--trial-mean", type=float, default=60.0)
     ap.add_argument("--trial-sigma", type=float, default=0.3)
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--seed", type=int, default=0, help="the simulation's seed (durations, faults) and, in cluster mode, the run's")
     ap.add_argument("--points", default="100,500,1000,3000")
     ap.add_argument("--q", type=int, default=4, help="throughput: proposals per timed ask (256 workers / 60 s = 4.3/s)")
     ap.add_argument("--grow-batch", type=int, default=64)

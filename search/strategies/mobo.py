@@ -57,6 +57,17 @@ dimensions layer-wise merging has (a few to a few dozen coefficients):
    the model keeps them off the moves it can already tell are worse.
 6. Batches and asking ahead: a point proposed but not yet told is a "fantasy" observation
    at its predicted mean (kriging believer), so two outstanding proposals do not coincide.
+   An ask for fewer than ``batch_from`` (4) proposals adds each member as a fantasy too
+   (every GP re-conditioned, a new candidate pool scored per member: the path the numbers
+   above were measured on, one proposal at a time). An ask for more, as a cluster makes when
+   many trials finish together, is one model step: the GPs are conditioned once, one pool is
+   scored, and the members are picked greedily, each chosen point's optimistic prediction
+   joining the front the rest is scored against, so that its neighbours lose the improvement
+   it claims. Its marginal cost per proposal is one re-scoring of the pool's predictions.
+7. Proposing runs with one BLAS thread (``blas_threads``): the matrices are a few hundred
+   rows, and on a loaded 2-core host a second thread made proposing several times slower
+   (README, "Scaling"); one thread proposes exactly what runs with ``OMP_NUM_THREADS=1``
+   (as ``bench/bench_strategies.py`` sets) propose.
 
 Failed results (no values, NaN, inf) stay out of the models: a failure (a crash, a
 timeout, an out-of-memory) usually says nothing about the objectives there, and a fake
