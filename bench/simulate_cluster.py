@@ -127,7 +127,7 @@ def cluster(args: argparse.Namespace) -> None:
         r["t90_s"] = next((e for e, h in zip(ends, hv, strict=True) if h >= 0.9 * ref_hv), None)
         r["n90"] = next((k + 1 for k, h in enumerate(hv) if h >= 0.9 * ref_hv), None)
         r["hv_final"] = hv[-1] / ref_hv if hv else 0.0
-        ks = [k for k in (25, 50, 100, 200, 300, 500, 1000) if k <= len(hv)]
+        ks = [k for k in (25, 50, 100, 200, 300, 400, 500, 1000, 2000, 3000) if k <= len(hv)]
         r["hv_at_evals"] = {k: hv[k - 1] / ref_hv for k in ks}
         del r["done"]
     for r in runs:

@@ -111,7 +111,7 @@ class MOBOOptions(StrategyOptions):
     value_beta: float = Field(0.3, ge=0.0, description="optimism (as beta) for accuracies modelled with value_warp")
     max_model_points: int | None = Field(500, ge=16, description="past this many successful results the models are conditioned on a subset of this size: half nearest the front, half random (None: all)")
     max_fit_points: int | None = Field(200, ge=16, description="hyperparameters are fitted on a subset of at most this many of those points (None: all)")
-    batch_from: int | None = Field(4, ge=2, description="an ask for at least this many model proposals picks them all from one scored candidate pool, "
+    batch_from: int | None = Field(4, ge=2, description="an ask for at least this many proposals (past the initial design) picks them all from one scored candidate pool, "
                                    "each chosen point's optimistic prediction joining the front it is scored against, instead of "
                                    "re-conditioning every GP and scoring a new pool per proposal (None: never)")
     blas_threads: int | None = Field(1, ge=1, description="BLAS threads while proposing (matrices of a few hundred rows: more threads "
@@ -446,7 +446,7 @@ class MOBOStrategy(Strategy):
 
     def _candidates(self, gps, front_U, front_F, ref, n_top: int = 8) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Scored model candidates: unit-cube points, their optimistic predictions and
-        acquisition values. Sobol-like uniform points and perturbed front members, then 32
+        acquisition values. Uniform points and perturbed front members, then 32
         finer perturbations of each of the ``n_top`` best."""
         d, m = self.problem.dim, self.options.n_candidates
         rng = self._rng

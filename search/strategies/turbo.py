@@ -7,7 +7,7 @@ cannot fit hundreds of lengthscales, and random points in a 200-dimensional box 
 from anything measured. This strategy keeps mobo's machinery (initial design with the seed
 points, one GP per objective, the margins model for accuracies whose evaluator reports
 per-example margins, optimistic hypervolume improvement, local moves into the front's gaps,
-kriging-believer fantasies for asking ahead) and changes two things:
+kriging-believer fantasies for asking ahead, one model step for a large ask) and changes two things:
 
 1. Kernel (:class:`~search.strategies.gp.TiedGaussianProcess`): the coordinates of one
    (expert, parameter) share one lengthscale over all layers and groups, so the model has
