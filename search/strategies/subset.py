@@ -9,7 +9,7 @@ from the rest (the global shape). The measured front itself, the points never to
 again and the reference point still come from every result.
 
 :func:`front_mask` finds the front of thousands of rows in a sort and a sweep, where the
-all-pairs test of :func:`search.pareto.pareto_mask` costs O(n^2) (0.05-0.25 s at 3000 rows).
+all-pairs test of :func:`search.pareto.pareto_mask` costs O(n^2) time and memory.
 """
 
 from __future__ import annotations
