@@ -12,9 +12,16 @@ Modes (each writes ``bench/results/simulate_<mode>.json`` and prints a table):
   and its speed-up against the smallest W; and the hypervolume after k evaluations (finish
   order), the sample efficiency of the largest W against the smallest.
 * ``throughput``: each strategy asks and is told in batches of ``--grow-batch`` (real digits
-  evaluations) up to each of ``--points`` told results; there, three cycles of (tell
-  ``--q`` results, ask ``--q``) are timed: proposals per second = q / mean cycle time.
-  The rate a cluster needs is W / trial time (256 / 60 s = 4.3 per second).
+  evaluations) up to each of ``--points`` (n) told results; there, cycles of (tell ``--q``
+  results, ask ``--q``) are timed, at least 3 and enough to tell n/25 results (so that a
+  mobo hyperparameter refit, due every n/25 results, is inside the window): proposals per
+  second = q / mean cycle time; the slowest cycle is reported too.
+  The rate a cluster needs is W / trial time (256 / 60 s = 4.3 per second). With
+  ``--shared-growth`` the variants of one strategy (``mobo,mobo@seq`` with
+  ``--options mobo@seq:batch_from=null``) are all told the first one's growth results, so
+  each is timed on the same data; the last variant is the baseline of the printed ratios.
+
+A strategy ``name@label`` is a labelled variant of ``name``, with its own ``--options``.
 * ``store``: SQLite writes per second as the controller makes them for 1024 workers (an ask
   of 1024 trials in one transaction, then one finish per trial), and at 10,000 and 100,000
   trials the dashboard's routes as the page calls them: the first load on a fresh server, a
@@ -22,6 +29,8 @@ Modes (each writes ``bench/results/simulate_<mode>.json`` and prints a table):
   hypervolume curve; against rebuilding the summary from every trial (the baseline).
 
     python bench/simulate_cluster.py throughput --strategies mobo,nsga2,cmaes --points 100,500,1000,3000
+    python bench/simulate_cluster.py throughput --strategies mobo,mobo@before --shared-growth --q 16 \
+        --options mobo@before:batch_from=null --options mobo@before:blas_threads=null
     python bench/simulate_cluster.py cluster --strategies nsga2,cmaes,mobo --workers 8,64,256 --budget 500
     python bench/simulate_cluster.py store --trials 10000,100000
     python bench/simulate_cluster.py store --trials 10000 --url postgresql+psycopg://bench@127.0.0.1:54321/ms
@@ -32,6 +41,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import os
 import platform
 import sys
@@ -47,7 +57,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 RESULTS = REPO / "bench" / "results"
 
 
-def _cfg(config: str, strategy: str, budget: int, options: dict[str, Any]) -> Any:
+def _cfg(config: str, strategy: str, budget: int, options: dict[str, Any], seed: int | None = None) -> Any:
     import yaml
 
     from search.config import parse_config
@@ -55,7 +65,14 @@ def _cfg(config: str, strategy: str, budget: int, options: dict[str, Any]) -> An
     path = Path(config) if Path(config).exists() else REPO / "configs" / f"{config}.yaml"
     raw = yaml.safe_load(path.read_text())
     raw["strategy"] = {"name": strategy, "budget": budget, "options": options}
+    if seed is not None:
+        raw["seed"] = seed
     return parse_config(raw).with_base_dir(str(path.resolve().parent))
+
+
+def _strategy(entry: str) -> str:
+    """``mobo@seq`` (a labelled variant, with its own ``--options mobo@seq:...``) -> ``mobo``."""
+    return entry.split("@", 1)[0]
 
 
 def _options(spec: list[str]) -> dict[str, dict[str, Any]]:
@@ -89,7 +106,7 @@ def cluster(args: argparse.Namespace) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for strategy in args.strategies.split(","):
             for w in [int(x) for x in args.workers.split(",")]:
-                cfg = _cfg(args.config, strategy, args.budget, opts.get(strategy, {}))
+                cfg = _cfg(args.config, _strategy(strategy), args.budget, opts.get(strategy, {}), seed=args.seed)
                 sim = SimSettings(workers=w, trial_mean_s=args.trial_mean, trial_sigma=args.trial_sigma, controller_time=True, seed=args.seed)
                 rep = simulate(cfg, sim, str(Path(tmp) / f"{strategy}-{w}.db"))
                 search = [t for t in rep.timeline if t["split"] == "search"]
@@ -111,7 +128,7 @@ def cluster(args: argparse.Namespace) -> None:
         r["t90_s"] = next((e for e, h in zip(ends, hv, strict=True) if h >= 0.9 * ref_hv), None)
         r["n90"] = next((k + 1 for k, h in enumerate(hv) if h >= 0.9 * ref_hv), None)
         r["hv_final"] = hv[-1] / ref_hv if hv else 0.0
-        ks = [k for k in (25, 50, 100, 200, 300, 500, 1000) if k <= len(hv)]
+        ks = [k for k in (25, 50, 100, 200, 300, 400, 500, 1000, 2000, 3000) if k <= len(hv)]
         r["hv_at_evals"] = {k: hv[k - 1] / ref_hv for k in ks}
         del r["done"]
     for r in runs:
@@ -151,48 +168,81 @@ class _Evaluate:
 def throughput(args: argparse.Namespace) -> None:
     import numpy as np
 
+    from search import statedata
     from search.controller import build_problem
-    from search.space import CoefficientSpace
     from search.strategies import STRATEGIES
     from search.workers import TrialWorker
 
     opts = _options(args.options)
     rows: list[dict[str, Any]] = []
     points = sorted(int(p) for p in args.points.split(","))
-    for strategy in args.strategies.split(","):
-        cfg = _cfg(args.config, strategy, max(points) + 4 * args.q + args.grow_batch, opts.get(strategy, {}))
-        worker = TrialWorker(cfg.to_yaml(), str(cfg.base_dir), "throughput")
-        space: CoefficientSpace = worker.space
-        strat = STRATEGIES.get(strategy)(build_problem(space, cfg), cfg.strategy.options, seed=args.seed)
+    entries = args.strategies.split(",")
+    if args.shared_growth and len({_strategy(e) for e in entries}) > 1:
+        sys.exit("--shared-growth: give variants of one strategy (e.g. mobo,mobo@seq), not different strategies")
+    groups = [entries] if args.shared_growth else [[e] for e in entries]
+    for group in groups:
+        strats, evaluate = {}, None
+        for entry in group:
+            cfg = _cfg(args.config, _strategy(entry), max(points) + 4 * args.q + args.grow_batch + max(points) // 20, opts.get(entry, {}))
+            worker = TrialWorker(cfg.to_yaml(), str(cfg.base_dir), "throughput")
+            evaluate = evaluate or _Evaluate(worker)
+            strats[entry] = STRATEGIES.get(_strategy(entry))(build_problem(worker.space, cfg), cfg.strategy.options, seed=args.seed)
+        assert evaluate is not None
+        lead = strats[group[0]]  # with --shared-growth its proposals grow every variant's data
         n_told = 0
-        evaluate = _Evaluate(worker)
-
         t_start = time.perf_counter()
         for n in points:
             while n_told < n:
                 k = min(args.grow_batch, n - n_told)
-                strat.tell(evaluate(strat.ask(k)))
+                res = evaluate(lead.ask(k))
+                for strat in strats.values():
+                    strat.tell(res)
                 n_told += k
-            cycles = []
-            pend = strat.ask(args.q)
-            for _ in range(3):
-                res = evaluate(pend)  # evaluation time is not the strategy's
-                t0 = time.perf_counter()
-                strat.tell(res)
+            for entry, strat in strats.items():
+                cycles = []
                 pend = strat.ask(args.q)
-                cycles.append(time.perf_counter() - t0)
-            strat.tell(evaluate(pend))
-            n_told += 4 * args.q
-            row = dict(strategy=strategy, options=opts.get(strategy, {}), told=n, q=args.q, cycle_s=cycles,
-                       proposals_per_s=args.q / float(np.mean(cycles)), elapsed_s=time.perf_counter() - t_start)
-            rows.append(row)
-            print(f"{strategy:7s} told {n:5d}: {row['proposals_per_s']:8.1f} proposals/s (cycles {', '.join(f'{c:.3f}' for c in cycles)} s)", flush=True)
-    print(f"\n{'strategy':8s} {'options':28s} " + " ".join(f"{p:>8d}" for p in points) + "   (proposals/s at told points; q=" + str(args.q) + ")")
+                # enough cycles that n/25 results are told in the window: a mobo refit (every n/25) falls in it
+                n_cycles = max(3, math.ceil(n / 25 / args.q) + 1)
+                refits = []  # cycles whose ask refitted mobo's hyperparameters (its _fit_n moved)
+                for _ in range(n_cycles):
+                    res = evaluate(pend)  # evaluation time is not the strategy's
+                    fit_n = getattr(strat, "_fit_n", None)
+                    t0 = time.perf_counter()
+                    strat.tell(res)
+                    pend = strat.ask(args.q)
+                    cycles.append(time.perf_counter() - t0)
+                    if fit_n is not None and strat._fit_n != fit_n:
+                        refits.append(cycles[-1])
+                strat.tell(evaluate(pend))
+                snap_s = snap_mb = None
+                if strat.snapshots:  # what the controller encodes and writes for a snapshot (geometrically spaced)
+                    t0 = time.perf_counter()
+                    text, blob = statedata.encode(strat.state_dict())
+                    snap_s, snap_mb = time.perf_counter() - t0, (len(text) + len(blob)) / 2**20
+                plain = [c for c in cycles if c not in refits]
+                row = dict(strategy=entry, options=opts.get(entry, {}), told=n, q=args.q, cycle_s=cycles, refit_cycle_s=refits,
+                           proposals_per_s=args.q / float(np.mean(cycles)), max_cycle_s=max(cycles),
+                           median_plain_cycle_s=float(np.median(plain)) if plain else None,
+                           snapshot_encode_s=snap_s, snapshot_mb=snap_mb, elapsed_s=time.perf_counter() - t_start)
+                rows.append(row)
+                print(f"{entry:10s} told {n:5d}: {row['proposals_per_s']:8.1f} proposals/s over {n_cycles} cycles "
+                      f"(mean {np.mean(cycles):.3f} s, max {max(cycles):.3f} s; refit cycles {', '.join(f'{c:.3f}' for c in refits) or '-'} s"
+                      + (f"; snapshot {snap_mb:.1f} MB encoded in {snap_s:.3f} s" if snap_s is not None else "") + ")", flush=True)
+            n_told += (n_cycles + 1) * args.q  # the lead's own timed cycles
+    load = os.getloadavg()
+    print(f"\n{'strategy':10s} {'options':40s} " + " ".join(f"{p:>8d}" for p in points) + f"   (proposals/s at told points; q={args.q}; "
+          f"load average {load[0]:.2f} {load[1]:.2f})")
     for s in dict.fromkeys(r["strategy"] for r in rows):
         by = {r["told"]: r["proposals_per_s"] for r in rows if r["strategy"] == s}
         o = json.dumps(opts.get(s, {}))
-        print(f"{s:8s} {o:28s} " + " ".join(f"{by[p]:8.1f}" if p in by else f"{'-':>8s}" for p in points))
-    _write("throughput", dict(args=vars(args), rows=rows), args.out)
+        print(f"{s:10s} {o:40s} " + " ".join(f"{by[p]:8.1f}" if p in by else f"{'-':>8s}" for p in points))
+    if len(rows) and len(entries) > 1:
+        base = entries[-1]
+        print(f"ratio to {base}: " + "; ".join(
+            f"{e} " + " ".join(f"{r['proposals_per_s'] / b['proposals_per_s']:.1f}x" for r in rows if r["strategy"] == e
+                               for b in rows if b["strategy"] == base and b["told"] == r["told"])
+            for e in entries[:-1]))
+    _write("throughput", dict(args=vars(args), rows=rows, load_average=load), args.out)
 
 
 # ----------------------------------------------------------------------------- store
@@ -344,10 +394,12 @@ def main() -> None:
     ap.add_argument("--budget", type=int, default=500)
     ap.add_argument("--trial-mean", type=float, default=60.0)
     ap.add_argument("--trial-sigma", type=float, default=0.3)
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--seed", type=int, default=0, help="the simulation's seed (durations, faults) and, in cluster mode, the run's")
     ap.add_argument("--points", default="100,500,1000,3000")
     ap.add_argument("--q", type=int, default=4, help="throughput: proposals per timed ask (256 workers / 60 s = 4.3/s)")
     ap.add_argument("--grow-batch", type=int, default=64)
+    ap.add_argument("--shared-growth", action="store_true",
+                    help="throughput: variants of one strategy are all told the first one's growth results, so each is timed on the same data")
     ap.add_argument("--trials", default="10000,100000")
     ap.add_argument("--store-workers", type=int, default=1024)
     ap.add_argument("--no-dashboard", action="store_true", help="store: skip the dashboard timings")

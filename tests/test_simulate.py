@@ -85,17 +85,10 @@ def test_simulated_failures_are_retried_and_recorded_like_real_ones(digits_zoo: 
     assert n_retried and n_gave_up and n_failed  # the seed exercises every path
 
 
-@pytest.mark.parametrize(
-    "strategy",
-    # mobo and turbo take minutes here (a GP refit after every result below 50): marked slow
-    [pytest.param(s, marks=pytest.mark.slow) if s in ("mobo", "turbo") else s for s in STRATEGIES.names()],
-)
+@pytest.mark.parametrize("strategy", STRATEGIES.names())
 def test_small_cluster_run_of_each_strategy_loses_nothing(strategy: str, digits_zoo: Path, tmp_path: Path) -> None:
     budget = 200
-    # the GP strategies refit after every result below 50: hyperparameters fitted on a subset
-    # of 32 and fewer scored candidates keep this test short
-    options = {"n_candidates": 256, "max_fit_points": 32} if strategy in ("mobo", "turbo") else {}
-    cfg = _digits_cfg(strategy, budget, options)
+    cfg = _digits_cfg(strategy, budget)
     rep = simulate(cfg, SimSettings(workers=16, seed=0), str(tmp_path / "s.db"))
     assert rep.rc == 0
     trials = _stored(tmp_path / "s.db")
@@ -127,6 +120,23 @@ def test_model_rows_keeps_the_front_and_a_random_rest() -> None:
     assert set(front.tolist()) <= set(rows.tolist())  # the measured front is always modelled
     assert np.array_equal(rows, model_rows(F, 500, seed=1))  # deterministic for a seed
     assert not np.array_equal(rows, model_rows(F, 500, seed=2))  # the random half is drawn
+
+
+def test_front_mask_is_pareto_mask() -> None:
+    """The sort-and-sweep front of mobo's model step is the all-pairs one, ties, duplicates
+    and a front of hundreds (several chunks) included."""
+    from search.pareto import pareto_mask
+    from search.strategies.subset import front_mask
+
+    rng = np.random.default_rng(5)
+    line = rng.random(3000)
+    cases = [rng.random((3000, 2)), np.round(rng.random((2000, 3)) * 6) / 6, rng.random((1, 2)), np.zeros((0, 2)),
+             np.column_stack([line, 1.0 - line + 0.01 * rng.random(3000)])]  # a front of ~700
+    cases[1][:7] = cases[1][0]  # duplicated rows
+    for F in cases:
+        mask = front_mask(F, chunk=256)
+        assert np.array_equal(mask, pareto_mask(F, ["minimize"] * F.shape[1]))
+    assert front_mask(cases[-1]).sum() > 300
 
 
 def test_mobo_with_a_subset_of_data_proposes_new_points_deterministically(digits_zoo: Path) -> None:

@@ -57,6 +57,17 @@ dimensions layer-wise merging has (a few to a few dozen coefficients):
    the model keeps them off the moves it can already tell are worse.
 6. Batches and asking ahead: a point proposed but not yet told is a "fantasy" observation
    at its predicted mean (kriging believer), so two outstanding proposals do not coincide.
+   An ask for fewer than ``batch_from`` (4) proposals adds each member as a fantasy too
+   (every GP re-conditioned, a new candidate pool scored per member: the path the numbers
+   above were measured on, one proposal at a time). An ask for more, as a cluster makes when
+   many trials finish together, is one model step: the GPs are conditioned once, one pool is
+   scored, and the members are picked greedily, each chosen point's optimistic prediction
+   joining the front the rest is scored against, so that its neighbours lose the improvement
+   it claims. Its marginal cost per proposal is one re-scoring of the pool's predictions.
+7. Proposing runs with one BLAS thread (``blas_threads``): the matrices are a few hundred
+   rows, and on a loaded 2-core host a second thread made proposing several times slower
+   (README, "Scaling"); one thread proposes exactly what runs with ``OMP_NUM_THREADS=1``
+   (as ``bench/bench_strategies.py`` sets) propose.
 
 Failed results (no values, NaN, inf) stay out of the models: a failure (a crash, a
 timeout, an out-of-memory) usually says nothing about the objectives there, and a fake
@@ -68,6 +79,7 @@ uninterrupted run would have without repeating the model fits of the whole run.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import warnings
 from collections.abc import Sequence
@@ -79,7 +91,7 @@ from pydantic import Field
 from ..pareto import hv_improvement, pareto_mask
 from .base import Candidate, Strategy, StrategyOptions, TrialResult
 from .gp import GaussianProcess, SharedKernelGP
-from .subset import model_rows
+from .subset import front_mask, model_rows
 
 
 class MOBOOptions(StrategyOptions):
@@ -99,6 +111,11 @@ class MOBOOptions(StrategyOptions):
     value_beta: float = Field(0.3, ge=0.0, description="optimism (as beta) for accuracies modelled with value_warp")
     max_model_points: int | None = Field(500, ge=16, description="past this many successful results the models are conditioned on a subset of this size: half nearest the front, half random (None: all)")
     max_fit_points: int | None = Field(200, ge=16, description="hyperparameters are fitted on a subset of at most this many of those points (None: all)")
+    batch_from: int | None = Field(4, ge=2, description="an ask for at least this many proposals (past the initial design) picks them all from one scored candidate pool, "
+                                   "each chosen point's optimistic prediction joining the front it is scored against, instead of "
+                                   "re-conditioning every GP and scoring a new pool per proposal (None: never)")
+    blas_threads: int | None = Field(1, ge=1, description="BLAS threads while proposing (matrices of a few hundred rows: more threads "
+                                     "cost more than they gain, most on a loaded host; None: the process's setting)")
 
 
 class MOBOStrategy(Strategy):
@@ -161,7 +178,8 @@ class MOBOStrategy(Strategy):
                 while len(out) < n:
                     out.append(self._propose(self._lo + self._rng.random(self.problem.dim) * (self._hi - self._lo), {"phase": "random"}))
             else:
-                out += self._model_step(n - len(out))
+                with _blas_limit(self.options.blas_threads):
+                    out += self._model_step(n - len(out))
         return out
 
     def _propose(self, x: np.ndarray, meta: dict[str, Any]) -> Candidate:
@@ -251,7 +269,7 @@ class MOBOStrategy(Strategy):
         # the front of full-fidelity results only (subset estimates never enter it); all rows feed the models
         full = np.array([s is None for s, y in zip(self._S, self._Y, strict=True) if y is not None], dtype=bool)
         Uf, Ff = (U[full], F[full]) if full.any() else (U, F)
-        on_front = pareto_mask(Ff, ["minimize"] * p.n_obj)
+        on_front = front_mask(Ff)
         front_U, front_F = Uf[on_front], Ff[on_front]  # measured: where local moves start
         margin_data = self._margin_data()
         lf = self.options.local_fraction
@@ -273,7 +291,7 @@ class MOBOStrategy(Strategy):
         # every result (not the model's row subset), so a resumed run finds the same n
         n_exs = {j: self._example_count(j, p.objectives[j].sign * F[:, j]) for j in range(p.n_obj)
                  if self.options.value_warp and noise is None and j not in margin_data}
-        rows = model_rows(F, self.options.max_model_points, seed=n_ok)
+        rows = model_rows(F, self.options.max_model_points, seed=n_ok, front=on_front if full.all() else None)
         if rows is not None:  # subset of data: the model step's cost stops growing with the run
             U, F = U[rows], F[rows]
             margin_data = {j: Mj[rows] for j, Mj in margin_data.items()}
@@ -318,6 +336,8 @@ class MOBOStrategy(Strategy):
         fU, fF, score_F = U, F, front_F
         if pend:
             fU, fF, score_F = self._fantasise(gps, fU, fF, score_F, np.asarray(pend))
+        if self.options.batch_from is not None and k >= self.options.batch_from:
+            return self._batch(gps, k, local, front_U, front_F, score_F, ref, np.vstack([U_all, *pend]))
         out: list[Candidate] = []
         for i in range(k):
             taken = np.vstack([U_all, *pend])
@@ -395,10 +415,17 @@ class MOBOStrategy(Strategy):
         return U2, F2, fr
 
     def _score(self, gps, C, front_F, ref) -> np.ndarray:
+        return self._acquisition(self._optimistic(gps, C), front_F, ref)
+
+    def _optimistic(self, gps, C) -> np.ndarray:
+        """The optimistic prediction ``mean - beta * sd`` of each objective at the rows of ``C``."""
         pred = [gp.predict(C) for gp in gps]
         betas = [self.options.margin_beta if isinstance(gp, _MarginPredictor) else
                  self.options.value_beta if isinstance(gp, _LogitPredictor) else self.options.beta for gp in gps]
-        lcb = np.column_stack([m - b * s for (m, s), b in zip(pred, betas, strict=True)])
+        return np.column_stack([m - b * s for (m, s), b in zip(pred, betas, strict=True)])
+
+    def _acquisition(self, lcb, front_F, ref) -> np.ndarray:
+        """The hypervolume the optimistic predictions ``lcb`` add to ``front_F`` (see the module docstring)."""
         hvi = hv_improvement(front_F, lcb, ref, rng=self._rng)
         if np.any(hvi > 0):
             return hvi
@@ -407,6 +434,20 @@ class MOBOStrategy(Strategy):
         return -np.maximum(eps, 0.0) - 1e-12
 
     def _best_candidate(self, gps, front_U, front_F, ref, taken) -> tuple[np.ndarray, dict[str, Any]]:
+        C, _, s = self._candidates(gps, front_U, front_F, ref)
+        i = _first_new(C, s, taken)  # never propose a point already measured or pending
+        mu = [float(gp.predict(C[i : i + 1])[0][0]) for gp in gps]
+        pred = self.problem.minimization(np.asarray(mu))  # signs are their own inverse
+        return C[i], {"acquisition": float(s[i]), "predicted": [float(v) for v in pred]}
+
+    def _model_info(self) -> dict[str, Any]:
+        """What a model proposal's meta adds to its acquisition and prediction (subclasses)."""
+        return {}
+
+    def _candidates(self, gps, front_U, front_F, ref, n_top: int = 8) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Scored model candidates: unit-cube points, their optimistic predictions and
+        acquisition values. Uniform points and perturbed front members, then 32
+        finer perturbations of each of the ``n_top`` best."""
         d, m = self.problem.dim, self.options.n_candidates
         rng = self._rng
         n_glob = m // 2
@@ -417,20 +458,49 @@ class MOBOStrategy(Strategy):
             mask = rng.random((m - n_glob, d)) < max(1.0 / d, 0.5)
             C.append(np.clip(centers + mask * rng.standard_normal((m - n_glob, d)) * scales, 0.0, 1.0))
         C = np.vstack(C)
-        s = self._score(gps, C, front_F, ref)
-        top = C[np.argsort(-s, kind="stable")[:8]]
+        L = self._optimistic(gps, C)
+        s = self._acquisition(L, front_F, ref)
+        top = C[np.argsort(-s, kind="stable")[:n_top]]
         R = np.clip(np.repeat(top, 32, axis=0) + rng.standard_normal((len(top) * 32, d)) * rng.choice([0.005, 0.01, 0.03], size=(len(top) * 32, 1)), 0.0, 1.0)
-        C = np.vstack([C, R])
-        s = np.concatenate([s, self._score(gps, R, front_F, ref)])
-        # never propose a point already measured or pending: the best-scored one that is new
-        i = 0
-        for j in np.argsort(-s, kind="stable"):
-            if not len(taken) or np.min(np.abs(taken - C[j]).max(axis=1)) > 1e-6:
-                i = int(j)
-                break
-        mu = [float(gp.predict(C[i : i + 1])[0][0]) for gp in gps]
-        pred = self.problem.minimization(np.asarray(mu))  # signs are their own inverse
-        return C[i], {"acquisition": float(s[i]), "predicted": [float(v) for v in pred]}
+        LR = self._optimistic(gps, R)
+        return np.vstack([C, R]), np.vstack([L, LR]), np.concatenate([s, self._acquisition(LR, front_F, ref)])
+
+    def _batch(self, gps, k, local, front_U, front_F, score_F, ref, taken) -> list[Candidate]:
+        """``k`` proposals from one model step: one scored candidate pool, then greedily the
+        best new point, whose optimistic prediction joins the front the rest is scored
+        against (its neighbours lose the improvement it claims); local moves are screened
+        against that front too. The GPs are conditioned once (pending points as fantasies)."""
+        n_model = k - sum(local)
+        C, L, s = self._candidates(gps, front_U, score_F, ref, n_top=max(8, n_model)) if n_model else (None, None, None)
+        front = score_F
+        chosen: list[tuple[np.ndarray, dict[str, Any]]] = []
+        for i in range(k):
+            if local[i] and self.options.screen:
+                Cl = np.array([self._local_candidate(front_U, front_F, taken) for _ in range(self.options.screen)])
+                Ll = self._optimistic(gps, Cl)
+                j = int(np.argmax(self._acquisition(Ll, front, ref)))
+                u, lcb, info = Cl[j], Ll[j], {"phase": "local", "screened": self.options.screen}
+            elif local[i]:
+                u = self._local_candidate(front_U, front_F, taken)
+                lcb, info = self._optimistic(gps, u[None, :])[0], {"phase": "local"}
+            else:
+                if chosen:  # rescored against the front the chosen points joined
+                    s = np.where(np.isfinite(s), self._acquisition(L, front, ref), -np.inf)
+                j = _first_new(C, s, taken)
+                u, lcb, info = C[j], L[j], {"phase": "model", "acquisition": float(s[j]), **self._model_info()}
+                s[j] = -np.inf
+            chosen.append((u, info))
+            taken = np.vstack([taken, u])
+            front = np.vstack([front, lcb])
+            front = front[front_mask(front)]
+        U = np.array([u for u, _ in chosen])
+        mu = self.problem.minimization(np.column_stack([gp.predict(U)[0] for gp in gps]))  # signs are their own inverse
+        out = []
+        for (u, info), m in zip(chosen, mu, strict=True):
+            if info["phase"] == "model":
+                info["predicted"] = [float(v) for v in m]
+            out.append(self._propose(self._lo + u * self._span, {**info, "batch": k}))
+        return out
 
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict[str, Any]:
@@ -460,6 +530,23 @@ class MOBOStrategy(Strategy):
         self._mthetas = [None if t is None else np.asarray(t, dtype=np.float64) for t in state.get("mthetas", [None] * self.problem.n_obj)]
         self._fit_n = int(state["fit_n"])
         self._rng.bit_generator.state = state["rng"]
+
+
+def _first_new(C: np.ndarray, s: np.ndarray, taken: np.ndarray) -> int:
+    """Index of the best-scored row of ``C`` not within 1e-6 of a ``taken`` row (0 if none is)."""
+    for j in np.argsort(-s, kind="stable"):
+        if not len(taken) or np.min(np.abs(taken - C[j]).max(axis=1)) > 1e-6:
+            return int(j)
+    return 0
+
+
+def _blas_limit(threads: int | None) -> Any:
+    """A context limiting BLAS to ``threads`` threads (no limit: None)."""
+    if threads is None:
+        return contextlib.nullcontext()
+    from threadpoolctl import threadpool_limits
+
+    return threadpool_limits(limits=threads, user_api="blas")
 
 
 def low_fidelity_noise(se: Sequence[np.ndarray | None], n_obj: int) -> np.ndarray | None:

@@ -7,7 +7,7 @@ cannot fit hundreds of lengthscales, and random points in a 200-dimensional box 
 from anything measured. This strategy keeps mobo's machinery (initial design with the seed
 points, one GP per objective, the margins model for accuracies whose evaluator reports
 per-example margins, optimistic hypervolume improvement, local moves into the front's gaps,
-kriging-believer fantasies for asking ahead) and changes two things:
+kriging-believer fantasies for asking ahead, one model step for a large ask) and changes two things:
 
 1. Kernel (:class:`~search.strategies.gp.TiedGaussianProcess`): the coordinates of one
    (expert, parameter) share one lengthscale over all layers and groups, so the model has
@@ -96,6 +96,15 @@ class TurboStrategy(MOBOStrategy):
                 tr["restarts"] += 1
 
     def _best_candidate(self, gps, front_U, front_F, ref, taken) -> tuple[np.ndarray, dict[str, Any]]:
+        u, info = super()._best_candidate(gps, front_U, front_F, ref, taken)
+        return u, {**info, **self._model_info()}
+
+    def _model_info(self) -> dict[str, Any]:
+        return {"tr_length": self._tr["length"]}
+
+    def _candidates(self, gps, front_U, front_F, ref, n_top: int = 8) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Scored candidates in the trust region around the measured front (``n_top`` unused:
+        no refinement step)."""
         d, m, rng = self.problem.dim, self.options.n_candidates, self._rng
         logs = [np.log((g.gp if isinstance(g, _MarginPredictor) else g).input_lengthscales()) for g in gps]
         w = np.exp(np.mean(logs, axis=0))
@@ -106,15 +115,8 @@ class TurboStrategy(MOBOStrategy):
         mask = rng.random((m, d)) < min(1.0, self.options.perturb / d)
         mask[np.arange(m), rng.integers(0, d, m)] = True
         C = np.where(mask, lo + rng.random((m, d)) * (hi - lo), centers)
-        s = self._score(gps, C, front_F, ref)
-        i = 0
-        for j in np.argsort(-s, kind="stable"):  # the best-scored point that is new
-            if not len(taken) or np.min(np.abs(taken - C[j]).max(axis=1)) > 1e-6:
-                i = int(j)
-                break
-        mu = [float(gp.predict(C[i : i + 1])[0][0]) for gp in gps]
-        pred = self.problem.minimization(np.asarray(mu))
-        return C[i], {"acquisition": float(s[i]), "predicted": [float(v) for v in pred], "tr_length": self._tr["length"]}
+        L = self._optimistic(gps, C)
+        return C, L, self._acquisition(L, front_F, ref)
 
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict[str, Any]:
