@@ -122,23 +122,6 @@ def test_model_rows_keeps_the_front_and_a_random_rest() -> None:
     assert not np.array_equal(rows, model_rows(F, 500, seed=2))  # the random half is drawn
 
 
-def test_front_mask_is_pareto_mask() -> None:
-    """The sort-and-sweep front of mobo's model step is the all-pairs one, ties, duplicates
-    and a front of hundreds (several chunks) included."""
-    from search.pareto import pareto_mask
-    from search.strategies.subset import front_mask
-
-    rng = np.random.default_rng(5)
-    line = rng.random(3000)
-    cases = [rng.random((3000, 2)), np.round(rng.random((2000, 3)) * 6) / 6, rng.random((1, 2)), np.zeros((0, 2)),
-             np.column_stack([line, 1.0 - line + 0.01 * rng.random(3000)])]  # a front of ~700
-    cases[1][:7] = cases[1][0]  # duplicated rows
-    for F in cases:
-        mask = front_mask(F, chunk=256)
-        assert np.array_equal(mask, pareto_mask(F, ["minimize"] * F.shape[1]))
-    assert front_mask(cases[-1]).sum() > 300
-
-
 def test_mobo_with_a_subset_of_data_proposes_new_points_deterministically(digits_zoo: Path) -> None:
     """Past max_model_points the models see a subset; proposals stay in the box, new, and
     the same for the same seed."""

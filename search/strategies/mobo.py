@@ -91,7 +91,7 @@ from pydantic import Field
 from ..pareto import hv_improvement, pareto_mask
 from .base import Candidate, Strategy, StrategyOptions, TrialResult
 from .gp import GaussianProcess, SharedKernelGP
-from .subset import front_mask, model_rows
+from .subset import min_front, model_rows
 
 
 class MOBOOptions(StrategyOptions):
@@ -269,7 +269,7 @@ class MOBOStrategy(Strategy):
         # the front of full-fidelity results only (subset estimates never enter it); all rows feed the models
         full = np.array([s is None for s, y in zip(self._S, self._Y, strict=True) if y is not None], dtype=bool)
         Uf, Ff = (U[full], F[full]) if full.any() else (U, F)
-        on_front = front_mask(Ff)
+        on_front = min_front(Ff)
         front_U, front_F = Uf[on_front], Ff[on_front]  # measured: where local moves start
         margin_data = self._margin_data()
         lf = self.options.local_fraction
@@ -492,7 +492,7 @@ class MOBOStrategy(Strategy):
             chosen.append((u, info))
             taken = np.vstack([taken, u])
             front = np.vstack([front, lcb])
-            front = front[front_mask(front)]
+            front = front[min_front(front)]
         U = np.array([u for u, _ in chosen])
         mu = self.problem.minimization(np.column_stack([gp.predict(U)[0] for gp in gps]))  # signs are their own inverse
         out = []

@@ -7,26 +7,30 @@ conditioned on: half the cap nearest the measured front (in objective space, eac
 scaled to its measured range: the acquisition works there), the other half drawn at random
 from the rest (the global shape). The measured front itself, the points never to propose
 again and the reference point still come from every result.
-
-:func:`front_mask` finds the front of thousands of rows in a sort and a sweep, where the
-all-pairs test of :func:`search.pareto.pareto_mask` costs O(n^2) time and memory.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
+from ..pareto import pareto_mask
+
+
+def min_front(F: np.ndarray) -> np.ndarray:
+    """Non-dominated rows of minimisation-signed values ``F`` (n, k) (:func:`search.pareto.pareto_mask`)."""
+    return pareto_mask(F, ["minimize"] * F.shape[1])
+
 
 def model_rows(F: np.ndarray, cap: int | None, seed: int = 0, front: np.ndarray | None = None) -> np.ndarray | None:
     """Row indices (ascending) of at most ``cap`` of the minimisation-signed values ``F``
     (n, k) for the models; None when all ``n <= cap`` rows are used. Deterministic for
-    ``seed``. ``front``: :func:`front_mask` of ``F`` when the caller has it."""
+    ``seed``. ``front``: the front's mask of ``F`` when the caller has it."""
     n = len(F)
     if cap is None or n <= cap:
         return None
     span = np.maximum(F.max(0) - F.min(0), 1e-12)
     G = (F - F.min(0)) / span
-    front = G[front_mask(F) if front is None else front]
+    front = G[min_front(F) if front is None else front]
     # distance to the nearest front member, in chunks (n x front can be large)
     dist = np.empty(n)
     for a in range(0, n, 4096):
@@ -35,29 +39,3 @@ def model_rows(F: np.ndarray, cap: int | None, seed: int = 0, front: np.ndarray 
     rest = np.setdiff1d(np.arange(n), near, assume_unique=True)
     far = np.random.default_rng(seed).choice(rest, size=cap - len(near), replace=False)
     return np.sort(np.concatenate([near, far]))
-
-
-def front_mask(F: np.ndarray, chunk: int = 512) -> np.ndarray:
-    """Non-dominated rows of the finite minimisation-signed values ``F`` (n, k): the same mask
-    as :func:`search.pareto.pareto_mask` (duplicated front points all kept).
-
-    Rows are visited in lexicographic order, where whatever dominates a row comes before it;
-    a row dominated by anything is dominated by a front member, so each chunk is tested
-    against the front found so far and then its survivors against each other."""
-    F = np.asarray(F, dtype=np.float64)
-    n = len(F)
-    mask = np.zeros(n, dtype=bool)
-    order = np.lexsort(F.T[::-1])
-    front = F[:0]
-    for a in range(0, n, chunk):
-        idx = order[a : a + chunk]
-        G = F[idx]
-        if len(front):
-            G_le = np.all(front[None, :, :] <= G[:, None, :], axis=2) & np.any(front[None, :, :] < G[:, None, :], axis=2)
-            keep = ~G_le.any(axis=1)
-            idx, G = idx[keep], G[keep]
-        le = np.all(G[None, :, :] <= G[:, None, :], axis=2) & np.any(G[None, :, :] < G[:, None, :], axis=2)
-        keep = ~le.any(axis=1)
-        mask[idx[keep]] = True
-        front = np.vstack([front, G[keep]])
-    return mask
