@@ -42,13 +42,15 @@ def context_for(cfg: SearchConfig | None, split: str = "search", device: str = "
 
 
 def validate_settings(name: str, settings: dict[str, Any], path: str, cfg: SearchConfig | None = None) -> list[ConfigIssue]:
-    """Schema + ``check`` of one objective's evaluator settings; issues carry field paths under ``path``."""
+    """Schema + ``check`` of one objective's evaluator settings; issues carry field paths under
+    ``path`` (``objectives[i].settings`` or ``.heldout``), an evaluator that cannot be loaded
+    names ``objectives[i].evaluator``."""
     from search.config import pydantic_issues
 
     try:
         cls = EVALUATORS.get(name)
     except ImportError as e:
-        return [ConfigIssue(path, f"evaluator {name!r} cannot be loaded: {e}")]
+        return [ConfigIssue(path.rsplit(".", 1)[0] + ".evaluator", f"evaluator {name!r} cannot be loaded: {e}")]
     try:
         s = cls.Settings(**settings)
     except ValidationError as e:

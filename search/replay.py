@@ -63,7 +63,8 @@ def replay(
     ``result_of(candidate, number)`` the stored result of trial ``number``. Returns the
     candidates the replay asked and did not tell (by id), and the ``seq`` of the first ask
     whose proposals differ from the logged ones, where the replay stops (None when it is
-    exact: it can differ only under other library versions).
+    exact: it can differ only under other library versions or another version of the
+    strategy's code; docs/store.md).
     """
     asked: dict[int, Candidate] = {}
     for ev in events:

@@ -62,7 +62,7 @@ CASES = [
      "merge.search.density: bounds [0.1, 1.5] must lie in [0, 1]"),
     ("fixed-and-searched", [("merge.params", {"weight": 0.5})], "merge.params.weight: 'weight' is both fixed here and searched"),
     ("unknown-param", [("merge.params", {"lamda": 0.5})], "merge.params.lamda: method 'task_arithmetic' has no parameter 'lamda'; did you mean 'lambda'?"),
-    ("option-not-a-number", [("merge.params", {"lambda": "abc"})], "merge.params.lambda: 'abc' is not a number"),
+    ("option-not-a-number", [("merge.params", {"lambda": "abc"})], "merge.params.lambda: 'abc' is not a number; write e.g. 1.0"),
     ("option-not-a-bool", [("merge.method", "ties"), ("merge.params", {"normalize": "no"})], "merge.params.normalize: 'no' is not true or false"),
     ("duplicate-objectives", [("objectives.1.name", "near_a")], "objective name 'near_a' appears twice"),
     ("duplicate-experts", [("models.experts.1.name", "a")], "expert name 'a' appears twice"),
@@ -93,6 +93,18 @@ def _write(tmp_path: Path, cfg: dict) -> Path:
 def test_toy_config_is_valid(toy_root: Path, tmp_path: Path) -> None:
     cfg = validate_file(_write(tmp_path, toy_config(toy_root)))
     assert cfg.name == "toy" and len(cfg.objectives) == 2
+
+
+def test_yaml_exponent_without_a_dot_is_a_number(toy_root: Path, tmp_path: Path) -> None:
+    """YAML 1.1 reads ``1e-3`` as a string: a numeric option takes it as the number it says."""
+    from search.merge.methods import METHODS
+
+    text = yaml.safe_dump(toy_config(toy_root)) + "\n"
+    path = tmp_path / "cfg.yaml"
+    path.write_text(text.replace("merge:\n", "merge:\n  params: {lambda: 1e-3}\n", 1))
+    cfg = validate_file(path)
+    assert cfg.merge.params["lambda"] == "1e-3"  # as YAML gave it
+    assert METHODS.get(cfg.merge.method).resolve_options(cfg.merge.params)["lambda"] == 0.001
 
 
 @pytest.mark.parametrize("case,edits,expected", CASES, ids=[c[0] for c in CASES])

@@ -214,7 +214,7 @@ def test_unknown_names_suggest_plugins_and_a_broken_plugin_is_one_line(plugin_pa
     for name, group, field, error in (
         ("demo_broken", "mergesearch.merge_methods", "merge.method", "ModuleNotFoundError"),
         ("demo_broken_strategy", "mergesearch.strategies", "strategy.name", "AttributeError"),
-        ("demo_broken_eval", "mergesearch.evaluators", "objectives[1].settings", "RuntimeError: the demo plugin is broken on purpose"),
+        ("demo_broken_eval", "mergesearch.evaluators", "objectives[1].evaluator", "RuntimeError: the demo plugin is broken on purpose"),
     ):
         lines = [ln for ln in out.splitlines() if f"'{name}'" in ln]
         assert len(lines) == 1, (name, out)

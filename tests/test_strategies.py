@@ -612,6 +612,15 @@ def test_pareto_mask_sweep_of_many_points_equals_the_pairwise_check(n_obj: int) 
     want[finite] = ~_dominated_by_any(F[finite], F[finite])
     got = pareto_mask(V, dirs)
     assert got.sum() > 1 and got.tolist() == want.tolist()
+    # a front spanning several blocks (an anti-diagonal), duplicated across a block boundary
+    line = rng.random(3 * _SWEEP_BLOCK)
+    A = np.column_stack([line, 1.0 - line + 0.01 * rng.random(len(line))] + [rng.random(len(line))] * (n_obj - 2))
+    order = np.lexsort(A.T[::-1])
+    A[order[_SWEEP_BLOCK - 2 : _SWEEP_BLOCK + 2]] = A[order[_SWEEP_BLOCK - 1]]
+    want = ~_dominated_by_any(A, A)
+    got = pareto_mask(A, ["minimize"] * n_obj)
+    blocks = {int(np.flatnonzero(order == i)[0]) // _SWEEP_BLOCK for i in np.flatnonzero(want)}
+    assert len(blocks) == 3 and got.tolist() == want.tolist()
 
 
 def test_hypervolume_reference_point_convention() -> None:
@@ -718,6 +727,76 @@ def test_mobo_local_moves_aim_at_the_fronts_gaps() -> None:
     picks = np.array([np.argmax(s._gap_center(U3, F3)) for _ in range(400)])
     counts = np.bincount(picks, minlength=4)
     assert counts.min() > 0 and counts[0] > counts[2] and counts[3] > counts[1]
+
+
+#: digests of every proposal of the scenarios below, recorded from the code before mobo's batch
+#: step (commit eb3d070, run with OMP_NUM_THREADS=1) and equal to what the batch-step code
+#: proposes with its default one BLAS thread; exact only under these library versions
+_SMALL_ASK_DIGESTS = {
+    "mobo": "285cab083edbbaa7", "mobo-margins": "c74100c3961af0d9", "mobo-logit": "db96ccd4e74234ca",
+    "mobo-screen0": "a59aff192b4c7251", "turbo": "fa3e966cdac13f0f", "turbo-margins": "78db49a30f465735",
+}
+_SMALL_ASK_VERSIONS = ("2.4.6", "1.17.1")  # numpy, scipy
+
+
+@pytest.mark.parametrize("key", sorted(_SMALL_ASK_DIGESTS))
+def test_asks_of_one_to_three_propose_what_they_did_before_the_batch_step(key: str) -> None:
+    """Asks below ``batch_from`` keep the per-member fantasy path bit for bit (the sample-
+    efficiency benches run that path): asks of 3, 1, 2, ... over 45 results of each scenario."""
+    import hashlib
+
+    import scipy
+
+    if (np.__version__, scipy.__version__) != _SMALL_ASK_VERSIONS:
+        pytest.skip(f"digests recorded with numpy/scipy {_SMALL_ASK_VERSIONS}; here {np.__version__}/{scipy.__version__}")
+    name, opts, f, margins = {
+        "mobo": ("mobo", {"local_after": 20}, two_accuracies, None),
+        "mobo-margins": ("mobo", {"local_after": 20}, ball_accuracies, ball_margins),
+        "mobo-logit": ("mobo", {"local_after": 20, "margins": False}, ball_accuracies, None),
+        "mobo-screen0": ("mobo", {"local_after": 20, "screen": 0}, two_accuracies, None),
+        "turbo": ("turbo", {}, two_accuracies, None),
+        "turbo-margins": ("turbo", {}, ball_accuracies, ball_margins),
+    }[key]
+    s = STRATEGIES.get(name)(problem(budget=60), opts, seed=3)
+    sizes, pending, told, out = [3, 1, 2, 1, 3, 2, 1, 1, 2, 3], [], 0, []
+    while told < 45:
+        if len(pending) < 3:
+            new = s.ask(sizes[len(out) % len(sizes)])  # out: one list per ask
+            out.append([digest(c.x) for c in new])
+            pending += new
+        c = pending.pop(0)
+        s.tell([TrialResult(c, f(c.x), margins=margins(c.x) if margins else None)])
+        told += 1
+    assert hashlib.sha1("".join(d for ask in out for d in ask).encode()).hexdigest()[:16] == _SMALL_ASK_DIGESTS[key]
+
+
+def test_mobo_limits_blas_threads_only_while_it_proposes() -> None:
+    """The model step runs with ``blas_threads`` BLAS threads; the process's setting is back
+    after the ask, also when the step raises."""
+    from threadpoolctl import threadpool_info
+
+    def blas() -> list[int]:
+        return [p["num_threads"] for p in threadpool_info() if p["user_api"] == "blas"]
+
+    before = blas()
+    s = make("mobo", problem())
+    drive(s, two_accuracies, 8, workers=1)
+    seen: list[list[int]] = []
+    real = s._model_step
+
+    def step(k: int, fail: bool = False):
+        seen.append(blas())
+        if fail:
+            raise RuntimeError("boom")
+        return real(k)
+
+    s._model_step = step
+    assert len(s.ask(1)) == 1 and blas() == before
+    s._model_step = lambda k: step(k, fail=True)
+    with pytest.raises(RuntimeError, match="boom"):
+        s.ask(1)
+    assert blas() == before
+    assert seen and all(t and all(n == 1 for n in t) for t in seen), seen
 
 
 def test_mobo_batches_mixing_local_and_model_proposals() -> None:

@@ -95,11 +95,9 @@ class MergeMethod:
         for k, allowed in self.choices.items():
             if k in opts and opts[k] not in allowed:
                 raise ConfigError(ConfigIssue(f"merge.params.{k}", f"{opts[k]!r} is not one of {', '.join(map(repr, allowed))}"))
-        for k, default in self.options.items():  # the type of each option's default
-            if isinstance(default, bool):
-                opts[k] = bool(opts[k])
-            elif isinstance(default, float) and isinstance(opts[k], (int, float)):
-                opts[k] = float(opts[k])
+        for k, default in self.options.items():
+            if k not in self.choices:
+                opts[k] = _typed_option(k, default, opts[k])
         return opts
 
     def check(self, search: dict[str, tuple[float, float]], params: dict[str, Any]) -> list[ConfigIssue]:
@@ -115,14 +113,12 @@ class MergeMethod:
                 a, b = self.bounds[p]
                 if not a <= v <= b:
                     issues.append(ConfigIssue(f"merge.params.{p}", f"{v} must lie in [{a:g}, {b:g}]"))
-        for k, default in self.options.items():  # an option takes its default's type
-            v = params.get(k)
-            if k not in params or k in self.choices:
-                continue
-            if isinstance(default, bool) and not isinstance(v, bool):
-                issues.append(ConfigIssue(f"merge.params.{k}", f"{v!r} is not true or false"))
-            elif isinstance(default, (int, float)) and not isinstance(default, bool) and (isinstance(v, bool) or not isinstance(v, (int, float))):
-                issues.append(ConfigIssue(f"merge.params.{k}", f"{v!r} is not a number"))
+        for k, default in self.options.items():
+            if k in params and k not in self.choices:
+                try:
+                    _typed_option(k, default, params[k])
+                except ConfigError as e:
+                    issues += e.issues
         for k, allowed in self.choices.items():
             if k in params and params[k] not in allowed:
                 issues.append(ConfigIssue(f"merge.params.{k}", f"{params[k]!r} is not one of {', '.join(map(repr, allowed))}"))
@@ -221,6 +217,26 @@ class MergeMethod:
     def card_line(self, options: dict[str, Any]) -> str:
         """The model card's line about the method."""
         return f"`{self.name}`: {self.summary}."
+
+
+def _typed_option(key: str, default: Any, value: Any) -> Any:
+    """``value`` of option ``key`` in its default's type: a boolean stays a boolean, a number
+    becomes a float where the default is one (a numeric string too: YAML reads ``1e-3`` as a
+    string); anything else is a ConfigError naming ``merge.params.<key>``."""
+    if isinstance(default, bool):
+        if not isinstance(value, bool):
+            raise ConfigError(ConfigIssue(f"merge.params.{key}", f"{value!r} is not true or false; write true or false"))
+        return value
+    if isinstance(default, (int, float)):
+        if isinstance(value, str):
+            try:
+                value = float(value)
+            except ValueError:
+                pass
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(ConfigIssue(f"merge.params.{key}", f"{value!r} is not a number; write e.g. {default!r}"))
+        return float(value) if isinstance(default, float) else value
+    return value
 
 
 class RecipeContext:
