@@ -525,6 +525,70 @@ def test_run_state_takes_back_a_counted_result_that_changes() -> None:
         check()
 
 
+def test_run_state_polls_cost_what_changed(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A change that leaves a trial's result as it was (a held-out value, which is all held-out
+    evaluation adds to a front member) rebuilds no front, and worker rows come from running
+    sums, not from each worker's trials: with two workers every row still equals
+    worker_rows() of the whole run after finishes, restarts (of a worker's first trial too),
+    moves between workers and held-out changes."""
+    import dataclasses
+
+    from search.dashboard import runstate
+    from search.dashboard.runstate import RunState
+    from search.report import run_data
+    from search.store import RUNNING, Study, Trial
+
+    study = Study(1, "s", "", "", {}, 0.0, "running", [("acc", "maximize"), ("loss", "minimize")])
+    rng = np.random.default_rng(5)
+
+    def trial(n: int, state: str) -> Trial:
+        done = state != RUNNING
+        return Trial(id=n + 1, number=n, state=state, strategy="random", generation=0, parents=[], candidate={}, params={},
+                     values=rng.random(2).tolist() if done else None, heldout=None, worker=f"w{n % 2}", attempts=1,
+                     started_at=100.0 + n, finished_at=100.5 + n if done else None, error=None,
+                     materialize_s=float(rng.random()) if done else None, evaluate_s=float(rng.random()) if done else None)
+
+    trials = {n: trial(n, COMPLETE if n < 50 else RUNNING) for n in range(60)}
+    st = RunState(study.directions, [None, None])
+    masks: list[int] = []
+    real_mask = runstate.pareto_mask
+    monkeypatch.setattr(runstate, "pareto_mask", lambda *a: masks.append(1) or real_mask(*a))
+    rows: list[int] = []
+    monkeypatch.setattr(runstate, "worker_rows", lambda ts: rows.append(1) or [], raising=False)
+
+    def put(t: Trial) -> None:
+        trials[t.number] = t
+        assert st.put(t)
+
+    def check() -> None:
+        d = run_data(study, sorted(trials.values(), key=lambda t: t.number))
+        assert st.workers() == d.workers()
+        assert st.front() == d.front and st.hypervolume() == pytest.approx(d.hypervolume) and st.counts == d.counts()
+        assert [t.number if t else None for t in st.best()] == [t.number if t else None for _, _, t in d.best()]
+        assert st.elapsed(1e9) == d.elapsed(1e9)
+
+    for t in trials.values():
+        st.put(t)
+    check()
+    before = len(masks)
+    for n in st.front():
+        put(dataclasses.replace(trials[n], heldout=[0.5, 0.5]))
+    check()
+    assert len(masks) == before  # held-out values only: no front rebuilt
+    for n in range(50, 60):  # the running trials finish, the last one held each worker's latest time
+        put(dataclasses.replace(trial(n, COMPLETE), heldout=None))
+    check()
+    put(dataclasses.replace(trials[0], state=RUNNING, values=None, started_at=400.0, finished_at=None))  # w0's first trial
+    check()
+    put(dataclasses.replace(trials[1], worker="w2"))
+    put(dataclasses.replace(trials[3], worker=None, materialize_s=float("nan")))
+    check()
+    put(dataclasses.replace(trials[1], worker="w1"))
+    put(dataclasses.replace(trials[3], materialize_s=0.25))
+    check()
+    assert rows == []  # no row rebuilt from a worker's trials
+
+
 def test_first_load_of_a_big_run_is_a_view(tmp_path: Path) -> None:
     """Above the limit the first load sends the front, every running trial, the latest trials
     and an even sample of the other results, and says so; polls then send what is new."""
