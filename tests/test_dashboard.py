@@ -615,7 +615,7 @@ def test_first_load_of_a_big_run_is_a_view(tmp_path: Path) -> None:
             front, running, latest = set(data.front), set(range(115, 120)), set(range(112, 120))  # latest: limit // 5
             assert front | running | latest <= got
             assert v["front"] == len(front) and v["recent"] == len(latest - front - running)
-            assert len(got) == v["front"] + v["running"] + v["recent"] + v["sampled"]
+            assert len(got) == v["sent"] == v["front"] + v["running"] + v["recent"] + v["sampled"]
             assert v["recent"] + v["sampled"] <= 40 and v["sampled"] > 20
             sampled = sorted(got - front - latest)
             assert sampled[0] < 10 and sampled[-1] > 100  # spread over the whole run
@@ -624,6 +624,32 @@ def test_first_load_of_a_big_run_is_a_view(tmp_path: Path) -> None:
             new = _poll(c, "big", doc["cursor"])
             assert [t["number"] for t in new["trials"]] == [115] and new["view"] is None
             assert new["summary"]["front"] == [115]
+    finally:
+        w.close()
+        for rc in app.state.runs:
+            rc.store.close()
+
+
+def test_a_view_says_how_many_it_sent_when_the_front_exceeds_the_limit(tmp_path: Path) -> None:
+    """A view holds the whole front and every running trial even past the limit; it says how
+    many trials it sent, which the page subtracts before comparing what polls added with the
+    limit (comparing the held trials with twice the limit re-fetched a view on every poll)."""
+    from fastapi.testclient import TestClient
+
+    from search.dashboard.server import create_app
+
+    path = tmp_path / "wide.db"
+    w = Store.open(str(path))
+    study = w.create_study("wide", "name: wide\n", "sha", OBJECTIVES_2, _space())
+    ids = [w.add_trial(study.id, n, {"id": n}, {}, "random") for n in range(60)]
+    for n, tid in enumerate(ids[:50]):
+        w.finish_trial(tid, COMPLETE, values=[n / 50, 1 - n / 50], worker="local-0")  # every result on the front
+    app = create_app(["wide"], store=str(path), view_limit=10)
+    try:
+        with TestClient(app) as c:
+            doc = _poll(c, "wide")
+            v = doc["view"]
+            assert v["front"] == 50 and v["running"] == 10 and v["sent"] == len(doc["trials"]) == 60 > 2 * doc["limit"]
     finally:
         w.close()
         for rc in app.state.runs:

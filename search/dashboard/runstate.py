@@ -360,7 +360,8 @@ class RunState:
         """What a page needs of a run with more than ``limit`` trials (None: send them all):
         the front, the running trials, the latest ``limit // 5`` trials and an even sample (by
         trial number) of the other complete results, at most ``limit`` trials in all beyond
-        the front and the running ones; and how many of each were sent."""
+        the front and the running ones; and how many were sent, of each kind and in all
+        (``sent``, which exceeds ``limit`` when the front and the running trials do)."""
         if len(self.trials) <= limit:
             return None
         front = self.front()
@@ -373,5 +374,5 @@ class RunState:
         sample = [self.by_number[n] for n in rest[::step]][:room] if step else []
         keep.update(sample)
         out = sorted((self.trials[i] for i in keep), key=lambda t: t.number)
-        return out, {"total": len(self.trials), "front": len(front), "running": len(self.running),
+        return out, {"total": len(self.trials), "sent": len(out), "front": len(front), "running": len(self.running),
                      "recent": len(recent), "sampled": len(sample), "complete": len(self._complete), "limit": limit}
