@@ -683,6 +683,28 @@ def test_hypervolume_curves_share_a_reference_point(client: Any, small_store: Pa
         assert all(b[1] >= a[1] for a, b in zip(curve, curve[1:], strict=False))
 
 
+def test_hypervolume_documents_are_cached_per_form(small_store: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A page asking for the compact curve (changes=true) and a client asking for the full one
+    are each served from the cache while no run changes; neither evicts the other."""
+    from fastapi.testclient import TestClient
+
+    from search.dashboard import server
+
+    built: list[int] = []
+    real = server.reference_point
+    monkeypatch.setattr(server, "reference_point", lambda *a: built.append(1) or real(*a))
+    app = server.create_app(["nsga", "rand"], store=str(small_store))
+    try:
+        with TestClient(app) as c:
+            first = [c.get("/api/hypervolume", params={"changes": ch}).json() for ch in (True, False)]
+            assert len(built) == 2  # one group, each form built once
+            again = [c.get("/api/hypervolume", params={"changes": ch}).json() for ch in (True, False, True)]
+            assert again == [first[0], first[1], first[0]] and len(built) == 2
+    finally:
+        for rc in app.state.runs:
+            rc.store.close()
+
+
 def test_hypervolume_against_examples_and_seconds_of_a_fidelity_run(toy_root: Path, tmp_path: Path) -> None:
     """Each point of the curve carries the examples evaluated and the evaluation seconds so far
     (in finish order, stopped trials included), so the page can plot against either."""

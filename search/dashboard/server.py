@@ -458,7 +458,7 @@ def create_app(
     by_key = {c.key: c for c in caches}
     jobs = ExportJobs()
     epoch = uuid.uuid4().hex[:8]
-    hv_cache: dict[str, Any] = {}
+    hv_cache: dict[bool, tuple[Any, dict[str, Any]]] = {}  # changes -> (the runs' counters, document)
     hv_trackers: dict[str, Curve] = {}  # run key -> its curve (for its group's current reference)
     hv_lock = threading.Lock()
 
@@ -556,10 +556,11 @@ def create_app(
         (the same step curve, drawn from far fewer points)."""
         for c in caches:
             c.refresh()
-        sig = (tuple(c.counter for c in caches), changes)
+        sig = tuple(c.counter for c in caches)
         with hv_lock:
-            if hv_cache.get("sig") == sig:
-                return hv_cache["doc"]
+            hit = hv_cache.get(changes)
+            if hit is not None and hit[0] == sig:
+                return hit[1]
             groups: dict[tuple[tuple[str, str], ...], list[RunCache]] = {}
             for c in caches:
                 groups.setdefault(tuple(c.study.objectives), []).append(c)
@@ -585,7 +586,7 @@ def create_app(
                         runs[c.key] = track(c, directions, ref, changes)
                 doc_groups.append({"objectives": [{"name": n, "direction": d} for n, d in objs], "ref_point": _nums(ref), "runs": runs})
             doc = {"groups": doc_groups}
-            hv_cache.update(sig=sig, doc=doc)
+            hv_cache[changes] = (sig, doc)
             return doc
 
     @app.post("/api/runs/{run}/trials/{number}/export", status_code=202)
