@@ -705,6 +705,52 @@ def test_hypervolume_documents_are_cached_per_form(small_store: Path, monkeypatc
             rc.store.close()
 
 
+def test_hypervolume_curve_is_rebuilt_when_a_finish_sorts_before_counted_ones(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A trial that finishes between two polls with a finish time before trials already counted
+    (a worker whose clock is behind) cannot extend the counted curve: the tracker says so and
+    the curve is counted again from the whole run, as a freshly started dashboard reads it."""
+    import sqlite3
+
+    from fastapi.testclient import TestClient
+
+    from search.dashboard import server
+
+    path = tmp_path / "late.db"
+    w = Store.open(str(path))
+    study = w.create_study("late", "name: late\n", "sha", OBJECTIVES_2, _space())
+    ids = [w.add_trial(study.id, n, {"id": n}, {}, "random") for n in range(8)]
+    rng = np.random.default_rng(4)
+    for tid in ids[:5]:
+        w.finish_trial(tid, COMPLETE, values=rng.uniform(0.2, 0.6, 2).tolist(), worker="local-0")
+    extended: list[bool] = []
+    real = server.HypervolumeTracker.extend
+    monkeypatch.setattr(server.HypervolumeTracker, "extend", lambda self, f: extended.append(real(self, f)) or extended[-1])
+    app = server.create_app(["late"], store=str(path))
+    app.state.runs[0].min_interval = 0.0
+    con = sqlite3.connect(path)
+    try:
+        with TestClient(app) as c:
+            c.get("/api/hypervolume")
+            w.finish_trial(ids[5], COMPLETE, values=[0.7, 0.3], worker="local-0")  # in order: extends
+            assert c.get("/api/hypervolume").json() == _fresh_read(path, "late")[2] and extended[-1] is True
+            # two more finish, one of them stamped before every counted trial and better than all
+            w.finish_trial(ids[6], COMPLETE, values=[0.9, 0.9], worker="local-1")
+            w.finish_trial(ids[7], COMPLETE, values=[0.1, 0.65], worker="local-0")
+            con.execute("UPDATE trials SET finished_at = 1.0 WHERE id = ?", (ids[6],))
+            con.commit()
+            got = c.get("/api/hypervolume").json()
+            assert extended[-1] is False
+            fresh = _fresh_read(path, "late")[2]
+            assert got == fresh
+            (curve,) = got["groups"][0]["runs"].values()
+            assert curve[0][1] == pytest.approx(0.81) and len(curve) == 8  # the late trial counts first
+    finally:
+        con.close()
+        w.close()
+        for rc in app.state.runs:
+            rc.store.close()
+
+
 def test_hypervolume_against_examples_and_seconds_of_a_fidelity_run(toy_root: Path, tmp_path: Path) -> None:
     """Each point of the curve carries the examples evaluated and the evaluation seconds so far
     (in finish order, stopped trials included), so the page can plot against either."""
