@@ -486,6 +486,46 @@ def test_incremental_polls_equal_a_full_reload(tmp_path: Path) -> None:
     assert summary["counts"] == data.counts() == {"RUNNING": 3, "COMPLETE": 17, "FAIL": 2, "STOPPED": 1}
 
 
+def test_heldout_poll_reads_the_id_range_of_the_run(tmp_path: Path) -> None:
+    """The poll's held-out query is a range on the (split, trial_id) index over the run's trial
+    ids, not every held-out row in the store; another run's held-out values in one store
+    (launched together: ids interleave) are not taken for this run's."""
+    import sqlite3
+
+    from fastapi.testclient import TestClient
+
+    from search.dashboard.server import create_app
+
+    path = tmp_path / "two.db"
+    w = Store.open(str(path))
+    a = w.create_study("a", "name: a\n", "sha", OBJECTIVES_2, _space())
+    b = w.create_study("b", "name: b\n", "sha", OBJECTIVES_2, _space())
+    ids = {s.name: [] for s in (a, b)}
+    for n in range(6):
+        for s in (a, b):
+            tid = w.add_trial(s.id, n, {"id": n}, {}, "random")
+            w.finish_trial(tid, COMPLETE, values=[0.1 * n, 1 - 0.1 * n], worker="local-0")
+            ids[s.name].append(tid)
+    app = create_app(["a"], store=str(path))
+    app.state.runs[0].min_interval = 0.0
+    con = sqlite3.connect(path)
+    try:
+        with TestClient(app) as c:
+            doc = _poll(c, "a")
+            q = app.state.runs[0].heldout_query().compile(compile_kwargs={"literal_binds": True})
+            plan = " ".join(str(r) for r in con.execute(f"EXPLAIN QUERY PLAN {q}"))
+            assert "ix_trial_values_split (split=? AND trial_id>? AND trial_id<?)" in plan, plan
+            w.add_heldout(ids["b"][2], [0.5, 0.5])
+            assert _poll(c, "a", doc["cursor"])["trials"] == []
+            w.add_heldout(ids["a"][2], [0.4, 0.6])
+            assert [t["heldout"] for t in _poll(c, "a", doc["cursor"])["trials"]] == [[0.4, 0.6]]
+    finally:
+        con.close()
+        w.close()
+        for rc in app.state.runs:
+            rc.store.close()
+
+
 def test_run_state_takes_back_a_counted_result_that_changes() -> None:
     """A store never changes a finished result, but if a trial that the front, the value range,
     a best or a worker row counted does change, the aggregates are rebuilt, not left stale."""

@@ -356,6 +356,10 @@ class RunState:
     def max_id(self) -> int | None:
         return self._ids[-1] if self._ids else None
 
+    @property
+    def min_id(self) -> int | None:
+        return self._ids[0] if self._ids else None
+
     def view(self, limit: int) -> tuple[list[Trial], dict[str, int]] | None:
         """What a page needs of a run with more than ``limit`` trials (None: send them all):
         the front, the running trials, the latest ``limit // 5`` trials and an even sample (by

@@ -231,13 +231,25 @@ class RunCache:
                         changed.add(r.id)
         return changed
 
-    def _changed_heldout(self) -> set[int]:
-        """Ids of trials whose held-out values in the store differ from the ones held."""
-        q = (
+    def heldout_query(self) -> sa.Select:
+        """The held-out rows of the trials held (see :meth:`_changed_heldout`)."""
+        return (
             sa.select(_tv.c.trial_id, _tv.c.objective_idx, _tv.c.value)
             .join(_tt, _tt.c.id == _tv.c.trial_id)
-            .where(_tv.c.split == "heldout", _tt.c.study_id == self.study.id)
+            .where(_tv.c.split == "heldout", _tv.c.trial_id.between(self.state.min_id or 0, self.state.max_id or 0),
+                   _tt.c.study_id == self.study.id)
         )
+
+    def _changed_heldout(self) -> set[int]:
+        """Ids of trials whose held-out values in the store differ from the ones held.
+
+        The index on ``trial_values(split, trial_id)`` makes this a range over the held-out
+        rows between the smallest and largest trial id held (a trial outside it is not held:
+        the next full read gets it); other runs' rows in that range (runs launched together
+        interleave ids) are read and dropped by the join."""
+        if not self.state.trials:
+            return set()
+        q = self.heldout_query()
         found: dict[int, dict[int, float]] = {}
         with self.store.engine.connect() as c:
             for r in c.execute(q):
