@@ -568,9 +568,9 @@ def test_run_state_takes_back_a_counted_result_that_changes() -> None:
 def test_run_state_polls_cost_what_changed(monkeypatch: pytest.MonkeyPatch) -> None:
     """A change that leaves a trial's result as it was (a held-out value, which is all held-out
     evaluation adds to a front member) rebuilds no front, and worker rows come from running
-    sums, not from each worker's trials: with two workers every row still equals
-    worker_rows() of the whole run after finishes, restarts (of a worker's first trial too),
-    moves between workers and held-out changes."""
+    sums and time ranges, not from each worker's trials: with two workers every row still
+    equals worker_rows() of the whole run after finishes, restarts (of a worker's first trial
+    too), moves between workers (of its latest trial too) and held-out changes."""
     import dataclasses
 
     from search.dashboard import runstate
@@ -621,6 +621,7 @@ def test_run_state_polls_cost_what_changed(monkeypatch: pytest.MonkeyPatch) -> N
     put(dataclasses.replace(trials[0], state=RUNNING, values=None, started_at=400.0, finished_at=None))  # w0's first trial
     check()
     put(dataclasses.replace(trials[1], worker="w2"))
+    put(dataclasses.replace(trials[59], worker="w2"))  # held w1's latest time
     put(dataclasses.replace(trials[3], worker=None, materialize_s=float("nan")))
     check()
     put(dataclasses.replace(trials[1], worker="w1"))

@@ -7,16 +7,17 @@ the trial that changed, and queues a new complete result for the front. The fron
 Pareto front of the previous front plus the queued results (a dominated point stays
 dominated), the hypervolume is that of the front. A change that keeps a trial's result (a
 held-out value, a worker, a time) leaves the front, range and bests alone. Only when a counted
-result itself changes, or a trial that held a first or last time moves it inwards, is the
-affected aggregate rebuilt (from all trials, or from that worker's trials). Every answer equals
+result itself changes, or a trial that held the run's first or last time moves it inwards, is
+the affected aggregate rebuilt from all trials. Every answer equals
 what :func:`search.report.run_data` computes from the whole run (tests/test_dashboard.py
 checks it)."""
 
 from __future__ import annotations
 
 import bisect
+import heapq
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -43,11 +44,6 @@ def _exact(x: float) -> int:
 
 def _times(t: Trial) -> list[float]:
     return [ts for ts in (t.started_at, t.finished_at) if ts is not None]
-
-
-def _held_span(t: Trial, first: float | None, last: float | None) -> bool:
-    """Whether one of ``t``'s times is ``first`` or ``last``."""
-    return any(ts == first or ts == last for ts in _times(t))
 
 
 def _covers(new: Trial, old: Trial) -> bool:
@@ -83,17 +79,50 @@ class _Mean:
         return (self.total / _SCALE) / self.count
 
 
+class _TimeRange:
+    """The smallest and largest of a multiset of times that come and go (two heaps whose
+    entries are dropped once they reach the top and are no longer held)."""
+
+    def __init__(self) -> None:
+        self.live: dict[float, int] = {}
+        self.lo: list[float] = []
+        self.hi: list[float] = []  # negated
+
+    def add(self, x: float) -> None:
+        self.live[x] = self.live.get(x, 0) + 1
+        heapq.heappush(self.lo, x)
+        heapq.heappush(self.hi, -x)
+
+    def remove(self, x: float) -> None:
+        self.live[x] -= 1
+        if not self.live[x]:
+            del self.live[x]
+        if len(self.lo) > 2 * len(self.live) + 64:  # mostly dropped entries: start the heaps again
+            self.lo = list(self.live)
+            heapq.heapify(self.lo)
+            self.hi = [-x for x in self.live]
+            heapq.heapify(self.hi)
+
+    def first(self) -> float | None:
+        while self.lo and self.lo[0] not in self.live:
+            heapq.heappop(self.lo)
+        return self.lo[0] if self.lo else None
+
+    def last(self) -> float | None:
+        while self.hi and -self.hi[0] not in self.live:
+            heapq.heappop(self.hi)
+        return -self.hi[0] if self.hi else None
+
+
 class _WorkerSums:
-    """One worker's :func:`search.report.worker_rows` row, kept as counts and sums."""
+    """One worker's :func:`search.report.worker_rows` row, kept as counts, sums and a time range."""
 
     def __init__(self, name: str):
         self.name = name
         self.states: dict[str, int] = dict.fromkeys((COMPLETE, FAIL, RUNNING), 0)
         self.trials = 0
         self.m, self.e = _Mean(), _Mean()
-        self.first: float | None = None
-        self.last: float | None = None
-        self.time_dirty = False
+        self.times = _TimeRange()
 
     def put(self, t: Trial) -> None:
         self.trials += 1
@@ -101,8 +130,7 @@ class _WorkerSums:
         self.m.add(t.materialize_s, 1)
         self.e.add(t.evaluate_s, 1)
         for ts in _times(t):
-            self.first = ts if self.first is None else min(self.first, ts)
-            self.last = ts if self.last is None else max(self.last, ts)
+            self.times.add(ts)
 
     def take(self, t: Trial) -> None:
         self.trials -= 1
@@ -111,15 +139,12 @@ class _WorkerSums:
             del self.states[t.state]
         self.m.add(t.materialize_s, -1)
         self.e.add(t.evaluate_s, -1)
-
-    def rescan_times(self, trials: Iterable[Trial]) -> None:
-        ts = [x for t in trials for x in _times(t)]
-        self.first, self.last = (min(ts), max(ts)) if ts else (None, None)
-        self.time_dirty = False
+        for ts in _times(t):
+            self.times.remove(ts)
 
     def row(self) -> dict[str, Any]:
         return {"worker": self.name, "trials": self.trials, **self.states, "materialize_s": self.m.mean(),
-                "evaluate_s": self.e.mean(), "first": self.first, "last": self.last}
+                "evaluate_s": self.e.mean(), "first": self.times.first(), "last": self.times.last()}
 
 
 class RunState:
@@ -153,7 +178,6 @@ class RunState:
         self._best: list[tuple[float, int] | None] = [None] * self.k
         self._best_dirty = False
         self._hv: tuple[Any, float | None] | None = None
-        self._worker_ids: dict[str, set[int]] = {}
         self._workers: dict[str, _WorkerSums] = {}
         self._worker_rows: dict[str, dict[str, Any]] = {}
         self._dirty_workers: set[str] = set()
@@ -214,11 +238,10 @@ class RunState:
         self.running.discard(t.id)
         self.with_heldout.discard(t.id)
         w = t.worker or "?"
-        self._worker_ids[w].discard(t.id)
         acc = self._workers[w]
         acc.take(t)
-        if _held_span(t, acc.first, acc.last) and not (then is not None and (then.worker or "?") == w and _covers(then, t)):
-            acc.time_dirty = True
+        if not acc.trials:
+            del self._workers[w]
         self._dirty_workers.add(w)
         if values and t.number in self._complete:
             v = [f * s for f, s in zip(self._complete.pop(t.number), self._sign, strict=True)]
@@ -240,7 +263,6 @@ class RunState:
         if t.heldout is not None:
             self.with_heldout.add(t.id)
         w = t.worker or "?"
-        self._worker_ids.setdefault(w, set()).add(t.id)
         self._workers.setdefault(w, _WorkerSums(w)).put(t)
         self._dirty_workers.add(w)
         v = self._values(t) if values else None
@@ -313,19 +335,14 @@ class RunState:
         return [None if b is None else self.trials[self.by_number[b[1]]] for b in self._best]
 
     def workers(self) -> list[dict[str, Any]]:
-        """:func:`search.report.worker_rows` of every worker, from running sums per worker (a
-        worker's first and last time are found again among its trials only when a trial that
-        held one of them moved it)."""
+        """:func:`search.report.worker_rows` of every worker, from running sums and time ranges
+        per worker, for those that changed."""
         for w in self._dirty_workers:
-            acc = self._workers[w]
-            ids = self._worker_ids.get(w) or set()
-            if not ids:
-                del self._workers[w]
+            acc = self._workers.get(w)
+            if acc is None:
                 self._worker_rows.pop(w, None)
-                continue
-            if acc.time_dirty:
-                acc.rescan_times(self.trials[i] for i in ids)
-            self._worker_rows[w] = acc.row()
+            else:
+                self._worker_rows[w] = acc.row()
         self._dirty_workers.clear()
         return [dict(self._worker_rows[w]) for w in sorted(self._worker_rows)]
 
