@@ -254,9 +254,14 @@ function renderLegend(pts, ctx) {
   lg.append(el("span", { class: "it" }, el("span", { class: "ring" }), "front member"));
   if (S.opt.dominated) lg.append(el("span", { class: "it" }, el("span", { class: "sw faded", style: "background:#4b5563" }), "dominated"));
   const nd = pts.length, nf = pts.filter((p) => p.onFront).length;
-  const sampled = S.runs.filter((r) => S.view[r.key]).map((r) => (r.counts || {}).COMPLETE || 0).reduce((a, b) => a + b, 0);
+  // runs that came as a view: say which, with each one's own count (the points cover every run)
+  const sampled = S.runs.filter((r) => S.view[r.key]).map((r) => {
+    const all = (r.counts || {}).COMPLETE || 0;
+    if (S.runs.length === 1) return `a sample of the run's ${all} results`;
+    return `a sample of run ${r.key}'s ${all} results: ${pts.filter((p) => p.run.key === r.key).length} shown`;
+  });
   lg.append(el("span", { class: "it muted", id: "points-note" }, `${nd} point${nd === 1 ? "" : "s"}, ${nf} on the front` +
-    (sampled ? ` (a sample of the run's ${sampled} results)` : "")));
+    (sampled.length ? ` (${sampled.join("; ")})` : "")));
 }
 
 // ------------------------------------------------------------------ 2-D scatter (SVG)
