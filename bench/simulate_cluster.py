@@ -307,11 +307,11 @@ def store(args: argparse.Namespace) -> None:
     if dash:
         print("\ndashboard (seconds; polls: median of 5; baseline: rebuilding the summary from every trial)")
         print(f"{'store':8} {'trials':>7} {'load avg':>8} {'first load':>10} {'page reload':>11} {'rows sent':>9} {'poll, nothing new':>17} "
-              f"{'poll, 10 new':>12} {'poll, 10 finished':>17} {'hv curve':>8} {'baseline':>8} {'baseline / poll':>15}")
+              f"{'poll, 10 new':>12} {'poll, 10 finished':>17} {'poll, held-out':>14} {'hv curve':>8} {'baseline':>8} {'baseline / poll':>15}")
         for r in dash:
             d = r["dashboard"]
             print(f"{r['store']:8} {r['trials']:7d} {d['load_avg_1m']:8.1f} {d['first_load_s']:10.2f} {d['reload_s']:11.2f} {d['first_rows']:9d} "
-                  f"{d['poll_nothing_new_s']:17.3f} {d['poll_10_new_s']:12.3f} {d['poll_10_finished_s']:17.3f} "
+                  f"{d['poll_nothing_new_s']:17.3f} {d['poll_10_new_s']:12.3f} {d['poll_10_finished_s']:17.3f} {d['poll_heldout_front_s']:14.3f} "
                   f"{d['hypervolume_s']:8.3f} {d['full_recompute_s']:8.2f} {d['full_recompute_s'] / d['poll_10_new_s']:14.0f}x")
 
 
@@ -320,8 +320,8 @@ def _dashboard_poll(url: str, run: str, rounds: int = 5) -> dict[str, float]:
     asks: its first load on a freshly started server (``/api/runs``, which reads the whole run,
     the trials, the hypervolume curve; each part and their sum), the same again (a page
     opened while the server runs), a poll with its cursor when
-    nothing is new, a poll after 10 new finished trials, after 10 RUNNING trials finish, and
-    the hypervolume curve the page then fetches (``changes=true``) and the full one; polls are
+    nothing is new, a poll after 10 new finished trials, after 10 RUNNING trials finish, after
+    held-out values are added to 10 front members, and the hypervolume curve the page then fetches (``changes=true``) and the full one; polls are
     the median of ``rounds`` rounds."""
     from fastapi.testclient import TestClient
 
@@ -342,7 +342,8 @@ def _dashboard_poll(url: str, run: str, rounds: int = 5) -> dict[str, float]:
     w = Store.open(url)
     study = w.study(run)
     number = w.next_number(study.id)
-    seen: dict[str, list[float]] = {"poll_nothing_new_s": [], "poll_10_new_s": [], "poll_10_finished_s": [], "hypervolume_s": []}
+    seen: dict[str, list[float]] = {"poll_nothing_new_s": [], "poll_10_new_s": [], "poll_10_finished_s": [], "poll_heldout_front_s": [],
+                                    "hypervolume_s": []}
     with TestClient(app) as c:
         out["first_runs_s"], _, _ = timed(c, "/api/runs")
         out["first_trials_s"], body, out["first_trials_bytes"] = timed(c, f"/api/runs/{run}/trials")
@@ -353,7 +354,7 @@ def _dashboard_poll(url: str, run: str, rounds: int = 5) -> dict[str, float]:
         out["reload_s"] = sum(timed(c, path, **q)[0] for path, q in
                               (("/api/runs", {}), (f"/api/runs/{run}/trials", {}), ("/api/hypervolume", {"changes": True})))
         cur = body["cursor"]
-        for _ in range(rounds):
+        for rnd in range(rounds):
             dt, body, _ = timed(c, f"/api/runs/{run}/trials", **cur)
             seen["poll_nothing_new_s"].append(dt)
             assert not body["trials"]
@@ -378,6 +379,14 @@ def _dashboard_poll(url: str, run: str, rounds: int = 5) -> dict[str, float]:
             dt, body, _ = timed(c, f"/api/runs/{run}/trials", **cur)
             seen["poll_10_finished_s"].append(dt)
             assert sorted(t["state"] for t in body["trials"]) == [COMPLETE] * 10
+            cur = body["cursor"]
+            # held-out values added to (up to) 10 front members: what held-out evaluation writes
+            front = body["summary"]["front"]
+            for num in front[:10]:
+                w.add_heldout(w.trial(study.id, num).id, [0.5, 0.5 + rnd / 100])  # new values each round
+            dt, body, _ = timed(c, f"/api/runs/{run}/trials", **cur)
+            seen["poll_heldout_front_s"].append(dt)
+            assert len(body["trials"]) == min(10, len(front))
             cur = body["cursor"]
         out["hypervolume_full_s"], _, out["hypervolume_full_bytes"] = timed(c, "/api/hypervolume")
     # the baseline: a poll that rebuilt the summary from every trial (what the server did before

@@ -149,6 +149,14 @@ class RunData:
         return max(0.0, end - min(starts))
 
 
+def _mean(xs: Sequence[float]) -> float | None:
+    """The mean of finite ``xs`` from their correctly rounded sum (the dashboard keeps the same
+    sum exactly as trials come and go); None when empty or not all finite."""
+    if not xs or not all(math.isfinite(x) for x in xs):
+        return None
+    return math.fsum(xs) / len(xs)
+
+
 def worker_rows(trials: Sequence[Trial]) -> list[dict[str, Any]]:
     """Per worker (sorted by name; ``?`` for none): trials, count per state, mean materialize
     and evaluate seconds, first and last activity."""
@@ -171,8 +179,8 @@ def worker_rows(trials: Sequence[Trial]) -> list[dict[str, Any]]:
     out = []
     for a in sorted(acc.values(), key=lambda a: a["worker"]):
         m, e = a.pop("_m"), a.pop("_e")
-        a["materialize_s"] = float(np.mean(m)) if m else None
-        a["evaluate_s"] = float(np.mean(e)) if e else None
+        a["materialize_s"] = _mean(m)
+        a["evaluate_s"] = _mean(e)
         out.append(a)
     return out
 

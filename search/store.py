@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import os
 import socket
 import time
@@ -56,6 +57,8 @@ import sqlalchemy as sa
 from sqlalchemy import event
 
 from .errors import StoreError, did_you_mean
+
+log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 3
 SQLITE_MAGIC = b"SQLite format 3\x00"
@@ -288,11 +291,15 @@ def _check_sqlite_file(db: Path) -> None:
         raise StoreError(f"{db}: not a mergesearch store (not an SQLite database); pass the .db file 'search launch' wrote")
 
 
+def damaged_detail(e: BaseException) -> str:
+    """The first line of a database error's message (its type when it has none)."""
+    orig = getattr(e, "orig", None) or e
+    return str(orig).splitlines()[0] if str(orig) else type(orig).__name__
+
+
 def damaged(e: BaseException) -> str:
     """One line for a database error raised while reading or writing a store."""
-    orig = getattr(e, "orig", None) or e
-    msg = str(orig).splitlines()[0] if str(orig) else type(orig).__name__
-    return f"the store is damaged or unreadable ({msg}); restore it from a copy, or pass another --store"
+    return f"the store is damaged or unreadable ({damaged_detail(e)}); restore it from a copy, or pass another --store"
 
 
 def store_url(path_or_url: str) -> str:
@@ -367,10 +374,7 @@ class Store:
         try:
             store._init_schema(is_sqlite)
             if not readonly:
-                with engine.begin() as c:
-                    c.execute(sa.schema.CreateIndex(heldout_index, if_not_exists=True))
-                    if not is_sqlite:  # a run's newest rows as a range (SQLite's study_id index already ends in the rowid)
-                        c.exec_driver_sql("CREATE INDEX IF NOT EXISTS ix_trials_study_id_id ON trials (study_id, id)")
+                store._add_indexes(is_sqlite)
         except sa.exc.SQLAlchemyError as e:
             engine.dispose()
             raise StoreError(f"{where}: {damaged(e)}") from None
@@ -378,6 +382,27 @@ class Store:
             engine.dispose()
             raise StoreError(f"{where}: {e}") from None
         return store
+
+    def _add_indexes(self, is_sqlite: bool) -> None:
+        """Add the indexes the dashboard's polls use to a store that lacks them (one made
+        before they existed). Only a missing index is created: on PostgreSQL even CREATE INDEX
+        IF NOT EXISTS needs table ownership and a SHARE lock. An index that cannot be added
+        (a role that does not own the table, a concurrent launch) is logged once and skipped:
+        the store works without it, the polls scan instead."""
+        wanted: list[tuple[str, str, Any]] = [("trial_values", str(heldout_index.name), sa.schema.CreateIndex(heldout_index))]
+        if not is_sqlite:  # a run's newest rows as a range (SQLite's study_id index already ends in the rowid)
+            wanted.append(("trials", "ix_trials_study_id_id", sa.text("CREATE INDEX ix_trials_study_id_id ON trials (study_id, id)")))
+        with self.engine.connect() as c:
+            insp = sa.inspect(c)
+            have = {t: {ix["name"] for ix in insp.get_indexes(t)} for t in {t for t, _, _ in wanted}}
+        for table, name, create in wanted:
+            if name in have[table]:
+                continue
+            try:
+                with self.engine.begin() as c:
+                    c.execute(create)
+            except sa.exc.SQLAlchemyError as e:
+                log.warning("%s: could not add index %s (%s); dashboard polls will scan", self.where, name, damaged_detail(e))
 
     def _init_schema(self, is_sqlite: bool) -> None:
         insp = sa.inspect(self.engine)

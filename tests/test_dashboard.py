@@ -486,6 +486,46 @@ def test_incremental_polls_equal_a_full_reload(tmp_path: Path) -> None:
     assert summary["counts"] == data.counts() == {"RUNNING": 3, "COMPLETE": 17, "FAIL": 2, "STOPPED": 1}
 
 
+def test_heldout_poll_reads_the_id_range_of_the_run(tmp_path: Path) -> None:
+    """The poll's held-out query is a range on the (split, trial_id) index over the run's trial
+    ids, not every held-out row in the store; another run's held-out values in one store
+    (launched together: ids interleave) are not taken for this run's."""
+    import sqlite3
+
+    from fastapi.testclient import TestClient
+
+    from search.dashboard.server import create_app
+
+    path = tmp_path / "two.db"
+    w = Store.open(str(path))
+    a = w.create_study("a", "name: a\n", "sha", OBJECTIVES_2, _space())
+    b = w.create_study("b", "name: b\n", "sha", OBJECTIVES_2, _space())
+    ids = {s.name: [] for s in (a, b)}
+    for n in range(6):
+        for s in (a, b):
+            tid = w.add_trial(s.id, n, {"id": n}, {}, "random")
+            w.finish_trial(tid, COMPLETE, values=[0.1 * n, 1 - 0.1 * n], worker="local-0")
+            ids[s.name].append(tid)
+    app = create_app(["a"], store=str(path))
+    app.state.runs[0].min_interval = 0.0
+    con = sqlite3.connect(path)
+    try:
+        with TestClient(app) as c:
+            doc = _poll(c, "a")
+            q = app.state.runs[0].heldout_query().compile(compile_kwargs={"literal_binds": True})
+            plan = " ".join(str(r) for r in con.execute(f"EXPLAIN QUERY PLAN {q}"))
+            assert "ix_trial_values_split (split=? AND trial_id>? AND trial_id<?)" in plan, plan
+            w.add_heldout(ids["b"][2], [0.5, 0.5])
+            assert _poll(c, "a", doc["cursor"])["trials"] == []
+            w.add_heldout(ids["a"][2], [0.4, 0.6])
+            assert [t["heldout"] for t in _poll(c, "a", doc["cursor"])["trials"]] == [[0.4, 0.6]]
+    finally:
+        con.close()
+        w.close()
+        for rc in app.state.runs:
+            rc.store.close()
+
+
 def test_run_state_takes_back_a_counted_result_that_changes() -> None:
     """A store never changes a finished result, but if a trial that the front, the value range,
     a best or a worker row counted does change, the aggregates are rebuilt, not left stale."""
@@ -525,6 +565,71 @@ def test_run_state_takes_back_a_counted_result_that_changes() -> None:
         check()
 
 
+def test_run_state_polls_cost_what_changed(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A change that leaves a trial's result as it was (a held-out value, which is all held-out
+    evaluation adds to a front member) rebuilds no front, and worker rows come from running
+    sums and time ranges, not from each worker's trials: with two workers every row still
+    equals worker_rows() of the whole run after finishes, restarts (of a worker's first trial
+    too), moves between workers (of its latest trial too) and held-out changes."""
+    import dataclasses
+
+    from search.dashboard import runstate
+    from search.dashboard.runstate import RunState
+    from search.report import run_data
+    from search.store import RUNNING, Study, Trial
+
+    study = Study(1, "s", "", "", {}, 0.0, "running", [("acc", "maximize"), ("loss", "minimize")])
+    rng = np.random.default_rng(5)
+
+    def trial(n: int, state: str) -> Trial:
+        done = state != RUNNING
+        return Trial(id=n + 1, number=n, state=state, strategy="random", generation=0, parents=[], candidate={}, params={},
+                     values=rng.random(2).tolist() if done else None, heldout=None, worker=f"w{n % 2}", attempts=1,
+                     started_at=100.0 + n, finished_at=100.5 + n if done else None, error=None,
+                     materialize_s=float(rng.random()) if done else None, evaluate_s=float(rng.random()) if done else None)
+
+    trials = {n: trial(n, COMPLETE if n < 50 else RUNNING) for n in range(60)}
+    st = RunState(study.directions, [None, None])
+    masks: list[int] = []
+    real_mask = runstate.pareto_mask
+    monkeypatch.setattr(runstate, "pareto_mask", lambda *a: masks.append(1) or real_mask(*a))
+    rows: list[int] = []
+    monkeypatch.setattr(runstate, "worker_rows", lambda ts: rows.append(1) or [], raising=False)
+
+    def put(t: Trial) -> None:
+        trials[t.number] = t
+        assert st.put(t)
+
+    def check() -> None:
+        d = run_data(study, sorted(trials.values(), key=lambda t: t.number))
+        assert st.workers() == d.workers()
+        assert st.front() == d.front and st.hypervolume() == pytest.approx(d.hypervolume) and st.counts == d.counts()
+        assert [t.number if t else None for t in st.best()] == [t.number if t else None for _, _, t in d.best()]
+        assert st.elapsed(1e9) == d.elapsed(1e9)
+
+    for t in trials.values():
+        st.put(t)
+    check()
+    before = len(masks)
+    for n in st.front():
+        put(dataclasses.replace(trials[n], heldout=[0.5, 0.5]))
+    check()
+    assert len(masks) == before  # held-out values only: no front rebuilt
+    for n in range(50, 60):  # the running trials finish, the last one held each worker's latest time
+        put(dataclasses.replace(trial(n, COMPLETE), heldout=None))
+    check()
+    put(dataclasses.replace(trials[0], state=RUNNING, values=None, started_at=400.0, finished_at=None))  # w0's first trial
+    check()
+    put(dataclasses.replace(trials[1], worker="w2"))
+    put(dataclasses.replace(trials[59], worker="w2"))  # held w1's latest time
+    put(dataclasses.replace(trials[3], worker=None, materialize_s=float("nan")))
+    check()
+    put(dataclasses.replace(trials[1], worker="w1"))
+    put(dataclasses.replace(trials[3], materialize_s=0.25))
+    check()
+    assert rows == []  # no row rebuilt from a worker's trials
+
+
 def test_first_load_of_a_big_run_is_a_view(tmp_path: Path) -> None:
     """Above the limit the first load sends the front, every running trial, the latest trials
     and an even sample of the other results, and says so; polls then send what is new."""
@@ -551,7 +656,7 @@ def test_first_load_of_a_big_run_is_a_view(tmp_path: Path) -> None:
             front, running, latest = set(data.front), set(range(115, 120)), set(range(112, 120))  # latest: limit // 5
             assert front | running | latest <= got
             assert v["front"] == len(front) and v["recent"] == len(latest - front - running)
-            assert len(got) == v["front"] + v["running"] + v["recent"] + v["sampled"]
+            assert len(got) == v["sent"] == v["front"] + v["running"] + v["recent"] + v["sampled"]
             assert v["recent"] + v["sampled"] <= 40 and v["sampled"] > 20
             sampled = sorted(got - front - latest)
             assert sampled[0] < 10 and sampled[-1] > 100  # spread over the whole run
@@ -560,6 +665,32 @@ def test_first_load_of_a_big_run_is_a_view(tmp_path: Path) -> None:
             new = _poll(c, "big", doc["cursor"])
             assert [t["number"] for t in new["trials"]] == [115] and new["view"] is None
             assert new["summary"]["front"] == [115]
+    finally:
+        w.close()
+        for rc in app.state.runs:
+            rc.store.close()
+
+
+def test_a_view_says_how_many_it_sent_when_the_front_exceeds_the_limit(tmp_path: Path) -> None:
+    """A view holds the whole front and every running trial even past the limit; it says how
+    many trials it sent, which the page subtracts before comparing what polls added with the
+    limit (comparing the held trials with twice the limit re-fetched a view on every poll)."""
+    from fastapi.testclient import TestClient
+
+    from search.dashboard.server import create_app
+
+    path = tmp_path / "wide.db"
+    w = Store.open(str(path))
+    study = w.create_study("wide", "name: wide\n", "sha", OBJECTIVES_2, _space())
+    ids = [w.add_trial(study.id, n, {"id": n}, {}, "random") for n in range(60)]
+    for n, tid in enumerate(ids[:50]):
+        w.finish_trial(tid, COMPLETE, values=[n / 50, 1 - n / 50], worker="local-0")  # every result on the front
+    app = create_app(["wide"], store=str(path), view_limit=10)
+    try:
+        with TestClient(app) as c:
+            doc = _poll(c, "wide")
+            v = doc["view"]
+            assert v["front"] == 50 and v["running"] == 10 and v["sent"] == len(doc["trials"]) == 60 > 2 * doc["limit"]
     finally:
         w.close()
         for rc in app.state.runs:
@@ -591,6 +722,74 @@ def test_hypervolume_curves_share_a_reference_point(client: Any, small_store: Pa
         assert [p[0] for p in curve] == list(range(1, sum(1 for t in data.trials if t.state in (COMPLETE, FAIL)) + 1))
         assert curve[-1][1] == pytest.approx(data.hypervolume)
         assert all(b[1] >= a[1] for a, b in zip(curve, curve[1:], strict=False))
+
+
+def test_hypervolume_documents_are_cached_per_form(small_store: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A page asking for the compact curve (changes=true) and a client asking for the full one
+    are each served from the cache while no run changes; neither evicts the other."""
+    from fastapi.testclient import TestClient
+
+    from search.dashboard import server
+
+    built: list[int] = []
+    real = server.reference_point
+    monkeypatch.setattr(server, "reference_point", lambda *a: built.append(1) or real(*a))
+    app = server.create_app(["nsga", "rand"], store=str(small_store))
+    try:
+        with TestClient(app) as c:
+            first = [c.get("/api/hypervolume", params={"changes": ch}).json() for ch in (True, False)]
+            assert len(built) == 2  # one group, each form built once
+            again = [c.get("/api/hypervolume", params={"changes": ch}).json() for ch in (True, False, True)]
+            assert again == [first[0], first[1], first[0]] and len(built) == 2
+    finally:
+        for rc in app.state.runs:
+            rc.store.close()
+
+
+def test_hypervolume_curve_is_rebuilt_when_a_finish_sorts_before_counted_ones(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A trial that finishes between two polls with a finish time before trials already counted
+    (a worker whose clock is behind) cannot extend the counted curve: the tracker says so and
+    the curve is counted again from the whole run, as a freshly started dashboard reads it."""
+    import sqlite3
+
+    from fastapi.testclient import TestClient
+
+    from search.dashboard import server
+
+    path = tmp_path / "late.db"
+    w = Store.open(str(path))
+    study = w.create_study("late", "name: late\n", "sha", OBJECTIVES_2, _space())
+    ids = [w.add_trial(study.id, n, {"id": n}, {}, "random") for n in range(8)]
+    rng = np.random.default_rng(4)
+    for tid in ids[:5]:
+        w.finish_trial(tid, COMPLETE, values=rng.uniform(0.2, 0.6, 2).tolist(), worker="local-0")
+    extended: list[bool] = []
+    real = server.HypervolumeTracker.extend
+    monkeypatch.setattr(server.HypervolumeTracker, "extend", lambda self, f: extended.append(real(self, f)) or extended[-1])
+    app = server.create_app(["late"], store=str(path))
+    app.state.runs[0].min_interval = 0.0
+    con = sqlite3.connect(path)
+    try:
+        with TestClient(app) as c:
+            c.get("/api/hypervolume")
+            w.finish_trial(ids[5], COMPLETE, values=[0.7, 0.3], worker="local-0")  # in order: extends
+            assert c.get("/api/hypervolume").json() == _fresh_read(path, "late")[2] and extended[-1] is True
+            # two more finish, one of them stamped before every counted trial and better than all
+            w.finish_trial(ids[6], COMPLETE, values=[0.9, 0.9], worker="local-1")
+            w.finish_trial(ids[7], COMPLETE, values=[0.1, 0.65], worker="local-0")
+            con.execute("UPDATE trials SET finished_at = 1.0 WHERE id = ?", (ids[6],))
+            con.commit()
+            got = c.get("/api/hypervolume").json()
+            assert extended[-1] is False
+            fresh = _fresh_read(path, "late")[2]
+            assert got == fresh
+            (curve,) = got["groups"][0]["runs"].values()
+            assert curve[0][1] == pytest.approx(0.81) and len(curve) == 8  # the late trial counts first
+    finally:
+        con.close()
+        w.close()
+        for rc in app.state.runs:
+            rc.store.close()
 
 
 def test_hypervolume_against_examples_and_seconds_of_a_fidelity_run(toy_root: Path, tmp_path: Path) -> None:

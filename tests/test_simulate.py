@@ -190,6 +190,47 @@ def postgres_url() -> Any:
         shutil.rmtree(data, ignore_errors=True)
 
 
+def test_a_role_that_does_not_own_the_tables_opens_a_postgresql_store(postgres_url: str, caplog: pytest.LogCaptureFixture) -> None:
+    """On PostgreSQL, creating an index needs table ownership (even with IF NOT EXISTS): a role
+    that may read and write a store it does not own opens it for writing with one warning per
+    index it cannot add, and works; once the owner has added them it opens without a word."""
+    import sqlalchemy as sa
+
+    admin = sa.create_engine(postgres_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as c:
+        c.exec_driver_sql("CREATE DATABASE owned")
+        c.exec_driver_sql("CREATE ROLE rw LOGIN")
+    admin.dispose()
+    url = postgres_url.rsplit("/", 1)[0] + "/owned"
+    Store.open(url).close()
+    owner = sa.create_engine(url, isolation_level="AUTOCOMMIT")
+    with owner.connect() as c:
+        for ix in ("ix_trial_values_split", "ix_trials_study_id_id"):  # a store made before them
+            c.exec_driver_sql(f"DROP INDEX {ix}")
+        c.exec_driver_sql("GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO rw")
+        c.exec_driver_sql("GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA public TO rw")
+    owner.dispose()
+    rw = url.replace("://ms@", "://rw@")
+    with caplog.at_level("WARNING", logger="search.store"):
+        st = Store.open(rw)
+    warned = sorted(r.getMessage() for r in caplog.records if r.name == "search.store")
+    assert len(warned) == 2 and all("must be owner" in m and "dashboard polls will scan" in m for m in warned), warned
+    assert "could not add index ix_trial_values_split" in warned[0] and "could not add index ix_trials_study_id_id" in warned[1]
+    try:
+        s = st.create_study("rw", "name: rw\n", "sha", [("a", "maximize")], {"names": ["w0"]})
+        tid = st.add_trial(s.id, 0, {"id": 0}, {"w0": 0.5}, "random")
+        st.finish_trial(tid, COMPLETE, [0.5])
+        st.add_heldout(tid, [0.4])
+        assert st.trials(s.id)[0].heldout == [0.4]
+    finally:
+        st.close()
+    Store.open(url).close()  # the owner adds them
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="search.store"):
+        Store.open(rw).close()
+    assert [r for r in caplog.records if r.name == "search.store"] == []
+
+
 def test_a_simulated_run_on_postgresql_matches_the_sqlite_run(postgres_url: str, digits_zoo: Path, tmp_path: Path) -> None:
     """The store reached through SQLAlchemy on a PostgreSQL server records the same run as
     SQLite: same trials, values, workers and attempts for the seed (preemptions included)."""

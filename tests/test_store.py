@@ -88,6 +88,47 @@ def test_heldout_index_is_added_by_a_writable_open_and_not_needed_to_read(tmp_pa
     con.close()
 
 
+def test_a_writable_open_carries_on_when_an_index_cannot_be_added(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """An index that cannot be created (here a table already holds its name; on PostgreSQL a
+    role that does not own the tables) is one warning, not a "damaged store" error: the store
+    opens, reads and writes without it. An index already there is not created again."""
+    p = tmp_path / "s.db"
+    st = Store.open(str(p))
+    s = _study(st)
+    st.close()
+    con = sqlite3.connect(p)
+    con.execute("DROP INDEX ix_trial_values_split")
+    con.execute("CREATE TABLE ix_trial_values_split (x INTEGER)")  # CREATE INDEX with this name fails
+    con.commit()
+    with caplog.at_level("WARNING", logger="search.store"):
+        st = Store.open(str(p))
+    warned = [r.getMessage() for r in caplog.records if r.name == "search.store"]
+    assert len(warned) == 1 and "could not add index ix_trial_values_split" in warned[0] and "polls will scan" in warned[0]
+    tid = st.add_trial(s.id, 0, {"id": 0}, {"g/a/weight": 0.5}, "nsga2")
+    st.finish_trial(tid, COMPLETE, [0.5, 3.0])
+    st.add_heldout(tid, [0.4, 2.5])
+    assert st.trials(s.id)[0].heldout == [0.4, 2.5]
+    st.close()
+    con.execute("DROP TABLE ix_trial_values_split")
+    con.commit()
+    Store.open(str(p)).close()  # now it can be added
+    import sqlalchemy as sa
+
+    sql: list[str] = []
+
+    def seen(conn, cursor, statement, *rest) -> None:  # noqa: ANN001
+        sql.append(statement)
+
+    sa.event.listen(sa.engine.Engine, "before_cursor_execute", seen)
+    try:
+        Store.open(str(p)).close()
+    finally:
+        sa.event.remove(sa.engine.Engine, "before_cursor_execute", seen)
+    assert sql and not [q for q in sql if "CREATE INDEX" in q.upper()]
+    assert con.execute("SELECT name FROM sqlite_master WHERE name = 'ix_trial_values_split'").fetchall() == [("ix_trial_values_split",)]
+    con.close()
+
+
 def test_reader_sees_writes_while_the_writer_writes(tmp_path: Path) -> None:
     p = tmp_path / "s.db"
     st = Store.open(str(p))

@@ -1,19 +1,21 @@
 """One run's trials and the aggregates the dashboard shows, updated one changed trial at a time.
 
-A live dashboard polls every few seconds while a run grows to 100,000 trials, so nothing here
-walks every trial on a poll: :meth:`RunState.put` adjusts the counts, the per-objective value
-range (the hypervolume's reference point), the best trial per objective and the per-worker
-rows for the trial that changed, and queues a new complete result for the front. The front is
-then the Pareto front of the previous front plus the queued results (a dominated point stays
-dominated), the hypervolume is that of the front. Only when a trial that was counted changes
-(a complete result's values, a first start or last finish) is the affected aggregate rebuilt
-from all trials. Every answer equals what :func:`search.report.run_data` computes from the
-whole run (tests/test_dashboard.py checks it).
-"""
+A live dashboard polls every few seconds while a run grows to 100,000 trials, so a poll costs
+what changed: :meth:`RunState.put` adjusts the counts, the per-objective value range (the
+hypervolume's reference point), the best trial per objective and running sums per worker for
+the trial that changed, and queues a new complete result for the front. The front is then the
+Pareto front of the previous front plus the queued results (a dominated point stays
+dominated), the hypervolume is that of the front. A change that keeps a trial's result (a
+held-out value, a worker, a time) leaves the front, range and bests alone. Only when a counted
+result itself changes, or a trial that held the run's first or last time moves it inwards, is
+the affected aggregate rebuilt from all trials. Every answer equals
+what :func:`search.report.run_data` computes from the whole run (tests/test_dashboard.py
+checks it)."""
 
 from __future__ import annotations
 
 import bisect
+import heapq
 import math
 from collections.abc import Sequence
 from typing import Any
@@ -21,7 +23,6 @@ from typing import Any
 import numpy as np
 
 from ..pareto import pareto_mask, ref_hypervolume, reference_point
-from ..report import worker_rows
 from ..store import COMPLETE, FAIL, RUNNING, STOPPED, Trial
 
 FINISHED = (COMPLETE, FAIL, STOPPED)
@@ -33,11 +34,117 @@ def _curve_fields(t: Trial) -> tuple[Any, ...]:
     return (t.state, t.values, t.finished_at, t.examples, t.evaluate_s)
 
 
-def _num(v: Any) -> float | None:
-    if v is None:
-        return None
-    f = float(v)
-    return f if math.isfinite(f) else None
+_SCALE = 2**1074  # every finite double times this is an integer: sums of these are exact
+
+
+def _exact(x: float) -> int:
+    n, d = x.as_integer_ratio()
+    return n * (_SCALE // d)
+
+
+def _times(t: Trial) -> list[float]:
+    return [ts for ts in (t.started_at, t.finished_at) if ts is not None]
+
+
+def _covers(new: Trial, old: Trial) -> bool:
+    """Whether ``new``'s times span at least ``old``'s: replacing ``old`` by ``new`` then moves
+    a smallest/largest time only outwards, so min/max with ``new`` stay exact."""
+    a, b = _times(old), _times(new)
+    return not a or (bool(b) and min(b) <= min(a) and max(b) >= max(a))
+
+
+class _Mean:
+    """An exact running sum of floats that values are added to and taken from; its mean is
+    ``math.fsum(values) / len(values)`` (nan when a value is not finite)."""
+
+    __slots__ = ("count", "odd", "total")
+
+    def __init__(self) -> None:
+        self.total = 0  # exact sum of the finite values, times _SCALE
+        self.count = 0
+        self.odd = 0  # values that are not finite
+
+    def add(self, x: float | None, sign: int) -> None:
+        if x is None:
+            return
+        self.count += sign
+        if math.isfinite(x):
+            self.total += sign * _exact(x)
+        else:
+            self.odd += sign
+
+    def mean(self) -> float | None:
+        if not self.count or self.odd:
+            return None
+        return (self.total / _SCALE) / self.count
+
+
+class _TimeRange:
+    """The smallest and largest of a multiset of times that come and go (two heaps whose
+    entries are dropped once they reach the top and are no longer held)."""
+
+    def __init__(self) -> None:
+        self.live: dict[float, int] = {}
+        self.lo: list[float] = []
+        self.hi: list[float] = []  # negated
+
+    def add(self, x: float) -> None:
+        self.live[x] = self.live.get(x, 0) + 1
+        heapq.heappush(self.lo, x)
+        heapq.heappush(self.hi, -x)
+
+    def remove(self, x: float) -> None:
+        self.live[x] -= 1
+        if not self.live[x]:
+            del self.live[x]
+        if len(self.lo) > 2 * len(self.live) + 64:  # mostly dropped entries: start the heaps again
+            self.lo = list(self.live)
+            heapq.heapify(self.lo)
+            self.hi = [-x for x in self.live]
+            heapq.heapify(self.hi)
+
+    def first(self) -> float | None:
+        while self.lo and self.lo[0] not in self.live:
+            heapq.heappop(self.lo)
+        return self.lo[0] if self.lo else None
+
+    def last(self) -> float | None:
+        while self.hi and -self.hi[0] not in self.live:
+            heapq.heappop(self.hi)
+        return -self.hi[0] if self.hi else None
+
+
+class _WorkerSums:
+    """One worker's :func:`search.report.worker_rows` row, kept as counts, sums and a time range."""
+
+    def __init__(self, name: str):
+        self.name = name
+        self.states: dict[str, int] = dict.fromkeys((COMPLETE, FAIL, RUNNING), 0)
+        self.trials = 0
+        self.m, self.e = _Mean(), _Mean()
+        self.times = _TimeRange()
+
+    def put(self, t: Trial) -> None:
+        self.trials += 1
+        self.states[t.state] = self.states.get(t.state, 0) + 1
+        self.m.add(t.materialize_s, 1)
+        self.e.add(t.evaluate_s, 1)
+        for ts in _times(t):
+            self.times.add(ts)
+
+    def take(self, t: Trial) -> None:
+        self.trials -= 1
+        self.states[t.state] -= 1
+        if not self.states[t.state] and t.state not in (COMPLETE, FAIL, RUNNING):
+            del self.states[t.state]
+        self.m.add(t.materialize_s, -1)
+        self.e.add(t.evaluate_s, -1)
+        for ts in _times(t):
+            self.times.remove(ts)
+
+    def row(self) -> dict[str, Any]:
+        return {"worker": self.name, "trials": self.trials, **self.states, "materialize_s": self.m.mean(),
+                "evaluate_s": self.e.mean(), "first": self.times.first(), "last": self.times.last()}
 
 
 class RunState:
@@ -71,7 +178,7 @@ class RunState:
         self._best: list[tuple[float, int] | None] = [None] * self.k
         self._best_dirty = False
         self._hv: tuple[Any, float | None] | None = None
-        self._worker_ids: dict[str, set[int]] = {}
+        self._workers: dict[str, _WorkerSums] = {}
         self._worker_rows: dict[str, dict[str, Any]] = {}
         self._dirty_workers: set[str] = set()
         self._first: float | None = None
@@ -95,13 +202,17 @@ class RunState:
         old = self.trials.get(t.id)
         if old == t:
             return False
+        values = True  # whether the front, value range and bests need to hear of it
         if old is not None:
-            self._remove(old)
+            # a held-out value, a worker or a time changed but not the result: the front,
+            # the value range and the bests stay as they are
+            values = old.number != t.number or self._values(old) != self._values(t)
+            self._remove(old, values, then=t)
             if old.state in FINISHED and (t.state not in FINISHED or _curve_fields(old) != _curve_fields(t)):
                 self.finish_epoch += 1
         else:
             bisect.insort(self._ids, t.id)
-        self._add(t)
+        self._add(t, values)
         if t.state in FINISHED and (old is None or old.state not in FINISHED):
             self.finish_log.append(t.id)
         self.trials[t.id] = t
@@ -118,16 +229,21 @@ class RunState:
             return None
         return [float(v) for v in t.values]
 
-    def _remove(self, t: Trial) -> None:
+    def _remove(self, t: Trial, values: bool = True, then: Trial | None = None) -> None:
+        """Take ``t`` out of the aggregates (``values``: out of the front, range and bests too);
+        ``then``: the version of ``t`` that replaces it."""
         self.counts[t.state] -= 1
         if self.counts[t.state] == 0 and t.state not in _BASE_COUNTS:
             del self.counts[t.state]
         self.running.discard(t.id)
         self.with_heldout.discard(t.id)
         w = t.worker or "?"
-        self._worker_ids[w].discard(t.id)
+        acc = self._workers[w]
+        acc.take(t)
+        if not acc.trials:
+            del self._workers[w]
         self._dirty_workers.add(w)
-        if t.number in self._complete:
+        if values and t.number in self._complete:
             v = [f * s for f, s in zip(self._complete.pop(t.number), self._sign, strict=True)]
             self._front_dirty = self._front_dirty or t.number in self._front or t.number in self._pending
             if self._lo is not None and self._hi is not None and (
@@ -136,19 +252,20 @@ class RunState:
                 self._range_dirty = True
             if any(b is not None and b[1] == t.number for b in self._best):
                 self._best_dirty = True
-        if (t.started_at is not None and t.started_at == self._first) or (t.finished_at is not None and t.finished_at == self._last):
+        held = (t.started_at is not None and t.started_at == self._first) or (t.finished_at is not None and t.finished_at == self._last)
+        if held and not (then is not None and _covers(then, t)):
             self._time_dirty = True
 
-    def _add(self, t: Trial) -> None:
+    def _add(self, t: Trial, values: bool = True) -> None:
         self.counts[t.state] = self.counts.get(t.state, 0) + 1
         if t.state == RUNNING:
             self.running.add(t.id)
         if t.heldout is not None:
             self.with_heldout.add(t.id)
         w = t.worker or "?"
-        self._worker_ids.setdefault(w, set()).add(t.id)
+        self._workers.setdefault(w, _WorkerSums(w)).put(t)
         self._dirty_workers.add(w)
-        v = self._values(t)
+        v = self._values(t) if values else None
         if v is not None:
             f = tuple(a * s for a, s in zip(v, self._sign, strict=True))
             self._complete[t.number] = f
@@ -218,16 +335,14 @@ class RunState:
         return [None if b is None else self.trials[self.by_number[b[1]]] for b in self._best]
 
     def workers(self) -> list[dict[str, Any]]:
-        """:func:`search.report.worker_rows` of every worker, rebuilt for those that changed."""
+        """:func:`search.report.worker_rows` of every worker, from running sums and time ranges
+        per worker, for those that changed."""
         for w in self._dirty_workers:
-            ids = self._worker_ids.get(w) or set()
-            if not ids:
+            acc = self._workers.get(w)
+            if acc is None:
                 self._worker_rows.pop(w, None)
-                continue
-            (row,) = worker_rows([self.trials[i] for i in ids])
-            for k in ("materialize_s", "evaluate_s"):
-                row[k] = _num(row[k])
-            self._worker_rows[w] = row
+            else:
+                self._worker_rows[w] = acc.row()
         self._dirty_workers.clear()
         return [dict(self._worker_rows[w]) for w in sorted(self._worker_rows)]
 
@@ -258,11 +373,16 @@ class RunState:
     def max_id(self) -> int | None:
         return self._ids[-1] if self._ids else None
 
+    @property
+    def min_id(self) -> int | None:
+        return self._ids[0] if self._ids else None
+
     def view(self, limit: int) -> tuple[list[Trial], dict[str, int]] | None:
         """What a page needs of a run with more than ``limit`` trials (None: send them all):
         the front, the running trials, the latest ``limit // 5`` trials and an even sample (by
         trial number) of the other complete results, at most ``limit`` trials in all beyond
-        the front and the running ones; and how many of each were sent."""
+        the front and the running ones; and how many were sent, of each kind and in all
+        (``sent``, which exceeds ``limit`` when the front and the running trials do)."""
         if len(self.trials) <= limit:
             return None
         front = self.front()
@@ -275,5 +395,5 @@ class RunState:
         sample = [self.by_number[n] for n in rest[::step]][:room] if step else []
         keep.update(sample)
         out = sorted((self.trials[i] for i in keep), key=lambda t: t.number)
-        return out, {"total": len(self.trials), "front": len(front), "running": len(self.running),
+        return out, {"total": len(self.trials), "sent": len(out), "front": len(front), "running": len(self.running),
                      "recent": len(recent), "sampled": len(sample), "complete": len(self._complete), "limit": limit}

@@ -231,13 +231,25 @@ class RunCache:
                         changed.add(r.id)
         return changed
 
-    def _changed_heldout(self) -> set[int]:
-        """Ids of trials whose held-out values in the store differ from the ones held."""
-        q = (
+    def heldout_query(self) -> sa.Select:
+        """The held-out rows of the trials held (see :meth:`_changed_heldout`)."""
+        return (
             sa.select(_tv.c.trial_id, _tv.c.objective_idx, _tv.c.value)
             .join(_tt, _tt.c.id == _tv.c.trial_id)
-            .where(_tv.c.split == "heldout", _tt.c.study_id == self.study.id)
+            .where(_tv.c.split == "heldout", _tv.c.trial_id.between(self.state.min_id or 0, self.state.max_id or 0),
+                   _tt.c.study_id == self.study.id)
         )
+
+    def _changed_heldout(self) -> set[int]:
+        """Ids of trials whose held-out values in the store differ from the ones held.
+
+        The index on ``trial_values(split, trial_id)`` makes this a range over the held-out
+        rows between the smallest and largest trial id held (a trial outside it is not held:
+        the next full read gets it); other runs' rows in that range (runs launched together
+        interleave ids) are read and dropped by the join."""
+        if not self.state.trials:
+            return set()
+        q = self.heldout_query()
         found: dict[int, dict[int, float]] = {}
         with self.store.engine.connect() as c:
             for r in c.execute(q):
@@ -458,7 +470,7 @@ def create_app(
     by_key = {c.key: c for c in caches}
     jobs = ExportJobs()
     epoch = uuid.uuid4().hex[:8]
-    hv_cache: dict[str, Any] = {}
+    hv_cache: dict[bool, tuple[Any, dict[str, Any]]] = {}  # changes -> (the runs' counters, document)
     hv_trackers: dict[str, Curve] = {}  # run key -> its curve (for its group's current reference)
     hv_lock = threading.Lock()
 
@@ -556,10 +568,11 @@ def create_app(
         (the same step curve, drawn from far fewer points)."""
         for c in caches:
             c.refresh()
-        sig = (tuple(c.counter for c in caches), changes)
+        sig = tuple(c.counter for c in caches)
         with hv_lock:
-            if hv_cache.get("sig") == sig:
-                return hv_cache["doc"]
+            hit = hv_cache.get(changes)
+            if hit is not None and hit[0] == sig:
+                return hit[1]
             groups: dict[tuple[tuple[str, str], ...], list[RunCache]] = {}
             for c in caches:
                 groups.setdefault(tuple(c.study.objectives), []).append(c)
@@ -585,7 +598,7 @@ def create_app(
                         runs[c.key] = track(c, directions, ref, changes)
                 doc_groups.append({"objectives": [{"name": n, "direction": d} for n, d in objs], "ref_point": _nums(ref), "runs": runs})
             doc = {"groups": doc_groups}
-            hv_cache.update(sig=sig, doc=doc)
+            hv_cache[changes] = (sig, doc)
             return doc
 
     @app.post("/api/runs/{run}/trials/{number}/export", status_code=202)

@@ -6,7 +6,8 @@
  * If the server's epoch changes (it restarted), everything is fetched again.
  * A run above the server's limit (reply.limit) comes as a view on the first request (its
  * front, running trials, latest trials and an even sample of the other results; reply.view
- * says how many of each); once the page holds twice the limit, it asks for a fresh view.
+ * says how many of each, and in all: sent); once the polls have added more than the limit to
+ * what the first load sent, it asks for a fresh view.
  */
 "use strict";
 
@@ -24,6 +25,7 @@ const S = {
   trials: {},              // run key -> Map(trial id -> trial)
   cursor: {},              // run key -> {after_id, since}
   view: {},                // run key -> what the first load sent of a big run (null: every trial)
+  sent: {},                // run key -> how many trials the first load sent
   hv: null,
   sel: null,               // {run, number}
   detail: null,
@@ -252,9 +254,14 @@ function renderLegend(pts, ctx) {
   lg.append(el("span", { class: "it" }, el("span", { class: "ring" }), "front member"));
   if (S.opt.dominated) lg.append(el("span", { class: "it" }, el("span", { class: "sw faded", style: "background:#4b5563" }), "dominated"));
   const nd = pts.length, nf = pts.filter((p) => p.onFront).length;
-  const sampled = S.runs.filter((r) => S.view[r.key]).map((r) => (r.counts || {}).COMPLETE || 0).reduce((a, b) => a + b, 0);
+  // runs that came as a view: say which, with each one's own count (the points cover every run)
+  const sampled = S.runs.filter((r) => S.view[r.key]).map((r) => {
+    const all = (r.counts || {}).COMPLETE || 0;
+    if (S.runs.length === 1) return `a sample of the run's ${all} results`;
+    return `a sample of run ${r.key}'s ${all} results: ${pts.filter((p) => p.run.key === r.key).length} shown`;
+  });
   lg.append(el("span", { class: "it muted", id: "points-note" }, `${nd} point${nd === 1 ? "" : "s"}, ${nf} on the front` +
-    (sampled ? ` (a sample of the run's ${sampled} results)` : "")));
+    (sampled.length ? ` (${sampled.join("; ")})` : "")));
 }
 
 // ------------------------------------------------------------------ 2-D scatter (SVG)
@@ -766,7 +773,8 @@ async function poll() {
   try {
     for (const r of S.runs) {
       const held = S.trials[r.key];
-      if (held && S.limit && held.size > 2 * S.limit) { S.trials[r.key] = new Map(); delete S.cursor[r.key]; }  // a fresh view
+      // a fresh view once the polls have added more than the limit to what the first load sent
+      if (held && S.limit && held.size - (S.sent[r.key] || 0) > S.limit) { S.trials[r.key] = new Map(); delete S.cursor[r.key]; }
       const c = S.cursor[r.key];
       const q = new URLSearchParams();
       if (c && c.after_id !== null && c.after_id !== undefined) q.set("after_id", c.after_id);
@@ -775,7 +783,7 @@ async function poll() {
       if (S.epoch !== null && res.epoch !== S.epoch) { S.epoch = res.epoch; S.trials = {}; S.cursor = {}; changed = true; return setTimeout(poll, 0); }
       S.epoch = res.epoch;
       S.limit = res.limit;
-      if (!c) { S.view[r.key] = res.view; S.trials[r.key] = new Map(); changed = true; }
+      if (!c) { S.view[r.key] = res.view; S.sent[r.key] = res.view ? res.view.sent : res.trials.length; S.trials[r.key] = new Map(); changed = true; }
       const map = S.trials[r.key] || (S.trials[r.key] = new Map());
       for (const t of res.trials) {
         map.set(t.id, t);
