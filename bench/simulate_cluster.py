@@ -97,6 +97,8 @@ def _write(mode: str, payload: dict[str, Any], out: str | None) -> Path:
 
 # ----------------------------------------------------------------------------- cluster
 TIMES = (60, 120, 240, 480, 960, 1920, 3840, 7680)  # virtual seconds at which the hypervolume is reported
+
+
 def cluster(args: argparse.Namespace) -> None:
     import numpy as np
 

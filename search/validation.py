@@ -223,7 +223,10 @@ def check_config(cfg: SearchConfig, *, check_files: bool = True) -> list[ConfigI
                 )
             )
             continue
-        issues += validate_settings(o.evaluator, o.settings, f"objectives[{i}].settings", cfg)
+        found = validate_settings(o.evaluator, o.settings, f"objectives[{i}].settings", cfg)
+        issues += found
+        if any(x.path == f"objectives[{i}].evaluator" for x in found):  # the evaluator cannot be loaded: said once
+            continue
         if cfg.fidelity is not None:
             issues += subset_issues(o.evaluator, o.settings, i)
         if o.heldout is not None:

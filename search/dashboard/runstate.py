@@ -46,13 +46,6 @@ def _times(t: Trial) -> list[float]:
     return [ts for ts in (t.started_at, t.finished_at) if ts is not None]
 
 
-def _covers(new: Trial, old: Trial) -> bool:
-    """Whether ``new``'s times span at least ``old``'s: replacing ``old`` by ``new`` then moves
-    a smallest/largest time only outwards, so min/max with ``new`` stay exact."""
-    a, b = _times(old), _times(new)
-    return not a or (bool(b) and min(b) <= min(a) and max(b) >= max(a))
-
-
 class _Mean:
     """An exact running sum of floats that values are added to and taken from; its mean is
     ``math.fsum(values) / len(values)`` (nan when a value is not finite)."""
@@ -252,8 +245,12 @@ class RunState:
                 self._range_dirty = True
             if any(b is not None and b[1] == t.number for b in self._best):
                 self._best_dirty = True
-        held = (t.started_at is not None and t.started_at == self._first) or (t.finished_at is not None and t.finished_at == self._last)
-        if held and not (then is not None and _covers(then, t)):
+        # the run's first start / last finish leaves with t unless its replacement keeps it or moves it outwards
+        lost_first = t.started_at is not None and t.started_at == self._first and not (
+            then is not None and then.started_at is not None and then.started_at <= t.started_at)
+        lost_last = t.finished_at is not None and t.finished_at == self._last and not (
+            then is not None and then.finished_at is not None and then.finished_at >= t.finished_at)
+        if lost_first or lost_last:
             self._time_dirty = True
 
     def _add(self, t: Trial, values: bool = True) -> None:

@@ -41,6 +41,7 @@ and implements
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -109,7 +110,14 @@ class MergeMethod:
                 if not (a <= lo and hi <= b):
                     issues.append(ConfigIssue(f"merge.search.{p}", f"bounds [{lo}, {hi}] must lie in [{a:g}, {b:g}]"))
         for p, v in params.items():
-            if p in self.bounds and p not in search and isinstance(v, (int, float)) and not isinstance(v, bool):
+            if p not in self.params or p in search:
+                continue
+            try:  # a fixed per-group value: a finite number (YAML gives '1e-3' as a string)
+                v = _typed_option(p, 1.0, v)
+            except ConfigError as e:
+                issues += e.issues
+                continue
+            if p in self.bounds:
                 a, b = self.bounds[p]
                 if not a <= v <= b:
                     issues.append(ConfigIssue(f"merge.params.{p}", f"{v} must lie in [{a:g}, {b:g}]"))
@@ -233,9 +241,13 @@ def _typed_option(key: str, default: Any, value: Any) -> Any:
                 value = float(value)
             except ValueError:
                 pass
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(ConfigIssue(f"merge.params.{key}", f"{value!r} is not a number; write e.g. {default!r}"))
-        return float(value) if isinstance(default, float) else value
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise ConfigError(ConfigIssue(f"merge.params.{key}", f"{value!r} is not a finite number; write e.g. {default!r}"))
+        if isinstance(default, float):
+            return float(value)
+        if not float(value).is_integer():
+            raise ConfigError(ConfigIssue(f"merge.params.{key}", f"{value!r} is not a whole number; write e.g. {default!r}"))
+        return int(value)
     return value
 
 
