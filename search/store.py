@@ -402,6 +402,12 @@ class Store:
                 with self.engine.begin() as c:
                     c.execute(create)
             except sa.exc.SQLAlchemyError as e:
+                try:  # a concurrent launch may have added it meanwhile: then nothing is missing
+                    with self.engine.connect() as c:
+                        if name in {ix["name"] for ix in sa.inspect(c).get_indexes(table)}:
+                            continue
+                except sa.exc.SQLAlchemyError:
+                    pass
                 log.warning("%s: could not add index %s (%s); dashboard polls will scan", self.where, name, damaged_detail(e))
 
     def _init_schema(self, is_sqlite: bool) -> None:
