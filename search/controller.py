@@ -35,6 +35,7 @@ import numpy as np
 
 from .config import SearchConfig, load_config, parse_config
 from .errors import StoreError
+from .promotion import full_front
 from .replay import clip_candidates, digest, vector_key
 from .store import (
     COMPLETE,
@@ -508,7 +509,7 @@ class Controller:
                         if not st.full and level < len(fid.schedule) - 1:
                             from .fidelity import epsilons, paired_stop, promote
 
-                            front = run_front(run)
+                            front = full_front(run.results)
                             eps = epsilons(front, fid.epsilon) if len(front) else None
                             if fid.rule == "paired":
                                 go = not paired_stop(st.examples_of, st.sizes, directions, fid.z, list(run.full_examples.values()), eps)
@@ -567,7 +568,7 @@ class Controller:
                     asked_dry = False
                     _crash_point("told")
                     progress.update(
-                        n_done, n_fail, lambda: np.array([r.values for r in run.results.values() if r.ok and not r.low_fidelity]), cfg
+                        n_done, n_fail, lambda: full_front(run.results), cfg
                     )
             progress.stop()
             run.snapshot(force=True)
@@ -639,13 +640,6 @@ class Controller:
                     log.warning("held-out evaluation of trial %d failed: %s", task.number, res.error)
 
 
-def run_front(run: _RunState) -> np.ndarray:
-    """Values of the run's full-fidelity results: what a low-fidelity candidate must be able to join."""
-    from .promotion import full_front
-
-    return full_front(run.results)
-
-
 def _diff_keys(a: Any, b: Any, prefix: str = "") -> list[str]:
     if isinstance(a, dict) and isinstance(b, dict):
         out = []
@@ -679,7 +673,7 @@ def _raise_interrupt(signum: int, frame: Any) -> None:
 
 
 def _heartbeat(url: str, study_id: int, owner: str, stop: threading.Event) -> None:
-    st = Store.open(url)
+    st = Store.open(url, indexes=False)  # the controller's own open added them
     try:
         while not stop.wait(10.0):
             try:

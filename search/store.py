@@ -338,10 +338,12 @@ class Store:
 
     # ------------------------------------------------------------------ opening
     @classmethod
-    def open(cls, path_or_url: str, readonly: bool = False, create: bool = True) -> Store:
+    def open(cls, path_or_url: str, readonly: bool = False, create: bool = True, indexes: bool = True) -> Store:
         """Open (or create) a store. Anything that is not a readable mergesearch store (a
         missing, unreadable, truncated or corrupt file, another database, a newer schema)
-        raises :class:`StoreError` with one line naming the file."""
+        raises :class:`StoreError` with one line naming the file. A writable open adds the
+        dashboard's indexes a store lacks unless ``indexes`` is False (a second connection of
+        a process that opened the store already)."""
         url = store_url(path_or_url)
         is_sqlite = url.startswith("sqlite")
         where = url
@@ -373,7 +375,7 @@ class Store:
         store.where = where
         try:
             store._init_schema(is_sqlite)
-            if not readonly:
+            if not readonly and indexes:
                 store._add_indexes(is_sqlite)
         except sa.exc.SQLAlchemyError as e:
             engine.dispose()
@@ -753,14 +755,12 @@ class Store:
                 for r in levels_
             ])
 
-    def trial_levels(self, study_id: int, numbers: Sequence[int] | None = None) -> dict[int, list[LevelRows]]:
+    def trial_levels(self, study_id: int) -> dict[int, list[LevelRows]]:
         """Trial number -> its stored per-level per-example results (fidelity runs; schema 3)."""
         if self.version < 3:
             return {}
         q = (sa.select(trials.c.number, trial_examples).join(trials, trials.c.id == trial_examples.c.trial_id)
              .where(trials.c.study_id == study_id))
-        if numbers is not None:
-            q = q.where(trials.c.number.in_([int(n) for n in numbers]))
         out: dict[int, list[LevelRows]] = {}
         with self.engine.connect() as c:
             for r in c.execute(q.order_by(trials.c.number, trial_examples.c.level, trial_examples.c.objective_idx)):

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from ..pareto import pareto_mask, ref_hypervolume, reference_point
+from ..pareto import all_finite, pareto_mask, ref_hypervolume, reference_point
 from ..store import COMPLETE, FAIL, RUNNING, STOPPED, Trial
 
 FINISHED = (COMPLETE, FAIL, STOPPED)
@@ -216,9 +216,7 @@ class RunState:
         return True
 
     def _values(self, t: Trial) -> list[float] | None:
-        if t.state != COMPLETE or t.values is None or len(t.values) != self.k:
-            return None
-        if not all(v is not None and math.isfinite(v) for v in t.values):
+        if t.state != COMPLETE or t.values is None or len(t.values) != self.k or not all_finite(t.values):
             return None
         return [float(v) for v in t.values]
 

@@ -438,7 +438,7 @@ class MOBOStrategy(Strategy):
         i = _first_new(C, s, taken)  # never propose a point already measured or pending
         mu = [float(gp.predict(C[i : i + 1])[0][0]) for gp in gps]
         pred = self.problem.minimization(np.asarray(mu))  # signs are their own inverse
-        return C[i], {"acquisition": float(s[i]), "predicted": [float(v) for v in pred]}
+        return C[i], {"acquisition": float(s[i]), "predicted": [float(v) for v in pred], **self._model_info()}
 
     def _model_info(self) -> dict[str, Any]:
         """What a model proposal's meta adds to its acquisition and prediction (subclasses)."""

@@ -95,10 +95,6 @@ class TurboStrategy(MOBOStrategy):
                 tr["length"] = float(o.tr_length)
                 tr["restarts"] += 1
 
-    def _best_candidate(self, gps, front_U, front_F, ref, taken) -> tuple[np.ndarray, dict[str, Any]]:
-        u, info = super()._best_candidate(gps, front_U, front_F, ref, taken)
-        return u, {**info, **self._model_info()}
-
     def _model_info(self) -> dict[str, Any]:
         return {"tr_length": self._tr["length"]}
 

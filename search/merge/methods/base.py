@@ -30,7 +30,7 @@ and implements
 * :meth:`rank_range`: the ranks of |tau| a searched trim can ask for (sorted once at build);
 * :meth:`needs_l1`: whether :meth:`plan` needs sum |tau_t| per tensor (computed once at build);
 * :meth:`kept_fraction`: the share of task-vector entries a fixed trim keeps (the memory
-  planner's size of a sparse plan);
+  planner's size of a sparse plan): by default the fixed value of ``kept_param``;
 * :meth:`recipe_base_weight`: for a method without task vectors in mergekit's terms, whether
   the recipe lists the base model as a source weighted 1 - sum of the expert weights;
 * :meth:`reference`: a slow, obviously-correct numpy version of the formula, which the
@@ -65,6 +65,7 @@ class MergeMethod:
     choices: ClassVar[dict[str, tuple[str, ...]]] = {}
     trim: ClassVar[tuple[str, ...]] = ()
     magnitude_trim: ClassVar[bool] = False
+    kept_param: ClassVar[str | None] = None  # the parameter that is the share of entries a trim keeps
     random: ClassVar[bool] = False
     mergekit: ClassVar[str | None] = None
     task_vectors: ClassVar[bool] = True
@@ -162,8 +163,8 @@ class MergeMethod:
 
     def kept_fraction(self, fixed: dict[str, float]) -> float:
         """The share of task-vector entries kept by the trim with these fixed (not searched)
-        parameters; 1.0 when nothing is trimmed or the trim is searched."""
-        return 1.0
+        parameters (the fixed ``kept_param``); 1.0 when nothing is trimmed or the trim is searched."""
+        return float(fixed.get(self.kept_param, 1.0)) if self.kept_param else 1.0
 
     def recipe_base_weight(self, options: dict[str, Any]) -> bool:
         """For a method with ``task_vectors`` False: True when mergekit's recipe must list the

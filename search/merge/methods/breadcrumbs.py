@@ -21,13 +21,11 @@ class Breadcrumbs(MergeMethod):
     params = {"weight": 1.0, "density": 0.9, "gamma": 0.01}
     bounds = {"density": (0.0, 1.0), "gamma": (0.0, 1.0)}
     options = {"lambda": 1.0}
+    kept_param = "density"
     trim = ("density", "gamma")
     magnitude_trim = True
     mergekit = "breadcrumbs"
     summary = "per tensor drop the top-gamma outliers and all below the top-density, then task arithmetic"
-
-    def kept_fraction(self, fixed):
-        return float(fixed.get("density", 1.0))
 
     def plan(self, options, vals, numel, *, kth=None, pretrimmed=False, **_: Any) -> TensorPlan:
         lam = float(options.get("lambda", 1.0))

@@ -29,6 +29,7 @@ class DareLinear(MergeMethod):
     bounds = {"density": (0.0, 1.0)}
     options = {"lambda": 1.0, "rescale": "inverse"}
     choices = {"rescale": ("inverse", "l1")}
+    kept_param = "density"
     trim = ("density",)
     random = True
     mergekit = "dare_linear"
@@ -54,9 +55,6 @@ class DareLinear(MergeMethod):
 
     def needs_l1(self, options):
         return options.get("rescale", "inverse") == "l1"
-
-    def kept_fraction(self, fixed):
-        return float(fixed.get("density", 1.0))
 
     def plan(self, options, vals, numel, *, name="", seed=0, l1=None, **_: Any) -> TensorPlan:
         tp = self.dare_plan(options, vals, name=name, seed=seed, l1=l1)

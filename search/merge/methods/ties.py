@@ -21,13 +21,11 @@ class Ties(MergeMethod):
     params = {"weight": 1.0, "density": 0.5}
     bounds = {"density": (0.0, 1.0)}
     options = {"lambda": 1.0, "normalize": True}
+    kept_param = "density"
     trim = ("density",)
     magnitude_trim = True
     mergekit = "ties"
     summary = "per-tensor top-k trim at density, sign election on weighted deltas, disjoint mean"
-
-    def kept_fraction(self, fixed):
-        return float(fixed.get("density", 1.0))
 
     def plan(self, options, vals, numel, *, kth=None, pretrimmed=False, **_: Any) -> TensorPlan:
         tp = TensorPlan.start(vals["weight"], elect=True, normalize=bool(options.get("normalize", True)),
