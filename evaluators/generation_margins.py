@@ -34,6 +34,8 @@ from typing import Any
 
 import numpy as np
 
+from ._common import model_device
+
 log = logging.getLogger(__name__)
 
 #: logit differences this close to a tie may round either way between the teacher-forced pass
@@ -186,7 +188,7 @@ def _forward_margins(model: Any, lm: Any, seqs: list[tuple[list[int], list[int],
     of the last ``max target length + 1`` positions (where every document's target sits)."""
     bs = lm.batch_size if isinstance(lm.batch_size, int) and lm.batch_size > 0 else 32
     pad = lm.tokenizer.pad_token_id if lm.tokenizer.pad_token_id is not None else lm.eot_token_id
-    device = next(model.parameters()).device
+    device = model_device(model)
     out = np.empty(len(seqs))
     for start in range(0, len(seqs), bs):
         chunk = seqs[start : start + bs]

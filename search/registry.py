@@ -55,11 +55,6 @@ class Registry(Generic[T]):
             self._entries[ep.name] = ep.value
             self._plugins[ep.name] = f"plugin {dist.name if dist else '?'} (entry point {ep.name} = {ep.value!r} in {self.group})"
 
-    def origin(self, name: str) -> str:
-        """Where ``name`` comes from: ``built in`` or the plugin package and entry point."""
-        self._discover()
-        return self._plugins.get(name, "built in")
-
     def register(self, name: str, obj: str | T | None = None) -> Callable[[T], T] | None:
         """Register ``obj`` under ``name``; used bare it works as a decorator."""
         if obj is not None:

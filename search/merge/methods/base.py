@@ -78,11 +78,6 @@ class MergeMethod:
         if callable(k) and not isinstance(k, staticmethod):  # a plain function: never bind it as a method
             cls.kernel = staticmethod(k)
 
-    @property
-    def sparsifying(self) -> bool:
-        """True when the method drops entries of the task vectors."""
-        return bool(self.trim)
-
     def __repr__(self) -> str:
         return f"<merge method {self.name}>"
 

@@ -1,7 +1,8 @@
 """Slow, obviously-correct numpy building blocks of the methods' ``reference`` formulas.
 
 Selections by explicit sorting and rank indices, the DARE hash with numpy uint32 arithmetic
-(wraps mod 2**32), sums in float64. The kernels (``search.merge.kernels``) are tested against
+(wraps mod 2**32), sums in float64. The rank and threshold rules are written out here, not
+shared with the kernels' plans (``search.merge.tensorplan``), so a wrong rule there shows. The kernels (``search.merge.kernels``) are tested against
 these, never the other way round.
 """
 
@@ -11,7 +12,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from ..tensorplan import breadcrumbs_ranks, dare_key, dare_threshold, ties_k
+from ...seeding import derive_seed
 
 
 def hash31(key: int, start: int, n: int) -> np.ndarray:
@@ -30,7 +31,7 @@ def hash31(key: int, start: int, n: int) -> np.ndarray:
 def topk_keep(tau: np.ndarray, density: float) -> np.ndarray:
     """Keep entries with |tau| >= the k-th largest |tau|, k = int(density * n)."""
     n = tau.size
-    k = ties_k(density, n)
+    k = int(float(density) * n)
     a = np.abs(tau.reshape(-1))
     if k <= 0:
         return np.zeros(n, dtype=bool)
@@ -43,7 +44,8 @@ def topk_keep(tau: np.ndarray, density: float) -> np.ndarray:
 def band_keep(tau: np.ndarray, density: float, gamma: float) -> np.ndarray:
     """mergekit's magnitude_outliers by rank: drop the n_top largest, keep the next n_keep."""
     n = tau.size
-    n_top, n_keep = breadcrumbs_ranks(density, gamma, n)
+    n_keep, n_top = int(float(density) * n), int(float(gamma) * n)
+    n_top = max(min(n_top, n - n_keep), 0)  # the band never runs past the smallest
     order = np.argsort(-np.abs(tau.reshape(-1)), kind="stable")  # descending magnitude
     keep = np.zeros(n, dtype=bool)
     keep[order[n_top : n_top + n_keep]] = True
@@ -57,7 +59,8 @@ def dare(tau: np.ndarray, density: float, seed: int, name: str, expert: int, res
         return np.zeros_like(t)
     if density >= 1:
         return t
-    keep = hash31(dare_key(seed, name, expert), 0, t.size) < np.uint32(dare_threshold(density))
+    key = derive_seed("dare", seed, name, expert) & 0xFFFFFFFF
+    keep = hash31(key, 0, t.size) < np.uint32(int(density * 2**31))
     kept = np.where(keep, t, 0.0)
     if rescale == "inverse":
         return kept / density
