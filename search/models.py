@@ -10,7 +10,7 @@ import json
 import os
 import re
 import struct
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -44,12 +44,37 @@ def resolve_source(src: str, base_dir: Path | None = None, build: bool = True) -
     return src
 
 
+#: safetensors metadata key holding the tensor names in the model's own order (the zoo writes it)
+ORDER_KEY = "mergesearch.order"
+_INPUT_RE = re.compile(r"(?:^|[._])(?:embed\w*|wte|wpe|tok_\w+|inp|input\w*|stem|patch_embed\w*)(?:[._]|$)")
+
+
+def module_order(names: Sequence[str], order: Sequence[str] | None = None) -> list[str]:
+    """Tensor names read from safetensors headers, which list them alphabetically, in the order
+    the model defines them: ``order`` (the :data:`ORDER_KEY` metadata) where it names every one,
+    else a guess: tensors named like embeddings or inputs (``embed_tokens``, ``wte``, ``inp``)
+    first, then the numbered layers by index, then the rest (final norm, head). The order decides
+    which tensors before the first layer form the ``embed`` group and which after the last form
+    ``head`` (:mod:`search.space`)."""
+    from .space import layer_index
+
+    if order is not None and set(order) >= set(names):
+        return [n for n in order if n in set(names)]
+    index = {n: i for i, n in enumerate(names)}
+    layered = sorted((n for n in names if layer_index(n) is not None), key=lambda n: (layer_index(n), index[n]))
+    inputs = [n for n in names if layer_index(n) is None and _INPUT_RE.search(n)]
+    rest = [n for n in names if layer_index(n) is None and not _INPUT_RE.search(n)]
+    return inputs + layered + rest
+
+
 def safetensors_shapes(folder: Path) -> dict[str, tuple[int, ...]] | None:
-    """Tensor name -> shape from the safetensors headers of a model folder (no tensor data read)."""
+    """Tensor name -> shape from the safetensors headers of a model folder (no tensor data
+    read), in the model's order as far as the headers tell it (:func:`module_order`)."""
     files = sorted(folder.glob("*.safetensors"))
     if not files:
         return None
     shapes: dict[str, tuple[int, ...]] = {}
+    order: list[str] | None = None
     for f in files:
         with open(f, "rb") as fh:
             (n,) = struct.unpack("<Q", fh.read(8))
@@ -57,7 +82,15 @@ def safetensors_shapes(folder: Path) -> dict[str, tuple[int, ...]] | None:
         for k, v in header.items():
             if k != "__metadata__":
                 shapes[k] = tuple(v["shape"])
-    return shapes
+        listed = (header.get("__metadata__") or {}).get(ORDER_KEY)
+        if listed is not None:
+            try:
+                names = json.loads(listed)
+            except ValueError:
+                names = None
+            if isinstance(names, list) and all(isinstance(x, str) for x in names):
+                order = (order or []) + names
+    return {k: shapes[k] for k in module_order(list(shapes), order)}
 
 
 def _has_tokenizer(folder: Path) -> bool:

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -90,3 +91,36 @@ def test_tiny_lm_deep_shape_gives_at_least_70_ties_coordinates() -> None:
     sched = CoefficientSpace.build(names, experts, cfg.merge.model_copy(update={"granularity": "schedule:4"}))
     assert sched.dim == (4 * 3 + 2) * 3 * 2
     assert {g.split(".", 2)[-1] for g in sched.cgroups if g.startswith("knot.")} == {"self_attn", "mlp", "rest"}
+
+
+def test_validate_counts_the_deep_factory_space_as_launch_does(deep_digits: Path, tmp_path: Path) -> None:
+    """A factory model's structure comes, at validate (no code run), from its safetensors
+    header, which lists tensors alphabetically (``blocks.*`` before ``inp``): read in that
+    order, ``inp`` fell after the last layer and 84 coordinates were counted as 78. The zoo
+    records the model's order in the header's metadata, and without it the input layer is
+    recognised by name; either way validate builds launch's space."""
+    import shutil
+
+    from search.models import ORDER_KEY, param_names, safetensors_shapes
+    from search.space import CoefficientSpace
+    from search.validation import check_run
+
+    cfg = load_config(REPO / "configs" / "digits-deep.yaml")
+    experts = [e.name for e in cfg.models.experts]
+    launch_space = CoefficientSpace.build(param_names(cfg), experts, cfg.merge)  # runs the factory
+    assert launch_space.dim == 84 and launch_space.groups[0] == "embed"
+    checked = check_run(cfg)
+    assert checked.space is not None and checked.space.groups == launch_space.groups and checked.space.dim == 84
+    # the header without the order metadata (a factory model saved by someone else): the guess
+    plain = tmp_path / "plain"
+    shutil.copytree(deep_digits / "base", plain)
+    from safetensors.torch import load_file, save_file
+
+    save_file(load_file(str(plain / "model.safetensors")), str(plain / "model.safetensors"))
+    assert list(safetensors_shapes(plain))[:2] == ["inp.bias", "inp.weight"]
+    assert CoefficientSpace.build(list(safetensors_shapes(plain)), experts, cfg.merge).groups == launch_space.groups
+    # the metadata wins over the guess
+    names = list(safetensors_shapes(plain))
+    odd = [n for n in names if n.startswith("out.")] + [n for n in names if not n.startswith("out.")]
+    save_file(load_file(str(plain / "model.safetensors")), str(plain / "model.safetensors"), metadata={ORDER_KEY: json.dumps(odd)})
+    assert list(safetensors_shapes(plain)) == odd

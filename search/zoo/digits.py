@@ -116,8 +116,12 @@ def __getattr__(name: str) -> Any:  # ``from search.zoo.digits import MLP`` with
 def save_mlp(model: Any, folder: Path) -> None:
     from safetensors.torch import save_file
 
+    from ..models import ORDER_KEY
+
     folder.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.detach().contiguous() for k, v in model.state_dict().items()}, str(folder / "model.safetensors"))
+    state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+    # the header lists tensors alphabetically: record the model's own order for `search validate`
+    save_file(state, str(folder / "model.safetensors"), metadata={ORDER_KEY: json.dumps(list(state))})
     (folder / "config.json").write_text(json.dumps(model.config, indent=1) + "\n")
 
 
