@@ -49,6 +49,9 @@ coefficient per expert, same objectives, a subspace of the layer-wise box) for r
     python bench/bench_strategies.py --quick      # budgets 25,50,100, 2 seeds
     python bench/bench_strategies.py --problems digits --out a.json   # one problem per process,
     python bench/bench_strategies.py --combine a.json,b.json          # then merged
+    python bench/bench_strategies.py --runs-dir R --strategies mobo --out a.json &   # one pool filled
+    python bench/bench_strategies.py --runs-dir R --strategies turbo --out b.json    # by two processes;
+    python bench/bench_strategies.py --runs-dir R --strategies mobo,turbo            # the last scores them all
 Writes bench/results/strategies.json and prints a table.
 """
 
@@ -178,7 +181,10 @@ def run_one(ev: Evaluated, strategy: str, options: dict[str, Any], seed: int, n:
     return {"X": np.asarray(X), "V": np.asarray(V), "failed": failed, "strategy_s": t_strat}
 
 
-def score_run(ev: Evaluated, run: dict[str, Any], budgets: list[int], ref: np.ndarray, ref_front: np.ndarray, heldout: dict[int, np.ndarray]) -> dict[str, Any]:
+def score_run(ev: Evaluated, run: dict[str, Any], budgets: list[int], ref: np.ndarray, ref_front: np.ndarray, heldout: dict[int, np.ndarray],
+              heldout_budgets: list[int] | None = None) -> dict[str, Any]:
+    """Validation hypervolume, IGD+ and front size at each budget, and the held-out hypervolume
+    of the front at each of ``heldout_budgets`` (default: every budget)."""
     from search.pareto import hypervolume, igd_plus, pareto_mask
 
     X, V = run["X"], run["V"]
@@ -191,6 +197,8 @@ def score_run(ev: Evaluated, run: dict[str, Any], budgets: list[int], ref: np.nd
         out["hv_val"][b] = hypervolume(V[:b], ev.directions, ref)
         out["igd_plus"][b] = igd_plus(V[:b][mask], ev.directions, ref_front) if len(idx) else math.inf
         out["front_size"][b] = int(len(idx))
+        if heldout_budgets is not None and b not in heldout_budgets:
+            continue
         H = []
         for i in idx:
             if int(i) not in heldout:
@@ -214,6 +222,8 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="budgets 25,50,100 and 2 seeds")
     ap.add_argument("--budgets", default=None, help="comma-separated evaluation budgets")
     ap.add_argument("--seeds", type=int, default=None)
+    ap.add_argument("--seed-start", type=int, default=0, help="first seed (seeds run: seed-start .. seed-start + seeds - 1; e.g. to split one "
+                    "pool's seeds over processes sharing --runs-dir)")
     ap.add_argument("--strategies", default=None, help="comma-separated (default: all registered + map@global); options as name:key=value;key=value")
     ap.add_argument("--problems", default=None, help="comma-separated problem names to run (default all)")
     ap.add_argument("--workers", type=int, default=2, help="virtual workers (outstanding candidates)")
@@ -223,12 +233,19 @@ def main() -> None:
     ap.add_argument("--baselines", default="random,optuna", help="comma-separated baseline strategies (the rest are the project's)")
     ap.add_argument("--keep-merge", action="store_true", help="keep each config's merge method and searched parameters (default: task arithmetic, weights)")
     ap.add_argument("--granularities", default="layer", help="comma-separated granularities run by every strategy (e.g. layer,schedule:4); "
-                    "runs of another than the first are named strategy@granularity and share the problem's pooled reference")
+                    "runs at another granularity than layer are named strategy@granularity and share the problem's pooled reference")
     ap.add_argument("--hide-margins", default="mobo", help="comma-separated strategies also run with the evaluators' margins hidden "
                     f"(named strategy{NOMARGINS}), so both numbers are reported side by side ('': none)")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "strategies.json"))
+    ap.add_argument("--runs-dir", default=None, help="keep every run's points here (one .npz per problem, strategy, granularity and seed); "
+                    "a run already there is loaded instead of re-run, and every run there of a problem joins its pool, so "
+                    "several processes (one per core) can fill one pool and a last call scores it")
+    ap.add_argument("--heldout-budgets", default=None, help="budgets at which each run's front is re-evaluated on the held-out split "
+                    "(default: every budget; '': none, and no held-out hypervolume of the pooled front either)")
     ap.add_argument("--combine", default=None, help="comma-separated result files of earlier runs (e.g. one per problem): merge them into --out and print")
     args = ap.parse_args()
+    runs_dir = Path(args.runs_dir) if args.runs_dir else None
+    heldout_budgets = None if args.heldout_budgets is None else [int(b) for b in args.heldout_budgets.split(",") if b]
     if args.combine:
         parts = [json.loads(Path(f).read_text()) for f in args.combine.split(",")]
         results = {"meta": {**parts[0]["meta"], "combined_from": args.combine.split(",")}, "problems": {}, "summary": {}, "target": {}}
@@ -248,7 +265,7 @@ def main() -> None:
 
     budgets = [int(b) for b in args.budgets.split(",")] if args.budgets else list(QUICK_BUDGETS if args.quick else BUDGETS)
     n = max(budgets)
-    seeds = list(range(args.seeds if args.seeds is not None else (2 if args.quick else 5)))
+    seeds = list(range(args.seed_start, args.seed_start + (args.seeds if args.seeds is not None else (2 if args.quick else 5))))
     names = args.strategies.split(",") if args.strategies else [*STRATEGIES.names(), "map@global"]
     hide = [h for h in args.hide_margins.split(",") if h]
     names = [v for nm in names for v in ([nm, nm + NOMARGINS] if parse_strategy(nm) in hide and "@" not in nm
@@ -292,7 +309,7 @@ def main() -> None:
                     evs[gran] = Evaluated(granularity_variant(cfg_dict, gran), base_dir)
                     print(f"   {gran}: {evs[gran].space.describe()}", flush=True)
                 e = evs[gran]
-                if gran != grans[0]:
+                if gran != "layer":
                     name = f"{name}@{gran}"
             if name == "map@global":
                 if "global" not in evs:
@@ -304,21 +321,39 @@ def main() -> None:
                 print(f"   {name}: skipped: {msgs[0]}", flush=True)
                 continue
             for seed in seeds:
-                t0 = time.perf_counter()
-                e0 = e.eval_s
-                run = run_one(e, strat, opts, seed, n, args.workers, hide_margins=hidden)
-                run["seconds"] = time.perf_counter() - t0
-                run["eval_s"] = e.eval_s - e0
+                gname = name if "@" in name else f"{name}@{gran}"
+                run = load_run(runs_dir, pname, gname, seed, n) if runs_dir else None
+                if run is None:
+                    t0 = time.perf_counter()
+                    e0 = e.eval_s
+                    run = run_one(e, strat, opts, seed, n, args.workers, hide_margins=hidden)
+                    run["seconds"] = time.perf_counter() - t0
+                    run["eval_s"] = e.eval_s - e0
+                    if runs_dir:
+                        save_run(runs_dir, pname, gname, seed, run, name, "global" if name == "map@global" else gran)
                 raw_runs.append((name, seed, run, e))
-                print(f"   {name:12s} seed {seed}: {run['seconds']:.1f}s (strategy {run['strategy_s']:.1f}s, eval {run['eval_s']:.1f}s)", flush=True)
+                print(f"   {name:12s} seed {seed}: {run['seconds']:.1f}s (strategy {run['strategy_s']:.1f}s, eval {run['eval_s']:.1f}s)"
+                      + (" (from --runs-dir)" if run.get("cached") else ""), flush=True)
         # the reference run: one long run of a strong strategy (20 x the target budget by default)
         ref_run = None
         if args.reference_factor > 0:
             rname = args.reference_strategy
+            rn = args.reference_factor * args.target_budget
             t0 = time.perf_counter()
-            ref_run = run_one(ev, parse_strategy(rname), parse_options(rname), 0, args.reference_factor * args.target_budget, args.workers)
-            print(f"   reference {rname} x{args.reference_factor * args.target_budget}: {time.perf_counter() - t0:.1f}s", flush=True)
+            ref_run = load_run(runs_dir, pname, f"reference:{rname}@layer", 0, rn) if runs_dir else None
+            if ref_run is None:
+                ref_run = run_one(ev, parse_strategy(rname), parse_options(rname), 0, rn, args.workers)
+                if runs_dir:
+                    save_run(runs_dir, pname, f"reference:{rname}@layer", 0, ref_run, f"reference:{rname}", "layer")
+            print(f"   reference {rname} x{rn}: {time.perf_counter() - t0:.1f}s", flush=True)
             raw_runs.append((f"reference:{rname}", 0, ref_run, ev))
+        # runs another process left in --runs-dir for this problem join the pool (and the table)
+        if runs_dir:
+            for name, seed, run, gran in other_runs(runs_dir, pname, {(nm, sd) for nm, sd, _, _ in raw_runs}, n):
+                if gran not in evs:
+                    evs[gran] = Evaluated(global_variant(cfg_dict) if gran == "global" else granularity_variant(cfg_dict, gran), base_dir)
+                raw_runs.append((name, seed, run, evs[gran]))
+                print(f"   {name:12s} seed {seed}: from --runs-dir", flush=True)
         # pooled reference front and reference point
         from search.pareto import hypervolume, pareto_mask
 
@@ -335,7 +370,7 @@ def main() -> None:
         ref_hv = hypervolume(ref_front, ev.directions, ref)
         # held-out values of the pooled front
         H = []
-        for i in np.flatnonzero(mask):
+        for i in np.flatnonzero(mask) if heldout_budgets != [] else []:
             x_i, e_i = allXE[i]
             vals, _, _ = e_i(x_i, 2_000_000 + int(i), split="heldout")
             H.append(vals if vals is not None else np.full(len(ev.directions), np.nan))
@@ -344,18 +379,18 @@ def main() -> None:
         ref_run_out = None
         if ref_run is not None:
             tb = args.reference_factor * args.target_budget
-            rsc = score_run(ev, ref_run, [tb], ref, ref_front, {})
+            rsc = score_run(ev, ref_run, [tb], ref, ref_front, {}, None if heldout_budgets != [] else [])
             ref_run_out = {
                 "strategy": args.reference_strategy,
                 "evaluations": tb,
                 "hv_val": rsc["hv_val"][tb],
-                "hv_test": rsc["hv_test"][tb],  # its validation front re-evaluated on the held-out split
+                "hv_test": rsc["hv_test"].get(tb),  # its validation front re-evaluated on the held-out split
                 "seconds": round(ref_run.get("strategy_s", 0.0), 2),
             }
         for name, seed, run, e in raw_runs:
             if name.startswith("reference:"):
                 continue
-            sc = score_run(e, run, budgets, ref, ref_front, {})
+            sc = score_run(e, run, budgets, ref, ref_front, {}, heldout_budgets)
             runs_out.append(
                 {
                     "strategy": name,
@@ -388,6 +423,48 @@ def main() -> None:
     print_table(results, budgets)
     print_target(results["target"])
     print(f"\nwrote {args.out}")
+
+
+def _run_path(runs_dir: Path, problem: str, gname: str, seed: int) -> Path:
+    safe = "".join(c if c.isalnum() or c in "-_.@" else "_" for c in gname)
+    return runs_dir / problem / f"{safe}_s{seed}.npz"
+
+
+def save_run(runs_dir: Path, problem: str, gname: str, seed: int, run: dict[str, Any], name: str, gran: str) -> None:
+    """One run's points and timings (plain arrays and strings: read back without pickle)."""
+    path = _run_path(runs_dir, problem, gname, seed)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(path, X=run["X"], V=run["V"], failed=run["failed"], seconds=run.get("seconds", 0.0), strategy_s=run["strategy_s"],
+             eval_s=run.get("eval_s", 0.0), name=name, gname=gname, gran=gran, seed=seed)
+
+
+def _read_run(path: Path, n: int | None = None) -> dict[str, Any] | None:
+    with np.load(path, allow_pickle=False) as d:
+        if n is not None and len(d["V"]) < n:
+            return None
+        k = len(d["V"]) if n is None else n
+        return {"X": d["X"][:k], "V": d["V"][:k], "failed": int(d["failed"]), "seconds": float(d["seconds"]),
+                "strategy_s": float(d["strategy_s"]), "eval_s": float(d["eval_s"]), "cached": True,
+                "name": str(d["name"]), "gran": str(d["gran"]), "seed": int(d["seed"])}
+
+
+def load_run(runs_dir: Path, problem: str, gname: str, seed: int, n: int) -> dict[str, Any] | None:
+    """A run saved by :func:`save_run` with at least ``n`` evaluations (its first ``n``), or None."""
+    path = _run_path(runs_dir, problem, gname, seed)
+    return _read_run(path, n) if path.exists() else None
+
+
+def other_runs(runs_dir: Path, problem: str, have: set[tuple[str, int]], n: int) -> list[tuple[str, int, dict[str, Any], str]]:
+    """Every run saved for ``problem`` with at least ``n`` evaluations (its first ``n``; a
+    reference run whole) whose (name, seed) is not in ``have``: (name, seed, run, granularity)."""
+    out = []
+    for path in sorted((runs_dir / problem).glob("*.npz")):
+        run = _read_run(path, None if path.name.startswith("reference") else n)
+        if run is None:
+            print(f"   {path.name}: fewer than {n} evaluations, left out of the pool", flush=True)
+        elif (run["name"], run["seed"]) not in have:
+            out.append((run["name"], run["seed"], run, run["gran"]))
+    return out
 
 
 def parse_strategy(name: str) -> str:

@@ -1,0 +1,68 @@
+"""The bench scripts' helpers that decide what a reported number is made of: the run files that
+let several processes fill one pooled front (``bench_strategies.py --runs-dir``), and the
+item-response fit of ``bench_value_models.py``."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+BENCH = Path(__file__).resolve().parents[1] / "bench"
+
+
+def _load(name: str):
+    spec = importlib.util.spec_from_file_location(f"_bench_{name}", BENCH / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    sys.path.insert(0, str(BENCH))
+    try:
+        spec.loader.exec_module(mod)
+    finally:
+        sys.path.remove(str(BENCH))
+    return mod
+
+
+@pytest.fixture(scope="module")
+def bs():
+    return _load("bench_strategies")
+
+
+def _run(n: int, seed: int) -> dict:
+    rng = np.random.default_rng(seed)
+    return {"X": rng.random((n, 4)), "V": rng.random((n, 2)), "failed": 1, "seconds": 2.5, "strategy_s": 0.5, "eval_s": 2.0}
+
+
+def test_saved_runs_load_back_cut_to_the_budget_and_join_the_pool(bs, tmp_path: Path) -> None:
+    run = _run(30, 0)
+    bs.save_run(tmp_path, "p", "optuna:sampler=tpe@schedule:2", 3, run, "optuna:sampler=tpe@schedule:2", "schedule:2")
+    back = bs.load_run(tmp_path, "p", "optuna:sampler=tpe@schedule:2", 3, 20)
+    assert back is not None and back["cached"]
+    np.testing.assert_array_equal(back["X"], run["X"][:20])
+    np.testing.assert_array_equal(back["V"], run["V"][:20])
+    assert (back["name"], back["gran"], back["seed"], back["failed"]) == ("optuna:sampler=tpe@schedule:2", "schedule:2", 3, 1)
+    assert bs.load_run(tmp_path, "p", "optuna:sampler=tpe@schedule:2", 3, 31) is None  # too short for the budget
+    assert bs.load_run(tmp_path, "p", "optuna:sampler=tpe@schedule:2", 4, 20) is None  # another seed
+    assert bs.load_run(tmp_path, "q", "optuna:sampler=tpe@schedule:2", 3, 20) is None  # another problem
+    # another process's runs: all of the problem's except those already in hand; a reference run whole
+    bs.save_run(tmp_path, "p", "mobo@layer", 0, _run(30, 1), "mobo", "layer")
+    bs.save_run(tmp_path, "p", "mobo@layer", 1, _run(10, 2), "mobo", "layer")  # shorter than the budget: left out
+    bs.save_run(tmp_path, "p", "reference:nsga2@layer", 0, _run(80, 3), "reference:nsga2", "layer")
+    got = {(name, seed): (len(r["V"]), gran) for name, seed, r, gran in bs.other_runs(tmp_path, "p", {("mobo", 0)}, 20)}
+    assert got == {("optuna:sampler=tpe@schedule:2", 3): (20, "schedule:2"), ("reference:nsga2", 0): (80, "layer")}
+
+
+def test_item_response_fit_recovers_the_probabilities_it_was_drawn_from() -> None:
+    vm = _load("bench_value_models")
+    rng = np.random.default_rng(0)
+    T, N, d = 120, 150, 2
+    theta, a, b = rng.normal(size=(T, d)), rng.normal(size=(N, d)) * 1.5, rng.normal(size=N)
+    P = 1.0 / (1.0 + np.exp(-(theta @ a.T + b)))
+    Y = (rng.random((T, N)) < P).astype(np.float64)
+    th, a_hat, b_hat = vm.fit_irt(Y, d=3)
+    P_hat = 1.0 / (1.0 + np.exp(-(th @ a_hat.T + b_hat)))
+    # the fitted probabilities track the true ones far better than the 0/1 draws do
+    assert np.corrcoef(P_hat.ravel(), P.ravel())[0, 1] > 0.85
+    assert np.abs(P_hat - P).mean() < 0.5 * np.abs(Y - P).mean()
