@@ -46,7 +46,9 @@ def resolve_source(src: str, base_dir: Path | None = None, build: bool = True) -
 
 #: safetensors metadata key holding the tensor names in the model's own order (the zoo writes it)
 ORDER_KEY = "mergesearch.order"
-_INPUT_RE = re.compile(r"(?:^|[._])(?:embed\w*|wte|wpe|tok_\w+|inp|input\w*|stem|patch_embed\w*)(?:[._]|$)")
+#: names of input-side tensors (embeddings, an input layer); not ``embed_out`` (GPT-NeoX's head)
+_INPUT_RE = re.compile(r"(?:^|[._])(?:embed|embeddings|embed_tokens|embed_in|embed_positions|word_embeddings|position_embeddings|"
+                       r"token_type_embeddings|wte|wpe|tok_embeddings|inp|input|input_layer|stem|patch_embed)(?:\.|$)")
 
 
 def module_order(names: Sequence[str], order: Sequence[str] | None = None) -> list[str]:

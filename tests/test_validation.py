@@ -168,6 +168,26 @@ def test_map_refusal_uses_the_models_real_space(tiny_lm_zoo: Path, tmp_path: Pat
     assert not store.exists()
 
 
+def test_header_names_are_put_in_the_models_order() -> None:
+    """safetensors headers list tensors alphabetically; the space needs the model's order (what
+    precedes the first layer is `embed`, what follows the last is `head`). Inputs are recognised
+    by name (GPT-NeoX's `embed_out` is its head, not an input); layers go by index, not text."""
+    from search.models import module_order
+
+    neox = ["embed_out.weight", "gpt_neox.embed_in.weight", "gpt_neox.final_layer_norm.weight",
+            "gpt_neox.layers.0.mlp.weight", "gpt_neox.layers.10.mlp.weight", "gpt_neox.layers.2.mlp.weight"]
+    assert module_order(sorted(neox)) == ["gpt_neox.embed_in.weight", "gpt_neox.layers.0.mlp.weight", "gpt_neox.layers.2.mlp.weight",
+                                          "gpt_neox.layers.10.mlp.weight", "embed_out.weight", "gpt_neox.final_layer_norm.weight"]
+    gpt2 = ["lm_head.weight", "transformer.h.0.attn.weight", "transformer.ln_f.weight", "transformer.wpe.weight", "transformer.wte.weight"]
+    assert module_order(gpt2)[:2] == ["transformer.wpe.weight", "transformer.wte.weight"]
+    assert module_order(gpt2)[2] == "transformer.h.0.attn.weight"
+    mlp = ["blocks.0.fc.weight", "blocks.1.fc.weight", "inp.weight", "out.weight"]
+    assert module_order(mlp) == ["inp.weight", "blocks.0.fc.weight", "blocks.1.fc.weight", "out.weight"]
+    # an order that names every tensor wins; one that misses some is ignored
+    assert module_order(mlp, ["out.weight", *mlp[:3]]) == ["out.weight", *mlp[:3]]
+    assert module_order(mlp, ["out.weight"]) == module_order(mlp)
+
+
 def _truncate_weights(src: Path, dst: Path) -> None:
     """Copy a model folder, keeping of each safetensors file only its header."""
     shutil.copytree(src, dst)
