@@ -57,11 +57,14 @@ def module_order(names: Sequence[str], order: Sequence[str] | None = None) -> li
     else a guess: tensors named like embeddings or inputs (``embed_tokens``, ``wte``, ``inp``)
     first, then the numbered layers by index, then the rest (final norm, head). The order decides
     which tensors before the first layer form the ``embed`` group and which after the last form
-    ``head`` (:mod:`search.space`)."""
+    ``head`` (:mod:`search.space`). The guess can be wrong for a model that registers a module
+    out of that pattern (OPT's decoder registers its final norm before its layers); only
+    ``search validate`` of a ``models.factory`` model relies on it (launch runs the factory)."""
     from .space import layer_index
 
-    if order is not None and set(order) >= set(names):
-        return [n for n in order if n in set(names)]
+    have = set(names)
+    if order is not None and set(order) >= have:
+        return list(dict.fromkeys(n for n in order if n in have))
     index = {n: i for i, n in enumerate(names)}
     layered = sorted((n for n in names if layer_index(n) is not None), key=lambda n: (layer_index(n), index[n]))
     inputs = [n for n in names if layer_index(n) is None and _INPUT_RE.search(n)]

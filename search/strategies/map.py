@@ -686,7 +686,8 @@ def _expert_points(problem: Problem) -> list[tuple[str, np.ndarray]]:
 
 
 def _dim_from_config(cfg: Any) -> int | None:
-    """Coordinates of the configured space, from safetensors headers only (no weights loaded)."""
+    """A lower bound on the coordinates of the configured space, from safetensors headers only
+    (no weights loaded)."""
     n_exp = len(cfg.models.experts)
     n_par = len(cfg.merge.search)
     if cfg.merge.granularity == "global":
@@ -707,7 +708,10 @@ def _dim_from_config(cfg: Any) -> int | None:
         shapes = safetensors_shapes(folder) if folder.is_dir() else None
         if not shapes:
             return None
-        space = CoefficientSpace.build(list(shapes), [e.name for e in cfg.models.experts], cfg.merge)
-        return space.dim
+        # the header lists names alphabetically and safetensors_shapes guesses the model's order from
+        # them: the smaller count of the two, so that this early estimate never refuses a space the
+        # real one (the constructor's check) would accept
+        experts = [e.name for e in cfg.models.experts]
+        return min(CoefficientSpace.build(names, experts, cfg.merge).dim for names in (sorted(shapes), list(shapes)))
     except Exception:  # noqa: BLE001 - unknown here; the constructor checks again with the real space
         return None
