@@ -49,9 +49,10 @@ coefficient per expert, same objectives, a subspace of the layer-wise box) for r
     python bench/bench_strategies.py --quick      # budgets 25,50,100, 2 seeds
     python bench/bench_strategies.py --problems digits --out a.json   # one problem per process,
     python bench/bench_strategies.py --combine a.json,b.json          # then merged
-    python bench/bench_strategies.py --runs-dir R --strategies mobo --out a.json &   # one pool filled
-    python bench/bench_strategies.py --runs-dir R --strategies turbo --out b.json    # by two processes;
-    python bench/bench_strategies.py --runs-dir R --strategies mobo,turbo            # the last scores them all
+    F="--runs-dir R --reference-factor 0 --heldout-budgets ''"   # fillers: runs only, no scoring work
+    python bench/bench_strategies.py $F --strategies mobo --out a.json &    # one pool filled by
+    python bench/bench_strategies.py $F --strategies turbo --out b.json     # two processes;
+    python bench/bench_strategies.py --runs-dir R --strategies mobo,turbo   # the last runs the reference, scores them all
 Writes bench/results/strategies.json and prints a table.
 """
 
@@ -59,6 +60,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import hashlib
 import json
 import math
 import os
@@ -238,7 +240,8 @@ def main() -> None:
                     f"(named strategy{NOMARGINS}), so both numbers are reported side by side ('': none)")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "strategies.json"))
     ap.add_argument("--runs-dir", default=None, help="keep every run's points here (one .npz per problem, strategy, granularity and seed); "
-                    "a run already there is loaded instead of re-run, and every run there of a problem joins its pool, so "
+                    "a run already there with the same setup (config, budget, workers) is loaded instead of re-run, and every run "
+                    "there of a problem with that setup joins its pool, so "
                     "several processes (one per core) can fill one pool and a last call scores it")
     ap.add_argument("--heldout-budgets", default=None, help="budgets at which each run's front is re-evaluated on the held-out split "
                     "(default: every budget; '': none, and no held-out hypervolume of the pooled front either)")
@@ -289,6 +292,7 @@ def main() -> None:
             "machine": platform.machine(),
             "cpus": os.cpu_count(),
             "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+            "runs_dir": str(runs_dir) if runs_dir else None,  # the pools also hold the runs other calls left there (problems.*.runs)
         },
         "problems": {},
     }
@@ -298,19 +302,19 @@ def main() -> None:
         ev = evs["layer"]
         print(f"   {ev.space.describe()}; objectives {[o.name for o in ev.cfg.objectives]}", flush=True)
         raw_runs: list[tuple[str, int, dict[str, Any], Evaluated]] = []
+        setup = run_setup(cfg_dict, n, args.workers)
         for gran, name in [(g, nm) for g in grans for nm in names]:
             hidden = name.endswith(NOMARGINS)
             base_name = name.removesuffix(NOMARGINS)
             strat, opts, e = parse_strategy(base_name), parse_options(base_name), ev
-            if gran != grans[0] or gran != "layer":
-                if name == "map@global":
-                    continue
+            if name == "map@global" and gran != grans[0]:
+                continue  # once per problem, in its own (global) space
+            if gran != "layer" and name != "map@global":
                 if gran not in evs:
                     evs[gran] = Evaluated(granularity_variant(cfg_dict, gran), base_dir)
                     print(f"   {gran}: {evs[gran].space.describe()}", flush=True)
                 e = evs[gran]
-                if gran != "layer":
-                    name = f"{name}@{gran}"
+                name = f"{name}@{gran}"
             if name == "map@global":
                 if "global" not in evs:
                     evs["global"] = Evaluated(global_variant(cfg_dict), base_dir)
@@ -322,7 +326,7 @@ def main() -> None:
                 continue
             for seed in seeds:
                 gname = name if "@" in name else f"{name}@{gran}"
-                run = load_run(runs_dir, pname, gname, seed, n) if runs_dir else None
+                run = load_run(runs_dir, pname, gname, seed, setup) if runs_dir else None
                 if run is None:
                     t0 = time.perf_counter()
                     e0 = e.eval_s
@@ -330,7 +334,7 @@ def main() -> None:
                     run["seconds"] = time.perf_counter() - t0
                     run["eval_s"] = e.eval_s - e0
                     if runs_dir:
-                        save_run(runs_dir, pname, gname, seed, run, name, "global" if name == "map@global" else gran)
+                        save_run(runs_dir, pname, gname, seed, run, name, "global" if name == "map@global" else gran, setup)
                 raw_runs.append((name, seed, run, e))
                 print(f"   {name:12s} seed {seed}: {run['seconds']:.1f}s (strategy {run['strategy_s']:.1f}s, eval {run['eval_s']:.1f}s)"
                       + (" (from --runs-dir)" if run.get("cached") else ""), flush=True)
@@ -340,18 +344,22 @@ def main() -> None:
             rname = args.reference_strategy
             rn = args.reference_factor * args.target_budget
             t0 = time.perf_counter()
-            ref_run = load_run(runs_dir, pname, f"reference:{rname}@layer", 0, rn) if runs_dir else None
+            ref_setup = run_setup(cfg_dict, rn, args.workers)
+            ref_run = load_run(runs_dir, pname, f"reference:{rname}@layer", 0, ref_setup) if runs_dir else None
             if ref_run is None:
                 ref_run = run_one(ev, parse_strategy(rname), parse_options(rname), 0, rn, args.workers)
                 if runs_dir:
-                    save_run(runs_dir, pname, f"reference:{rname}@layer", 0, ref_run, f"reference:{rname}", "layer")
+                    save_run(runs_dir, pname, f"reference:{rname}@layer", 0, ref_run, f"reference:{rname}", "layer", ref_setup)
             print(f"   reference {rname} x{rn}: {time.perf_counter() - t0:.1f}s", flush=True)
             raw_runs.append((f"reference:{rname}", 0, ref_run, ev))
         # runs another process left in --runs-dir for this problem join the pool (and the table)
         if runs_dir:
-            for name, seed, run, gran in other_runs(runs_dir, pname, {(nm, sd) for nm, sd, _, _ in raw_runs}, n):
+            for name, seed, run, gran in other_runs(runs_dir, pname, {(nm, sd) for nm, sd, _, _ in raw_runs}, setup):
                 if gran not in evs:
                     evs[gran] = Evaluated(global_variant(cfg_dict) if gran == "global" else granularity_variant(cfg_dict, gran), base_dir)
+                if run["X"].shape[1] != evs[gran].space.dim:
+                    print(f"   {name} seed {seed}: {run['X'].shape[1]} coordinates, not the {evs[gran].space.dim} of {gran}: left out", flush=True)
+                    continue
                 raw_runs.append((name, seed, run, evs[gran]))
                 print(f"   {name:12s} seed {seed}: from --runs-dir", flush=True)
         # pooled reference front and reference point
@@ -430,38 +438,62 @@ def _run_path(runs_dir: Path, problem: str, gname: str, seed: int) -> Path:
     return runs_dir / problem / f"{safe}_s{seed}.npz"
 
 
-def save_run(runs_dir: Path, problem: str, gname: str, seed: int, run: dict[str, Any], name: str, gran: str) -> None:
-    """One run's points and timings (plain arrays and strings: read back without pickle)."""
+def run_setup(cfg_dict: dict[str, Any], budget: int, workers: int) -> str:
+    """What a run's points depend on besides its strategy, granularity and seed: the problem's
+    config (merge method, searched parameters, objectives), the budget the strategy was built
+    with (mobo's and map's initial designs depend on it) and the virtual workers."""
+    digest = hashlib.sha256(json.dumps(cfg_dict, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    return json.dumps({"config": digest, "budget": int(budget), "workers": int(workers)}, sort_keys=True)
+
+
+def save_run(runs_dir: Path, problem: str, gname: str, seed: int, run: dict[str, Any], name: str, gran: str, setup: str) -> None:
+    """One run's points and timings (plain arrays and strings: read back without pickle),
+    written to a temporary file and renamed, so a reader never sees half a file."""
     path = _run_path(runs_dir, problem, gname, seed)
     path.parent.mkdir(parents=True, exist_ok=True)
-    np.savez(path, X=run["X"], V=run["V"], failed=run["failed"], seconds=run.get("seconds", 0.0), strategy_s=run["strategy_s"],
-             eval_s=run.get("eval_s", 0.0), name=name, gname=gname, gran=gran, seed=seed)
+    tmp = path.with_suffix(".npz.part")
+    with open(tmp, "wb") as fh:
+        np.savez(fh, X=run["X"], V=run["V"], failed=run["failed"], seconds=run.get("seconds", 0.0), strategy_s=run["strategy_s"],
+                 eval_s=run.get("eval_s", 0.0), name=name, gname=gname, gran=gran, seed=seed, setup=setup)
+    os.replace(tmp, path)
 
 
-def _read_run(path: Path, n: int | None = None) -> dict[str, Any] | None:
+def _read_run(path: Path) -> dict[str, Any]:
     with np.load(path, allow_pickle=False) as d:
-        if n is not None and len(d["V"]) < n:
-            return None
-        k = len(d["V"]) if n is None else n
-        return {"X": d["X"][:k], "V": d["V"][:k], "failed": int(d["failed"]), "seconds": float(d["seconds"]),
+        return {"X": d["X"], "V": d["V"], "failed": int(d["failed"]), "seconds": float(d["seconds"]),
                 "strategy_s": float(d["strategy_s"]), "eval_s": float(d["eval_s"]), "cached": True,
-                "name": str(d["name"]), "gran": str(d["gran"]), "seed": int(d["seed"])}
+                "name": str(d["name"]), "gran": str(d["gran"]), "seed": int(d["seed"]), "setup": json.loads(str(d["setup"]))}
 
 
-def load_run(runs_dir: Path, problem: str, gname: str, seed: int, n: int) -> dict[str, Any] | None:
-    """A run saved by :func:`save_run` with at least ``n`` evaluations (its first ``n``), or None."""
+def load_run(runs_dir: Path, problem: str, gname: str, seed: int, setup: str) -> dict[str, Any] | None:
+    """The run :func:`save_run` saved under these names with this ``setup``, or None (none
+    saved, unreadable, or made with another setup: then it is run again and replaced)."""
     path = _run_path(runs_dir, problem, gname, seed)
-    return _read_run(path, n) if path.exists() else None
+    try:
+        run = _read_run(path) if path.exists() else None
+    except Exception as e:  # noqa: BLE001 - a damaged file is re-run
+        print(f"   {path.name}: unreadable ({type(e).__name__}), run again", flush=True)
+        return None
+    return run if run is not None and run["setup"] == json.loads(setup) else None
 
 
-def other_runs(runs_dir: Path, problem: str, have: set[tuple[str, int]], n: int) -> list[tuple[str, int, dict[str, Any], str]]:
-    """Every run saved for ``problem`` with at least ``n`` evaluations (its first ``n``; a
-    reference run whole) whose (name, seed) is not in ``have``: (name, seed, run, granularity)."""
+def other_runs(runs_dir: Path, problem: str, have: set[tuple[str, int]], setup: str) -> list[tuple[str, int, dict[str, Any], str]]:
+    """Every run saved for ``problem`` with this ``setup`` (a reference run: with this config and
+    workers, any budget) whose (name, seed) is not in ``have``: (name, seed, run, granularity).
+    Runs of another setup and unreadable files are left out, each with a line saying so."""
+    want = json.loads(setup)
     out = []
     for path in sorted((runs_dir / problem).glob("*.npz")):
-        run = _read_run(path, None if path.name.startswith("reference") else n)
-        if run is None:
-            print(f"   {path.name}: fewer than {n} evaluations, left out of the pool", flush=True)
+        try:
+            run = _read_run(path)
+        except Exception as e:  # noqa: BLE001 - a file another process is damaging or a stale format
+            print(f"   {path.name}: unreadable ({type(e).__name__}), left out of the pool", flush=True)
+            continue
+        got = dict(run["setup"])
+        if run["name"].startswith("reference:"):
+            got["budget"] = want["budget"]
+        if got != want:
+            print(f"   {path.name}: made with another setup ({run['setup']}), left out of the pool", flush=True)
         elif (run["name"], run["seed"]) not in have:
             out.append((run["name"], run["seed"], run, run["gran"]))
     return out
@@ -513,7 +545,9 @@ def check_target(results: dict[str, Any], budgets: list[int], target_budget: int
     out: dict[str, Any] = {}
     for pname, p in results["problems"].items():
         runs = p["runs"]
-        names = [n for n in dict.fromkeys(r["strategy"] for r in runs) if n.split("@")[0] not in baselines and n != "map@global"]
+        base = {parse_strategy(b) for b in baselines}
+        names = [n for n in dict.fromkeys(r["strategy"] for r in runs)
+                 if parse_strategy(n.split("@")[0].removesuffix(NOMARGINS)) not in base and n != "map@global"]
         hv = {(r["strategy"], r["seed"]): r["hv_val"] for r in runs}
         seeds = sorted({r["seed"] for r in runs})
         hv_test = {(r["strategy"], r["seed"]): r["hv_test"] for r in runs}
@@ -524,14 +558,15 @@ def check_target(results: dict[str, Any], budgets: list[int], target_budget: int
         ref_run = p.get("reference_run")
         if target_budget in budgets and names:
             best = max(names, key=lambda n: mean(n, target_budget))
+            held = mean(best, target_budget, hv_test) if any(str(target_budget) in v for v in hv_test.values()) else None
             t["at_target"] = {
                 "budget": target_budget,
                 "best_project_strategy": best,
                 "hv": mean(best, target_budget),
                 "fraction_of_reference_run": (mean(best, target_budget) / ref_run["hv_val"]) if ref_run else None,
                 "fraction_of_pooled_front": mean(best, target_budget) / p["ref_hv_val"],
-                "hv_test": mean(best, target_budget, hv_test),
-                "heldout_fraction_of_reference_run": (mean(best, target_budget, hv_test) / ref_run["hv_test"]) if ref_run and ref_run.get("hv_test") else None,
+                "hv_test": held,
+                "heldout_fraction_of_reference_run": (held / ref_run["hv_test"]) if held is not None and ref_run and ref_run.get("hv_test") else None,
                 "reference_run": ref_run,
             }
         for b in budgets:

@@ -140,6 +140,9 @@ def main() -> None:
         print(f"mobo seed {seed}: {args.budget} evaluations in {time.perf_counter() - t0:.1f}s", flush=True)
         U = (run["X"] - lo) / np.where(hi > lo, hi - lo, 1.0)
         for j, name in enumerate(names):
+            if run["failed"] or any(j not in m for m in margins):
+                raise SystemExit(f"objective {name!r}: a point has no margins (a failed trial, or an evaluator that reports "
+                                 "none); this bench needs margins on every point")
             M = np.vstack([m[j] for m in margins])
             n_ex.append(M.shape[1])
             for model in MODELS:

@@ -35,23 +35,29 @@ def _run(n: int, seed: int) -> dict:
     return {"X": rng.random((n, 4)), "V": rng.random((n, 2)), "failed": 1, "seconds": 2.5, "strategy_s": 0.5, "eval_s": 2.0}
 
 
-def test_saved_runs_load_back_cut_to_the_budget_and_join_the_pool(bs, tmp_path: Path) -> None:
+def test_saved_runs_load_back_only_for_their_setup_and_join_the_pool(bs, tmp_path: Path) -> None:
+    cfg = {"name": "p", "merge": {"method": "ties"}}
+    setup = bs.run_setup(cfg, 30, 2)
     run = _run(30, 0)
-    bs.save_run(tmp_path, "p", "optuna:sampler=tpe@schedule:2", 3, run, "optuna:sampler=tpe@schedule:2", "schedule:2")
-    back = bs.load_run(tmp_path, "p", "optuna:sampler=tpe@schedule:2", 3, 20)
+    bs.save_run(tmp_path, "p", "optuna:sampler=tpe@schedule:2", 3, run, "optuna:sampler=tpe@schedule:2", "schedule:2", setup)
+    assert not list(tmp_path.rglob("*.part"))  # written whole, then renamed
+    back = bs.load_run(tmp_path, "p", "optuna:sampler=tpe@schedule:2", 3, setup)
     assert back is not None and back["cached"]
-    np.testing.assert_array_equal(back["X"], run["X"][:20])
-    np.testing.assert_array_equal(back["V"], run["V"][:20])
+    np.testing.assert_array_equal(back["X"], run["X"])
+    np.testing.assert_array_equal(back["V"], run["V"])
     assert (back["name"], back["gran"], back["seed"], back["failed"]) == ("optuna:sampler=tpe@schedule:2", "schedule:2", 3, 1)
-    assert bs.load_run(tmp_path, "p", "optuna:sampler=tpe@schedule:2", 3, 31) is None  # too short for the budget
-    assert bs.load_run(tmp_path, "p", "optuna:sampler=tpe@schedule:2", 4, 20) is None  # another seed
-    assert bs.load_run(tmp_path, "q", "optuna:sampler=tpe@schedule:2", 3, 20) is None  # another problem
-    # another process's runs: all of the problem's except those already in hand; a reference run whole
-    bs.save_run(tmp_path, "p", "mobo@layer", 0, _run(30, 1), "mobo", "layer")
-    bs.save_run(tmp_path, "p", "mobo@layer", 1, _run(10, 2), "mobo", "layer")  # shorter than the budget: left out
-    bs.save_run(tmp_path, "p", "reference:nsga2@layer", 0, _run(80, 3), "reference:nsga2", "layer")
-    got = {(name, seed): (len(r["V"]), gran) for name, seed, r, gran in bs.other_runs(tmp_path, "p", {("mobo", 0)}, 20)}
-    assert got == {("optuna:sampler=tpe@schedule:2", 3): (20, "schedule:2"), ("reference:nsga2", 0): (80, "layer")}
+    # another budget (mobo's and map's designs depend on it), config or worker count: not this run
+    for other in (bs.run_setup(cfg, 20, 2), bs.run_setup({**cfg, "merge": {"method": "linear"}}, 30, 2), bs.run_setup(cfg, 30, 4)):
+        assert bs.load_run(tmp_path, "p", "optuna:sampler=tpe@schedule:2", 3, other) is None
+    assert bs.load_run(tmp_path, "p", "optuna:sampler=tpe@schedule:2", 4, setup) is None  # another seed
+    assert bs.load_run(tmp_path, "q", "optuna:sampler=tpe@schedule:2", 3, setup) is None  # another problem
+    # another process's runs: those of this setup not already in hand; a reference run of any budget
+    bs.save_run(tmp_path, "p", "mobo@layer", 0, _run(30, 1), "mobo", "layer", setup)
+    bs.save_run(tmp_path, "p", "mobo@layer", 1, _run(10, 2), "mobo", "layer", bs.run_setup(cfg, 10, 2))  # another budget
+    bs.save_run(tmp_path, "p", "reference:nsga2@layer", 0, _run(80, 3), "reference:nsga2", "layer", bs.run_setup(cfg, 80, 2))
+    (tmp_path / "p" / "broken_s0.npz").write_bytes(b"PK\x03\x04 not a whole file")  # a damaged file is skipped
+    got = {(name, seed): (len(r["V"]), gran) for name, seed, r, gran in bs.other_runs(tmp_path, "p", {("mobo", 0)}, setup)}
+    assert got == {("optuna:sampler=tpe@schedule:2", 3): (30, "schedule:2"), ("reference:nsga2", 0): (80, "layer")}
 
 
 def test_item_response_fit_recovers_the_probabilities_it_was_drawn_from() -> None:
