@@ -58,8 +58,10 @@ def module_order(names: Sequence[str], order: Sequence[str] | None = None) -> li
     first, then the numbered layers by index, then the rest (final norm, head). The order decides
     which tensors before the first layer form the ``embed`` group and which after the last form
     ``head`` (:mod:`search.space`). The guess can be wrong for a model that registers a module
-    out of that pattern (OPT's decoder registers its final norm before its layers); only
-    ``search validate`` of a ``models.factory`` model relies on it (launch runs the factory)."""
+    out of that pattern (OPT's decoder registers its final norm before its layers). Only
+    ``search validate`` of a ``models.factory`` model builds its space from it (launch runs the
+    factory; other models are built on the meta device; map's early estimate takes the smaller
+    count of this order and the sorted one)."""
     from .space import layer_index
 
     have = set(names)
