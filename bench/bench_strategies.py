@@ -49,7 +49,7 @@ coefficient per expert, same objectives, a subspace of the layer-wise box) for r
     python bench/bench_strategies.py --quick      # budgets 25,50,100, 2 seeds
     python bench/bench_strategies.py --problems digits --out a.json   # one problem per process,
     python bench/bench_strategies.py --combine a.json,b.json          # then merged
-    F="--runs-dir R --reference-factor 0 --heldout-budgets ''"   # fillers: runs only, no scoring work
+    F="--runs-dir R --reference-factor 0 --heldout-budgets="   # fillers: no reference run, no held-out scoring
     python bench/bench_strategies.py $F --strategies mobo --out a.json &    # one pool filled by
     python bench/bench_strategies.py $F --strategies turbo --out b.json     # two processes;
     python bench/bench_strategies.py --runs-dir R --strategies mobo,turbo   # the last runs the reference, scores them all
@@ -451,7 +451,7 @@ def save_run(runs_dir: Path, problem: str, gname: str, seed: int, run: dict[str,
     written to a temporary file and renamed, so a reader never sees half a file."""
     path = _run_path(runs_dir, problem, gname, seed)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".npz.part")
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.part")  # one per writer: two processes may save the same run
     with open(tmp, "wb") as fh:
         np.savez(fh, X=run["X"], V=run["V"], failed=run["failed"], seconds=run.get("seconds", 0.0), strategy_s=run["strategy_s"],
                  eval_s=run.get("eval_s", 0.0), name=name, gname=gname, gran=gran, seed=seed, setup=setup)
@@ -472,7 +472,7 @@ def load_run(runs_dir: Path, problem: str, gname: str, seed: int, setup: str) ->
     try:
         run = _read_run(path) if path.exists() else None
     except Exception as e:  # noqa: BLE001 - a damaged file is re-run
-        print(f"   {path.name}: unreadable ({type(e).__name__}), run again", flush=True)
+        print(f"   {path.name}: unreadable or of an older bench ({type(e).__name__}), run again", flush=True)
         return None
     return run if run is not None and run["setup"] == json.loads(setup) else None
 
@@ -487,7 +487,7 @@ def other_runs(runs_dir: Path, problem: str, have: set[tuple[str, int]], setup: 
         try:
             run = _read_run(path)
         except Exception as e:  # noqa: BLE001 - a file another process is damaging or a stale format
-            print(f"   {path.name}: unreadable ({type(e).__name__}), left out of the pool", flush=True)
+            print(f"   {path.name}: unreadable or of an older bench ({type(e).__name__}), left out of the pool", flush=True)
             continue
         got = dict(run["setup"])
         if run["name"].startswith("reference:"):
@@ -546,8 +546,9 @@ def check_target(results: dict[str, Any], budgets: list[int], target_budget: int
     for pname, p in results["problems"].items():
         runs = p["runs"]
         base = {parse_strategy(b) for b in baselines}
-        names = [n for n in dict.fromkeys(r["strategy"] for r in runs)
-                 if parse_strategy(n.split("@")[0].removesuffix(NOMARGINS)) not in base and n != "map@global"]
+        every = list(dict.fromkeys(r["strategy"] for r in runs))
+        baseline_runs = [n for n in every if parse_strategy(n.split("@")[0].removesuffix(NOMARGINS)) in base]
+        names = [n for n in every if n not in baseline_runs and n != "map@global"]
         hv = {(r["strategy"], r["seed"]): r["hv_val"] for r in runs}
         seeds = sorted({r["seed"] for r in runs})
         hv_test = {(r["strategy"], r["seed"]): r["hv_test"] for r in runs}
@@ -573,8 +574,7 @@ def check_target(results: dict[str, Any], budgets: list[int], target_budget: int
             if not names:
                 break
             best = max(names, key=lambda n: mean(n, b))
-            wins = {bl: int(sum(hv[(best, s)][str(b)] > hv[(bl, s)][str(b)] for s in seeds if (bl, s) in hv and (best, s) in hv)) for bl in baselines
-                    if any((bl, s) in hv for s in seeds)}
+            wins = {bl: int(sum(hv[(best, s)][str(b)] > hv[(bl, s)][str(b)] for s in seeds if (bl, s) in hv and (best, s) in hv)) for bl in baseline_runs}
             t["per_budget"][str(b)] = {"best_project_strategy": best, "mean_hv_fraction": mean(best, b) / p["ref_hv_val"], "seeds": len(seeds), "wins": wins}
         out[pname] = t
     return out

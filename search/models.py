@@ -59,9 +59,9 @@ def module_order(names: Sequence[str], order: Sequence[str] | None = None) -> li
     which tensors before the first layer form the ``embed`` group and which after the last form
     ``head`` (:mod:`search.space`). The guess can be wrong for a model that registers a module
     out of that pattern (OPT's decoder registers its final norm before its layers). Only
-    ``search validate`` of a ``models.factory`` model builds its space from it (launch runs the
-    factory; other models are built on the meta device; map's early estimate takes the smaller
-    count of this order and the sorted one)."""
+    ``search validate`` of a ``models.factory`` or ``trust_remote_code`` model builds its space
+    from it (launch runs that code; other models are built on the meta device; map's early
+    estimate takes the smaller count of this order and the sorted one)."""
     from .space import layer_index
 
     have = set(names)

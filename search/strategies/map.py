@@ -686,8 +686,8 @@ def _expert_points(problem: Problem) -> list[tuple[str, np.ndarray]]:
 
 
 def _dim_from_config(cfg: Any) -> int | None:
-    """A lower bound on the coordinates of the configured space, from safetensors headers only
-    (no weights loaded)."""
+    """The coordinates of the configured space estimated from safetensors headers only (no
+    weights loaded); in the usual layouts a lower bound on the real count."""
     n_exp = len(cfg.models.experts)
     n_par = len(cfg.merge.search)
     if cfg.merge.granularity == "global":
@@ -709,8 +709,8 @@ def _dim_from_config(cfg: Any) -> int | None:
         if not shapes:
             return None
         # the header lists names alphabetically and safetensors_shapes guesses the model's order from
-        # them: the smaller count of the two, so that this early estimate never refuses a space the
-        # real one (the constructor's check) would accept
+        # them: the smaller count of the two, so that this early estimate does not refuse a space the
+        # real one (the constructor's check) would accept when the model's order is either of them
         experts = [e.name for e in cfg.models.experts]
         return min(CoefficientSpace.build(names, experts, cfg.merge).dim for names in (sorted(shapes), list(shapes)))
     except Exception:  # noqa: BLE001 - unknown here; the constructor checks again with the real space
