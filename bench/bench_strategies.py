@@ -458,11 +458,14 @@ def save_run(runs_dir: Path, problem: str, gname: str, seed: int, run: dict[str,
     os.replace(tmp, path)
 
 
-def _read_run(path: Path) -> dict[str, Any]:
+def _read_run(path: Path, arrays: bool = True) -> dict[str, Any]:
+    """A saved run (``arrays`` False: its names, seed and setup only, without reading X and V)."""
     with np.load(path, allow_pickle=False) as d:
-        return {"X": d["X"], "V": d["V"], "failed": int(d["failed"]), "seconds": float(d["seconds"]),
-                "strategy_s": float(d["strategy_s"]), "eval_s": float(d["eval_s"]), "cached": True,
-                "name": str(d["name"]), "gran": str(d["gran"]), "seed": int(d["seed"]), "setup": json.loads(str(d["setup"]))}
+        run = {"name": str(d["name"]), "gran": str(d["gran"]), "seed": int(d["seed"]), "setup": json.loads(str(d["setup"]))}
+        if arrays:
+            run.update(X=d["X"], V=d["V"], failed=int(d["failed"]), seconds=float(d["seconds"]), strategy_s=float(d["strategy_s"]),
+                       eval_s=float(d["eval_s"]), cached=True)
+        return run
 
 
 def load_run(runs_dir: Path, problem: str, gname: str, seed: int, setup: str) -> dict[str, Any] | None:
@@ -485,17 +488,16 @@ def other_runs(runs_dir: Path, problem: str, have: set[tuple[str, int]], setup: 
     out = []
     for path in sorted((runs_dir / problem).glob("*.npz")):
         try:
-            run = _read_run(path)
+            meta = _read_run(path, arrays=False)
+            got = dict(meta["setup"])
+            if meta["name"].startswith("reference:"):
+                got["budget"] = want["budget"]
+            if got != want:
+                print(f"   {path.name}: made with another setup ({meta['setup']}), left out of the pool", flush=True)
+            elif (meta["name"], meta["seed"]) not in have:  # the runs this process holds are not read again
+                out.append((meta["name"], meta["seed"], _read_run(path), meta["gran"]))
         except Exception as e:  # noqa: BLE001 - a file another process is damaging or a stale format
             print(f"   {path.name}: unreadable or of an older bench ({type(e).__name__}), left out of the pool", flush=True)
-            continue
-        got = dict(run["setup"])
-        if run["name"].startswith("reference:"):
-            got["budget"] = want["budget"]
-        if got != want:
-            print(f"   {path.name}: made with another setup ({run['setup']}), left out of the pool", flush=True)
-        elif (run["name"], run["seed"]) not in have:
-            out.append((run["name"], run["seed"], run, run["gran"]))
     return out
 
 

@@ -67,11 +67,16 @@ def module_order(names: Sequence[str], order: Sequence[str] | None = None) -> li
     have = set(names)
     if order is not None and set(order) >= have:
         return list(dict.fromkeys(n for n in order if n in have))
-    index = {n: i for i, n in enumerate(names)}
-    layered = sorted((n for n in names if layer_index(n) is not None), key=lambda n: (layer_index(n), index[n]))
-    inputs = [n for n in names if layer_index(n) is None and _INPUT_RE.search(n)]
-    rest = [n for n in names if layer_index(n) is None and not _INPUT_RE.search(n)]
-    return inputs + layered + rest
+    inputs: list[str] = []
+    layered: list[tuple[int, int, str]] = []
+    rest: list[str] = []
+    for i, n in enumerate(names):
+        li = layer_index(n)
+        if li is not None:
+            layered.append((li, i, n))
+        else:
+            (inputs if _INPUT_RE.search(n) else rest).append(n)
+    return inputs + [n for _, _, n in sorted(layered)] + rest
 
 
 def safetensors_shapes(folder: Path) -> dict[str, tuple[int, ...]] | None:

@@ -5,6 +5,7 @@ item-response fit of ``bench_value_models.py``."""
 from __future__ import annotations
 
 import importlib.util
+import os
 import sys
 from pathlib import Path
 
@@ -15,13 +16,18 @@ BENCH = Path(__file__).resolve().parents[1] / "bench"
 
 
 def _load(name: str):
+    """Import a bench script as a module; what its top level sets for a bench process (thread
+    and hub environment variables, sys.path) is put back, so later tests run as before."""
     spec = importlib.util.spec_from_file_location(f"_bench_{name}", BENCH / f"{name}.py")
     mod = importlib.util.module_from_spec(spec)
+    env, path = dict(os.environ), list(sys.path)
     sys.path.insert(0, str(BENCH))
     try:
         spec.loader.exec_module(mod)
     finally:
-        sys.path.remove(str(BENCH))
+        sys.path[:] = path
+        os.environ.clear()
+        os.environ.update(env)
     return mod
 
 

@@ -712,6 +712,7 @@ def _dim_from_config(cfg: Any) -> int | None:
         # them: the smaller count of the two, so that this early estimate does not refuse a space the
         # real one (the constructor's check) would accept when the model's order is either of them
         experts = [e.name for e in cfg.models.experts]
-        return min(CoefficientSpace.build(names, experts, cfg.merge).dim for names in (sorted(shapes), list(shapes)))
+        orders = {tuple(sorted(shapes)), tuple(shapes)}  # one build when the two agree
+        return min(CoefficientSpace.build(list(names), experts, cfg.merge).dim for names in orders)
     except Exception:  # noqa: BLE001 - unknown here; the constructor checks again with the real space
         return None
