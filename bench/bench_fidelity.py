@@ -2,7 +2,8 @@
 
 For each problem (``--configs``; default ``configs/digits3.yaml``: 3 accuracies on ~100-155
 validation examples each; with ``--shifted`` also the same objectives on 9 one-pixel shifts
-of every validation image, 900-1400 examples each), each strategy (``--strategies``: mobo, nsga2, cmaes) and each seed,
+of every validation image, 900-1400 examples each; with ``--tinylm N`` the quickstart's tiny-lm add
+vs reverse on N generated prompts per task, held out on the shipped 200-prompt test splits), each strategy (``--strategies``: mobo, nsga2, cmaes) and each seed,
 two real runs through the controller (``search.controller.launch``, one in-process worker,
 an SQLite store under ``bench/results/fidelity/``):
 
@@ -17,11 +18,17 @@ front is taken, its validation hypervolume computed, and its members re-evaluate
 held-out split (``heldout`` settings, every example) by one in-process worker; the held-out
 hypervolume is that of those values. The reference point is the report's rule over every
 value measured for the problem (0 for maximised accuracies). Ratios are to the ``off`` run
-of the same strategy and seed at E: the issue's target is held-out hypervolume with fidelity
-on at E/3 >= the ``off`` run's at E.
+of the same strategy and seed at E: the target is held-out hypervolume with fidelity on at
+E/3 >= the ``off`` run's at E. The table also gives the screening factor: the candidates the
+``on`` run finished (stopped or complete) within E/3, and those of them scored on every
+example, as multiples of the ``off`` run's candidates. Its front at E/3 is made of the latter
+only; with a strategy that proposes alike with fidelity on and off, matching the off run at
+E/3 takes looking at about as many candidates (a factor near 1 or above) within that third.
 
     python bench/bench_fidelity.py                       # digits3, mobo/nsga2/cmaes, 5 seeds
     python bench/bench_fidelity.py --seeds 2 --budget 60 # shorter
+    python bench/bench_fidelity.py --only-tinylm --tinylm 1000 --strategies nsga2 --reuse --out ...  # one process per strategy
+    python bench/bench_fidelity.py ... --levels 0.02,0.1,0.3,1 --tag -l4 --reuse   # other levels, the same off runs
 Writes bench/results/fidelity.json (``--out``) and prints a table.
 """
 
@@ -70,6 +77,49 @@ def shifted_digits(out: Path) -> Path:
     return out
 
 
+def _write_once(path: Path, text: str) -> None:
+    """Write ``text`` unless ``path`` already holds it (atomically: bench processes started
+    together share the task folder, and one may be reading it)."""
+    if path.exists() and path.read_text() == text:
+        return
+    tmp = path.with_name(f".{path.name}.{os.getpid()}")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
+def tinylm_problem(n: int, folder: Path) -> tuple[Path, dict[str, Any]]:
+    """The quickstart problem (tiny-lm add vs reverse, lm-eval exact match) searched on ``n``
+    generated validation prompts per task instead of the shipped 40 of 200, held out on the
+    shipped 200-prompt test splits. The prompts are drawn like the zoo's (seeded), distinct and
+    disjoint from both shipped splits; unlike those, they may have been seen in the experts'
+    training (the zoo only keeps the shipped prompts out of it). Writes the lm-eval task folder
+    ``folder`` (jsonl + YAML with absolute paths); returns (config path, config)."""
+    import random
+
+    from search.zoo.tiny_lm import _heldout_prompts, make_example
+
+    folder.mkdir(parents=True, exist_ok=True)
+    shipped = _heldout_prompts()
+    cfg = yaml.safe_load((ROOT / "configs" / "quickstart.yaml").read_text())
+    cfg["name"] = f"tiny-lm-{n}"
+    for o in cfg["objectives"]:
+        task = o["name"]  # add, reverse
+        rng, seen, rows = random.Random(f"bench-fidelity/{n}/{task}"), set(shipped), []
+        while len(rows) < n:
+            prompt, answer = make_example(task, rng)
+            if prompt not in seen:
+                seen.add(prompt)
+                rows.append({"prompt": prompt, "answer": answer})
+        data = folder / f"{task}_validation.jsonl"
+        _write_once(data, "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows))
+        spec = yaml.safe_load((ROOT / "evaluators" / "tasks" / "tinylm" / f"tinylm_{task}.yaml").read_text())
+        spec["task"] = f"tinylm{n}_{task}"
+        spec["dataset_kwargs"] = {"data_files": {"validation": str(data)}}
+        _write_once(folder / f"tinylm{n}_{task}.yaml", yaml.safe_dump(spec, sort_keys=False))
+        o["settings"] = {**o["settings"], "tasks": [spec["task"]], "limit": None, "include_path": [str(folder)]}
+    return ROOT / "configs" / "quickstart.yaml", cfg
+
+
 def shifted_variant(cfg: dict[str, Any], npz: Path) -> dict[str, Any]:
     """``cfg`` (digits objectives) scored on :func:`shifted_digits`' validation examples."""
     cfg = copy.deepcopy(cfg)
@@ -79,13 +129,19 @@ def shifted_variant(cfg: dict[str, Any], npz: Path) -> dict[str, Any]:
     return cfg
 
 
-def run_store(cfg: dict[str, Any], base_dir: Path, store: Path) -> list[Any]:
-    """Launch ``cfg`` (in-process, one worker) into a fresh ``store``; its trials in finish order."""
+def run_store(cfg: dict[str, Any], base_dir: Path, store: Path, reuse: bool = False) -> list[Any]:
+    """Launch ``cfg`` (in-process, one worker) into a fresh ``store``; its trials in finish order.
+    With ``reuse``, a store that already holds the run with the same config and its whole trial
+    budget (or a run that ended early) is read instead."""
     from search.config import parse_config
     from search.controller import launch
     from search.pareto import _finish_order
     from search.report import load_run
 
+    if reuse and store.exists():
+        done = _reusable(cfg, store)
+        if done is not None:
+            return done
     if store.exists():
         store.unlink()
     c = parse_config(cfg).with_base_dir(base_dir)
@@ -95,18 +151,45 @@ def run_store(cfg: dict[str, Any], base_dir: Path, store: Path) -> list[Any]:
     return _finish_order(load_run(cfg["name"], str(store)).trials)
 
 
+def _reusable(cfg: dict[str, Any], store: Path) -> list[Any] | None:
+    """The finished trials of ``store``'s run when it finished with ``cfg``'s seed, strategy,
+    budget, fidelity section and objectives."""
+    from search.pareto import _finish_order
+    from search.report import load_run
+
+    try:
+        run = load_run(cfg["name"], str(store))
+    except Exception:  # noqa: BLE001 - no such run, another schema: run it again
+        return None
+    have = run.config or {}
+
+    def key(c: dict[str, Any]) -> Any:
+        fid = c.get("fidelity") or {}
+        return (c.get("seed"), c["strategy"]["name"], c["strategy"]["budget"],
+                tuple((fid.get(k) if k != "levels" else tuple(fid.get(k) or ())) for k in ("levels", "z", "rule", "epsilon")),
+                json.dumps([{k: o.get(k) for k in ("name", "direction", "settings")} for o in c["objectives"]], sort_keys=True, default=str))
+
+    try:
+        same = key(have) == key(cfg)
+    except (KeyError, TypeError):
+        return None
+    if not same or run.study.status != "finished":
+        return None
+    return _finish_order(run.trials)
+
+
 def curve(trials: list[Any]) -> list[dict[str, Any]]:
-    """Per finished trial: examples and evaluation seconds so far, and the full-fidelity points so far."""
+    """Per finished trial: examples, evaluation seconds and trials so far, and the full-fidelity points so far."""
     from search.pareto import trial_examples
     from search.store import COMPLETE
 
     out, ex, sec, pts = [], 0, 0.0, []
-    for t in trials:
+    for i, t in enumerate(trials):
         ex += trial_examples(t) or 0
         sec += t.evaluate_s or 0.0
         if t.state == COMPLETE and t.values is not None and all(math.isfinite(v) for v in t.values):
             pts.append((t.number, t.candidate["x"], list(t.values)))
-        out.append({"examples": ex, "seconds": sec, "points": list(pts)})
+        out.append({"examples": ex, "seconds": sec, "trials": i + 1, "points": list(pts)})
     return out
 
 
@@ -175,6 +258,14 @@ def main() -> None:
     ap.add_argument("--fractions", default="0.333333,0.5,1.0", help="fractions of the off run's examples to compare at")
     ap.add_argument("--shifted", action="store_true", help="also the digits configs on 9 one-pixel shifts of each validation image")
     ap.add_argument("--only-shifted", action="store_true", help="only the shifted variants")
+    ap.add_argument("--tinylm", type=int, default=0, metavar="N",
+                    help="also tiny-lm add vs reverse searched on N generated prompts per task (held out on the shipped test splits)")
+    ap.add_argument("--only-tinylm", action="store_true", help="only the --tinylm problem")
+    ap.add_argument("--tag", default="", help="appended to the on runs' names (their stores), so that runs with other "
+                    "fidelity settings keep theirs; the off runs are shared (with --reuse, run once)")
+    ap.add_argument("--reuse", action="store_true",
+                    help="reuse a run whose store under bench/results/fidelity/ already holds its trials (several "
+                         "processes can fill the stores, one per strategy, and a last one with --reuse scores them all)")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "fidelity.json"))
     args = ap.parse_args()
     logging.getLogger("search").setLevel(logging.WARNING)
@@ -185,7 +276,7 @@ def main() -> None:
     results: dict[str, Any] = {"args": vars(args), "machine": platform.platform(), "problems": {}}
     t_all = time.time()
     problems: list[tuple[Path, dict[str, Any]]] = []
-    for cpath in args.configs.split(","):
+    for cpath in [] if args.only_tinylm else args.configs.split(","):
         path = (ROOT / cpath).resolve()
         base = yaml.safe_load(path.read_text())
         base.setdefault("name", path.stem)
@@ -193,6 +284,8 @@ def main() -> None:
             problems.append((path, base))
         if args.shifted or args.only_shifted:
             problems.append((path, shifted_variant(base, shifted_digits(store_dir / "digits-shift9.npz"))))
+    if args.tinylm or args.only_tinylm:
+        problems.append(tinylm_problem(args.tinylm or 1000, store_dir / f"tinylm{args.tinylm or 1000}"))
     for path, base in problems:
         pname = base["name"]
         directions = [o["direction"] for o in base["objectives"]]
@@ -202,7 +295,7 @@ def main() -> None:
             for seed in range(args.seeds):
                 for mode in ("off", "on"):
                     cfg = copy.deepcopy(base)
-                    cfg["name"] = f"{pname}-{strat}-{mode}-{seed}"
+                    cfg["name"] = f"{pname}-{strat}-{mode}{args.tag if mode == 'on' else ''}-{seed}"
                     cfg["seed"] = seed
                     cfg["strategy"] = {"name": strat, "budget": args.budget, "options": {}}
                     cfg["workers"] = {"backend": "local", "count": 1}
@@ -210,7 +303,7 @@ def main() -> None:
                         cfg["fidelity"] = {"levels": levels, "z": args.z, "rule": args.rule, "epsilon": args.epsilon}
                         cfg["strategy"]["budget"] = int(args.on_factor * args.budget)
                     t0 = time.time()
-                    trials = run_store(cfg, path.parent, store_dir / f"{cfg['name']}.db")
+                    trials = run_store(cfg, path.parent, store_dir / f"{cfg['name']}.db", args.reuse)
                     runs[cfg["name"]] = {"strategy": strat, "seed": seed, "mode": mode, "wall_s": time.time() - t0,
                                          "curve": curve(trials), "n_trials": len(trials),
                                          "levels": _level_counts(trials)}
@@ -224,7 +317,7 @@ def main() -> None:
         for strat in args.strategies.split(","):
             for seed in range(args.seeds):
                 off = runs[f"{pname}-{strat}-off-{seed}"]
-                on = runs[f"{pname}-{strat}-on-{seed}"]
+                on = runs[f"{pname}-{strat}-on{args.tag}-{seed}"]
                 E = off["curve"][-1]["examples"]
                 row: dict[str, Any] = {"strategy": strat, "seed": seed, "examples_off": E,
                                        "trials_on": on["n_trials"], "levels_on": on["levels"]}
@@ -238,6 +331,8 @@ def main() -> None:
                             "hv_val": hv_of([v for _, v in fr], directions, ref),
                             "hv_test": hv_of([held(x) for x, _ in fr], directions, ref),
                             "front": len(fr),
+                            "trials": st["trials"] if st else 0,  # candidates finished (stopped or complete)
+                            "full": len(st["points"]) if st else 0,  # of them scored on every example
                         }
                 # examples the on run needed to reach the off run's final validation / held-out hypervolume
                 target_val, target_test = row["off@1.00"]["hv_val"], row["off@1.00"]["hv_test"]
@@ -281,7 +376,7 @@ def print_table(pname: str, rows: list[dict[str, Any]], fractions: list[float]) 
     print(f"\n{pname}: hypervolume with fidelity on / off, as ratios to the off run at all its examples E "
           "(mean over seeds; validation / held-out)")
     head = ["strategy", "seeds"] + [f"off@{f:.2f}E" for f in fractions[:-1]] + [f"on@{f:.2f}E" for f in fractions] + \
-        ["on reaches off(E) val / test at", "on: trials, finished per level"]
+        ["on reaches off(E) val / test at", "on@E/3: candidates, full (x off's)", "on: trials, finished per level"]
     print(" | ".join(head))
     for strat in dict.fromkeys(r["strategy"] for r in rows):
         rs = [r for r in rows if r["strategy"] == strat]
@@ -299,6 +394,11 @@ def print_table(pname: str, rows: list[dict[str, Any]], fractions: list[float]) 
             return f"{np.mean(got):.2f}E ({len(got)}/{len(rs)})" if got else f"never (0/{len(rs)})"
 
         cells.append(f"{reach('on_examples_to_off_val')} / {reach('on_examples_to_off_test')}")
+        # the screening factor: to match the off run at a third of its examples, the on run must
+        # have looked at about 3x as many candidates in that third as the off run scored fully
+        f0 = f"on@{fractions[0]:.2f}"
+        n_off = np.mean([r["off@1.00"]["trials"] for r in rs])
+        cells.append(f"{np.mean([r[f0]['trials'] for r in rs]) / n_off:.2f}, {np.mean([r[f0]['full'] for r in rs]) / n_off:.2f}")
         lv: dict[str, int] = {}
         for r in rs:
             for k, n in r["levels_on"].items():

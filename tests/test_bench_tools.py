@@ -78,3 +78,78 @@ def test_item_response_fit_recovers_the_probabilities_it_was_drawn_from() -> Non
     # the fitted probabilities track the true ones far better than the 0/1 draws do
     assert np.corrcoef(P_hat.ravel(), P.ravel())[0, 1] > 0.85
     assert np.abs(P_hat - P).mean() < 0.5 * np.abs(Y - P).mean()
+
+
+def test_fidelity_bench_tinylm_problem_has_n_new_prompts_per_task_and_validates(tmp_path: Path) -> None:
+    """``bench_fidelity.py --tinylm N``: N distinct generated prompts per task, none of them a
+    shipped validation or test prompt (the held-out split stays unseen), the same bytes when
+    written again, and a config that `search validate` accepts with fidelity on."""
+    import json
+
+    from search.config import parse_config
+    from search.validation import check_config
+    from search.zoo.tiny_lm import _heldout_prompts
+
+    bf = _load("bench_fidelity")
+    path, cfg = bf.tinylm_problem(60, tmp_path / "t60")
+    shipped = _heldout_prompts()
+    for o in cfg["objectives"]:
+        rows = [json.loads(x) for x in (tmp_path / "t60" / f"{o['name']}_validation.jsonl").read_text().splitlines()]
+        prompts = [r["prompt"] for r in rows]
+        assert len(prompts) == 60 == len(set(prompts))
+        assert not set(prompts) & shipped
+        assert o["settings"]["tasks"] == [f"tinylm60_{o['name']}"] and o["settings"]["limit"] is None
+        assert o["heldout"]["tasks"] == [f"tinylm_{o['name']}_test"]
+    before = {p.name: p.read_bytes() for p in (tmp_path / "t60").iterdir()}
+    bf.tinylm_problem(60, tmp_path / "t60")
+    assert {p.name: p.read_bytes() for p in (tmp_path / "t60").iterdir()} == before
+    cfg["fidelity"] = {"levels": [0.1, 0.3, 1.0]}
+    issues = check_config(parse_config(cfg).with_base_dir(path.parent))
+    assert issues == [], issues
+
+
+def test_fidelity_bench_reuses_a_store_only_for_the_same_finished_run(tmp_path: Path, monkeypatch) -> None:
+    """``bench_fidelity.py --reuse``: a finished run with the same seed, strategy, budget,
+    fidelity and objectives is read back (trial for trial); any of those changed is run again."""
+    import copy
+
+    import yaml
+
+    bf = _load("bench_fidelity")
+    root = Path(__file__).resolve().parents[1] / "configs"
+    cfg = yaml.safe_load((root / "digits3.yaml").read_text())
+    cfg.update(name="reuse", strategy={"name": "random", "budget": 4, "options": {}},
+               workers={"backend": "local", "count": 1}, fidelity={"levels": [0.3, 1.0], "z": 1.0, "rule": "paired", "epsilon": 0.0})
+    store = tmp_path / "reuse.db"
+    first = bf.run_store(cfg, root, store)
+    assert len(first) == 4
+
+    import search.controller
+
+    def no_launch(*a, **k):
+        raise AssertionError("launched again")
+
+    monkeypatch.setattr(search.controller, "launch", no_launch)
+    again = bf.run_store(cfg, root, store, reuse=True)
+    assert [(t.number, t.state, t.values) for t in again] == [(t.number, t.state, t.values) for t in first]
+    for change in ({"seed": 1}, {"strategy": {"name": "random", "budget": 5, "options": {}}},
+                   {"fidelity": {"levels": [0.5, 1.0], "z": 1.0, "rule": "paired", "epsilon": 0.0}}):
+        other = {**copy.deepcopy(cfg), **change}
+        assert bf._reusable(other, store) is None, change
+
+
+def test_fidelity_estimators_anchor_is_exact_when_examples_repeat_the_same_patterns() -> None:
+    """``bench_fidelity_estimators.py``: when every example behaves like one of a few kinds
+    across the trials, one anchor per kind (weighted by the kind's share) gives every later
+    trial's full-set accuracy exactly; the seeded subset mean does not."""
+    be = _load("bench_fidelity_estimators")
+    rng = np.random.default_rng(0)
+    kinds = rng.integers(0, 4, size=200)  # 4 kinds of example, in unequal shares
+    T = 30
+    per_kind = rng.random((T, 4)) < np.array([0.2, 0.5, 0.7, 0.9])
+    Y = per_kind[:, kinds].astype(np.float64)
+    idx, w = be.anchors(Y[:10], 8, seed=0)
+    assert len(idx) <= 8 and abs(w.sum() - 1.0) < 1e-12
+    err = be.estimate_run(Y, [0.04], history=10, refit=5, neighbours=3, seed=0, irt_dim=1)["0.04"]
+    assert len(err["anchor"]) == len(err["subset"]) == T - 10
+    assert max(err["anchor"]) < 1e-12 < np.mean(err["subset"])
