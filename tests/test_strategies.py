@@ -1112,6 +1112,31 @@ def test_mobo_treats_low_fidelity_values_as_noisier() -> None:
     assert_candidates(s.ask(2), prob)
 
 
+def test_mobo_fills_a_subsets_unscored_margins_with_what_the_subset_showed() -> None:
+    """A low-fidelity row's unscored margins are the margin model's prediction (from the rows
+    that scored every example) shifted by the row's mean residual on the examples it scored:
+    a merge that did worse than predicted on its subset is predicted worse on the rest too."""
+    from search.strategies.gp import SharedKernelGP
+
+    s = make("mobo", problem(budget=40), seed=1)
+    rng = np.random.default_rng(0)
+    d = s.problem.dim
+    U = rng.random((8, d))
+    w = rng.normal(size=(d, 12))
+    Mj = U @ w - 0.3  # 12 examples' margins, smooth in u
+    Mj[-1, :4] -= 0.8  # the last row: scored 4 examples, 0.8 worse than its neighbours there
+    Mj[-1, 4:] = np.nan
+    filled = s._fill_unscored(U, Mj.copy(), 0)
+    gp = SharedKernelGP(d, None)
+    gp.condition(U[:-1], Mj[:-1])
+    pred = gp.predict_mean(U[-1:])[0]
+    resid = float(np.mean(Mj[-1, :4] - pred[:4]))
+    assert resid < -0.3
+    np.testing.assert_allclose(filled[-1, 4:], pred[4:] + resid, atol=1e-9)
+    np.testing.assert_array_equal(filled[:-1], Mj[:-1])  # full rows as they were
+    np.testing.assert_array_equal(filled[-1, :4], Mj[-1, :4])  # scored margins as they were
+
+
 def test_turbo_runs_with_the_logit_value_model() -> None:
     """turbo reads each model's lengthscales; the logit value model (value_warp: accuracies k/n
     without margins) passes them through."""

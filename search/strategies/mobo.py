@@ -229,7 +229,13 @@ class MOBOStrategy(Strategy):
 
     def _fill_unscored(self, U: np.ndarray, Mj: np.ndarray, j: int) -> np.ndarray | None:
         """Margins of examples a low-fidelity result did not score: the margin model's
-        prediction from the rows that scored every example (None when fewer than 2 did)."""
+        prediction from the rows that scored every example, shifted by the row's mean residual
+        on the examples it did score (None when fewer than 2 rows scored every example).
+
+        The shift carries what the subset showed (this merge does worse, or better, than the
+        model expected there) over to the unscored examples, as the paired estimate of a
+        value does. Unshifted, 90 % of a stopped candidate's margins would be the model's own
+        prediction, taken as data: the model would stay as sure of its mistake as before."""
         miss = np.isnan(Mj)
         if not miss.any():
             return Mj
@@ -238,7 +244,11 @@ class MOBOStrategy(Strategy):
             return None
         mgp = self._new_margin_gp(self._mthetas[j])
         mgp.condition(U[full], Mj[full])
-        return np.where(miss, mgp.predict_mean(U), Mj)
+        pred = mgp.predict_mean(U)
+        scored = ~miss
+        n = scored.sum(axis=1)
+        shift = np.where(n > 0, np.where(scored, Mj - pred, 0.0).sum(axis=1) / np.maximum(n, 1), 0.0)
+        return np.where(miss, pred + shift[:, None], Mj)
 
     def _example_count(self, j: int, values: np.ndarray) -> int | None:
         """The smallest n (at most 100000) such that every value of objective ``j`` is a fraction
