@@ -28,7 +28,7 @@ E/3 takes looking at about as many candidates (a factor near 1 or above) within 
     python bench/bench_fidelity.py                       # digits3, mobo/nsga2/cmaes, 5 seeds
     python bench/bench_fidelity.py --seeds 2 --budget 60 # shorter
     python bench/bench_fidelity.py --only-tinylm --tinylm 1000 --strategies nsga2 --reuse --out ...  # one process per strategy
-    python bench/bench_fidelity.py ... --levels 0.02,0.1,0.3,1 --tag -l4 --reuse   # other levels, the same off runs
+    python bench/bench_fidelity.py ... --levels 0.02,0.1,0.3,1 --tag=-l4 --reuse   # other levels, the same off runs
 Writes bench/results/fidelity.json (``--out``) and prints a table.
 """
 
