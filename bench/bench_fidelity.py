@@ -105,11 +105,16 @@ def tinylm_problem(n: int, folder: Path) -> tuple[Path, dict[str, Any]]:
     for o in cfg["objectives"]:
         task = o["name"]  # add, reverse
         rng, seen, rows = random.Random(f"bench-fidelity/{n}/{task}"), set(shipped), []
-        while len(rows) < n:
+        for _ in range(50 * n):
+            if len(rows) == n:
+                break
             prompt, answer = make_example(task, rng)
             if prompt not in seen:
                 seen.add(prompt)
                 rows.append({"prompt": prompt, "answer": answer})
+        if len(rows) < n:
+            raise SystemExit(f"--tinylm {n}: the {task} task has only about {len(rows)} prompts that are not shipped ones; "
+                             "ask for fewer")
         data = folder / f"{task}_validation.jsonl"
         _write_once(data, "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows))
         spec = yaml.safe_load((ROOT / "evaluators" / "tasks" / "tinylm" / f"tinylm_{task}.yaml").read_text())
@@ -131,50 +136,46 @@ def shifted_variant(cfg: dict[str, Any], npz: Path) -> dict[str, Any]:
 
 def run_store(cfg: dict[str, Any], base_dir: Path, store: Path, reuse: bool = False) -> list[Any]:
     """Launch ``cfg`` (in-process, one worker) into a fresh ``store``; its trials in finish order.
-    With ``reuse``, a store that already holds the run with the same config and its whole trial
-    budget (or a run that ended early) is read instead."""
+    With ``reuse``, an existing ``store`` is read instead and never replaced: it must hold the
+    run finished with the same config identity and budget, or the bench stops with one line."""
     from search.config import parse_config
     from search.controller import launch
     from search.pareto import _finish_order
     from search.report import load_run
 
-    if reuse and store.exists():
-        done = _reusable(cfg, store)
-        if done is not None:
-            return done
-    if store.exists():
-        store.unlink()
     c = parse_config(cfg).with_base_dir(base_dir)
+    if reuse and store.exists():
+        return _reused(c, store)
+    for f in (store, store.with_name(store.name + "-wal"), store.with_name(store.name + "-shm")):
+        f.unlink(missing_ok=True)
     rc = launch(c, store=str(store))
     if rc != 0:
         raise SystemExit(f"run {cfg['name']} failed with exit code {rc}")
     return _finish_order(load_run(cfg["name"], str(store)).trials)
 
 
-def _reusable(cfg: dict[str, Any], store: Path) -> list[Any] | None:
-    """The finished trials of ``store``'s run when it finished with ``cfg``'s seed, strategy,
-    budget, fidelity section and objectives."""
+def _reused(c: Any, store: Path) -> list[Any]:
+    """The trials of ``store``'s finished run ``c.name`` when it was launched with the config
+    identity (problem, merge, objectives, strategy and options, fidelity, seed) and budget of
+    ``c``; otherwise SystemExit naming what differs. The identity covers configs, not code: after
+    a change to a strategy, give its new runs another ``--tag`` (or remove the stores)."""
+    from search.controller import config_identity
     from search.pareto import _finish_order
     from search.report import load_run
+    from search.store import StoreError
 
+    fix = "use another --tag, or remove the file to run it again"
     try:
-        run = load_run(cfg["name"], str(store))
-    except Exception:  # noqa: BLE001 - no such run, another schema: run it again
-        return None
-    have = run.config or {}
-
-    def key(c: dict[str, Any]) -> Any:
-        fid = c.get("fidelity") or {}
-        return (c.get("seed"), c["strategy"]["name"], c["strategy"]["budget"],
-                tuple((fid.get(k) if k != "levels" else tuple(fid.get(k) or ())) for k in ("levels", "z", "rule", "epsilon")),
-                json.dumps([{k: o.get(k) for k in ("name", "direction", "settings")} for o in c["objectives"]], sort_keys=True, default=str))
-
-    try:
-        same = key(have) == key(cfg)
-    except (KeyError, TypeError):
-        return None
-    if not same or run.study.status != "finished":
-        return None
+        run = load_run(c.name, str(store))
+    except StoreError as e:
+        raise SystemExit(f"--reuse: {store}: {e}; {fix}") from None
+    if run.study.config_sha != config_identity(c):
+        raise SystemExit(f"--reuse: {store} holds {c.name} launched with another config; {fix}")
+    if run.budget != c.strategy.budget:
+        raise SystemExit(f"--reuse: {store} holds {c.name} with budget {run.budget}, not {c.strategy.budget}; {fix}")
+    if run.study.status != "finished":
+        raise SystemExit(f"--reuse: {store} holds {c.name} with status {run.study.status!r} (still running or "
+                         f"interrupted); wait for it, or remove the file to run it again")
     return _finish_order(run.trials)
 
 
@@ -264,8 +265,9 @@ def main() -> None:
     ap.add_argument("--tag", default="", help="appended to the on runs' names (their stores), so that runs with other "
                     "fidelity settings keep theirs; the off runs are shared (with --reuse, run once)")
     ap.add_argument("--reuse", action="store_true",
-                    help="reuse a run whose store under bench/results/fidelity/ already holds its trials (several "
-                         "processes can fill the stores, one per strategy, and a last one with --reuse scores them all)")
+                    help="read a run whose store under bench/results/fidelity/ exists instead of running it; the store must "
+                         "hold that run finished with the same config and budget (never replaced: the bench stops with one "
+                         "line otherwise), so several processes can fill the stores, one per strategy")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "fidelity.json"))
     args = ap.parse_args()
     logging.getLogger("search").setLevel(logging.WARNING)
@@ -376,7 +378,7 @@ def print_table(pname: str, rows: list[dict[str, Any]], fractions: list[float]) 
     print(f"\n{pname}: hypervolume with fidelity on / off, as ratios to the off run at all its examples E "
           "(mean over seeds; validation / held-out)")
     head = ["strategy", "seeds"] + [f"off@{f:.2f}E" for f in fractions[:-1]] + [f"on@{f:.2f}E" for f in fractions] + \
-        ["on reaches off(E) val / test at", "on@E/3: candidates, full (x off's)", "on: trials, finished per level"]
+        ["on reaches off(E) val / test at", f"on@{fractions[0]:.2f}E: candidates, full (x off's)", "on: trials, finished per level"]
     print(" | ".join(head))
     for strat in dict.fromkeys(r["strategy"] for r in rows):
         rs = [r for r in rows if r["strategy"] == strat]
@@ -394,8 +396,9 @@ def print_table(pname: str, rows: list[dict[str, Any]], fractions: list[float]) 
             return f"{np.mean(got):.2f}E ({len(got)}/{len(rs)})" if got else f"never (0/{len(rs)})"
 
         cells.append(f"{reach('on_examples_to_off_val')} / {reach('on_examples_to_off_test')}")
-        # the screening factor: to match the off run at a third of its examples, the on run must
-        # have looked at about 3x as many candidates in that third as the off run scored fully
+        # the screening factor at the first fraction: candidates the on run finished within it (and
+        # those of them scored on every example) per candidate of the off run; matching the off
+        # run's front at E/3 with a third of its full evaluations takes a factor near 1 or above
         f0 = f"on@{fractions[0]:.2f}"
         n_off = np.mean([r["off@1.00"]["trials"] for r in rs])
         cells.append(f"{np.mean([r[f0]['trials'] for r in rs]) / n_off:.2f}, {np.mean([r[f0]['full'] for r in rs]) / n_off:.2f}")

@@ -106,11 +106,15 @@ def test_fidelity_bench_tinylm_problem_has_n_new_prompts_per_task_and_validates(
     cfg["fidelity"] = {"levels": [0.1, 0.3, 1.0]}
     issues = check_config(parse_config(cfg).with_base_dir(path.parent))
     assert issues == [], issues
+    with pytest.raises(SystemExit, match="add task has only about"):  # two-digit additions: 10,000 prompts
+        bf.tinylm_problem(12000, tmp_path / "too-many")
 
 
 def test_fidelity_bench_reuses_a_store_only_for_the_same_finished_run(tmp_path: Path, monkeypatch) -> None:
-    """``bench_fidelity.py --reuse``: a finished run with the same seed, strategy, budget,
-    fidelity and objectives is read back (trial for trial); any of those changed is run again."""
+    """``bench_fidelity.py --reuse``: a finished run with the same config identity and budget is
+    read back (trial for trial). Another seed, budget, fidelity section, objective or strategy
+    option, or a run that did not finish, stops the bench with one line naming the store, and
+    the store is left as it was (never replaced)."""
     import copy
 
     import yaml
@@ -132,10 +136,26 @@ def test_fidelity_bench_reuses_a_store_only_for_the_same_finished_run(tmp_path: 
     monkeypatch.setattr(search.controller, "launch", no_launch)
     again = bf.run_store(cfg, root, store, reuse=True)
     assert [(t.number, t.state, t.values) for t in again] == [(t.number, t.state, t.values) for t in first]
-    for change in ({"seed": 1}, {"strategy": {"name": "random", "budget": 5, "options": {}}},
-                   {"fidelity": {"levels": [0.5, 1.0], "z": 1.0, "rule": "paired", "epsilon": 0.0}}):
+    held = store.read_bytes()
+    other_obj = copy.deepcopy(cfg["objectives"])
+    other_obj[0]["settings"]["labels"] = [0, 1, 2]
+    for change, says in (({"seed": 1}, "another config"),
+                         ({"strategy": {"name": "random", "budget": 5, "options": {}}}, "budget 4, not 5"),
+                         ({"strategy": {"name": "random", "budget": 4, "options": {"include_seeds": True}}}, "another config"),
+                         ({"fidelity": {"levels": [0.5, 1.0], "z": 1.0, "rule": "paired", "epsilon": 0.0}}, "another config"),
+                         ({"objectives": other_obj}, "another config")):
         other = {**copy.deepcopy(cfg), **change}
-        assert bf._reusable(other, store) is None, change
+        with pytest.raises(SystemExit) as e:
+            bf.run_store(other, root, store, reuse=True)
+        assert str(store) in str(e.value) and says in str(e.value), (change, str(e.value))
+    from search.store import Store
+
+    st = Store.open(str(store))
+    st.set_status(st.study("reuse").id, "interrupted")
+    st.close()
+    with pytest.raises(SystemExit, match="status 'interrupted'"):
+        bf.run_store(cfg, root, store, reuse=True)
+    assert store.exists() and len(store.read_bytes()) == len(held)
 
 
 def test_fidelity_estimators_anchor_is_exact_when_examples_repeat_the_same_patterns() -> None:

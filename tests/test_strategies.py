@@ -1112,29 +1112,36 @@ def test_mobo_treats_low_fidelity_values_as_noisier() -> None:
     assert_candidates(s.ask(2), prob)
 
 
-def test_mobo_fills_a_subsets_unscored_margins_with_what_the_subset_showed() -> None:
+@pytest.mark.parametrize("name", ["mobo", "turbo"])
+def test_mobo_fills_a_subsets_unscored_margins_with_what_the_subset_showed(name: str) -> None:
     """A low-fidelity row's unscored margins are the margin model's prediction (from the rows
-    that scored every example) shifted by the row's mean residual on the examples it scored:
-    a merge that did worse than predicted on its subset is predicted worse on the rest too."""
-    from search.strategies.gp import SharedKernelGP
-
-    s = make("mobo", problem(budget=40), seed=1)
+    that scored every example) shifted by that row's own mean residual on the examples it
+    scored: a merge that did worse than predicted on its subset is predicted worse on the rest
+    too, one that did better, better; a row that scored nothing keeps the prediction."""
+    s = make(name, problem(budget=40), seed=1)
     rng = np.random.default_rng(0)
     d = s.problem.dim
-    U = rng.random((8, d))
+    U = rng.random((10, d))
     w = rng.normal(size=(d, 12))
     Mj = U @ w - 0.3  # 12 examples' margins, smooth in u
-    Mj[-1, :4] -= 0.8  # the last row: scored 4 examples, 0.8 worse than its neighbours there
+    Mj[-1, :4] -= 0.8  # scored 4 examples, 0.8 worse than its neighbours there
     Mj[-1, 4:] = np.nan
+    Mj[-2, :6] += 0.5  # scored 6, better
+    Mj[-2, 6:] = np.nan
+    Mj[-3, :] = np.nan  # scored none of this objective's examples
     filled = s._fill_unscored(U, Mj.copy(), 0)
-    gp = SharedKernelGP(d, None)
-    gp.condition(U[:-1], Mj[:-1])
-    pred = gp.predict_mean(U[-1:])[0]
-    resid = float(np.mean(Mj[-1, :4] - pred[:4]))
-    assert resid < -0.3
-    np.testing.assert_allclose(filled[-1, 4:], pred[4:] + resid, atol=1e-9)
-    np.testing.assert_array_equal(filled[:-1], Mj[:-1])  # full rows as they were
+    gp = s._new_margin_gp(s._mthetas[0])  # the strategy's own margin model (turbo's ties its kernel)
+    gp.condition(U[:-3], Mj[:-3])
+    pred = gp.predict_mean(U[-3:])
+    worse = float(np.mean(Mj[-1, :4] - pred[2, :4]))
+    better = float(np.mean(Mj[-2, :6] - pred[1, :6]))
+    assert worse < -0.3 and better > 0.2
+    np.testing.assert_allclose(filled[-1, 4:], pred[2, 4:] + worse, atol=1e-9)
+    np.testing.assert_allclose(filled[-2, 6:], pred[1, 6:] + better, atol=1e-9)
+    np.testing.assert_allclose(filled[-3], pred[0], atol=1e-9)
+    np.testing.assert_array_equal(filled[:-3], Mj[:-3])  # full rows as they were
     np.testing.assert_array_equal(filled[-1, :4], Mj[-1, :4])  # scored margins as they were
+    assert np.isfinite(filled).all()
 
 
 def test_turbo_runs_with_the_logit_value_model() -> None:

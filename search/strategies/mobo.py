@@ -234,8 +234,10 @@ class MOBOStrategy(Strategy):
 
         The shift carries what the subset showed (this merge does worse, or better, than the
         model expected there) over to the unscored examples, as the paired estimate of a
-        value does. Unshifted, 90 % of a stopped candidate's margins would be the model's own
-        prediction, taken as data: the model would stay as sure of its mistake as before."""
+        value does. Unshifted, most of a stopped candidate's margins (90 % at a 10 % level)
+        would be the model's own prediction, taken as data: the model would stay as sure of
+        its mistake as before. One mean shift per row: an objective over several tasks gets one
+        shift across them, and one example with an extreme margin moves it."""
         miss = np.isnan(Mj)
         if not miss.any():
             return Mj
