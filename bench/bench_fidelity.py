@@ -287,7 +287,8 @@ def main() -> None:
         if args.shifted or args.only_shifted:
             problems.append((path, shifted_variant(base, shifted_digits(store_dir / "digits-shift9.npz"))))
     if args.tinylm or args.only_tinylm:
-        problems.append(tinylm_problem(args.tinylm or 1000, store_dir / f"tinylm{args.tinylm or 1000}"))
+        n = args.tinylm or 1000
+        problems.append(tinylm_problem(n, store_dir / f"tinylm{n}"))
     for path, base in problems:
         pname = base["name"]
         directions = [o["direction"] for o in base["objectives"]]

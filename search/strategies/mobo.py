@@ -247,9 +247,8 @@ class MOBOStrategy(Strategy):
         mgp = self._new_margin_gp(self._mthetas[j])
         mgp.condition(U[full], Mj[full])
         pred = mgp.predict_mean(U)
-        scored = ~miss
-        n = scored.sum(axis=1)
-        shift = np.where(n > 0, np.where(scored, Mj - pred, 0.0).sum(axis=1) / np.maximum(n, 1), 0.0)
+        resid = np.where(miss, 0.0, Mj - pred)  # 0 where unscored: a row that scored nothing is not shifted
+        shift = resid.sum(axis=1) / np.maximum((~miss).sum(axis=1), 1)
         return np.where(miss, pred + shift[:, None], Mj)
 
     def _example_count(self, j: int, values: np.ndarray) -> int | None:
