@@ -95,3 +95,17 @@ def test_nothing_cites_notes_outside_the_repository() -> None:
             if pattern.search(line):
                 hits.append(f"{path.relative_to(ROOT)}:{i}: {line.strip()}")
     assert not hits, "cite docs/ instead:\n" + "\n".join(hits)
+
+
+def test_ci_stops_with_one_line_before_an_install_the_disk_cannot_hold(tmp_path: Path) -> None:
+    """`.ci/disk.sh`'s check, run before each CI venv is built: exit 2 and one line naming the
+    step, the folder and the space, instead of pip's out-of-space error halfway through."""
+    def check(gib: int) -> subprocess.CompletedProcess:
+        script = f'source "{ROOT / ".ci" / "disk.sh"}"; need_free_gib "{tmp_path}" {gib} "the test venv"; echo fits'
+        return subprocess.run(["bash", "-c", script], capture_output=True, text=True)
+    ok = check(0)
+    assert (ok.returncode, ok.stdout.strip(), ok.stderr) == (0, "fits", "")
+    short = check(10**9)
+    assert short.returncode == 2 and short.stdout == ""
+    line, = short.stderr.splitlines()
+    assert line.startswith(f"the test venv needs about {10**9} GiB free on the disk of {tmp_path}, which has ")
