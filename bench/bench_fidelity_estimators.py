@@ -109,17 +109,16 @@ def estimate_run(Y: np.ndarray, fractions: list[float], history: int, refit: int
     perm = rng.permutation(N)  # nested seeded subsets, as a fidelity level draws them
     truth = Y.mean(1)
     err: dict[str, dict[str, list[float]]] = {f"{f:g}": {e: [] for e in ESTIMATORS} for f in fractions}
+    ks = {f: min(N, max(1, int(round(f * N)))) for f in fractions}  # examples scored per fraction
     fitted: dict[str, Any] = {}
     for t in range(history, T):
         H, y = Y[:t], Y[t]
         if (t - history) % refit == 0:
             fitted = {"irt": fit_irt(H, d=irt_dim)}
-            for f in fractions:
-                k = max(1, int(round(f * N)))
+            for f, k in ks.items():
                 if k <= anchor_max:
-                    fitted[f"anchor{f}"] = anchors(H, min(k, N), seed)
-        for f in fractions:
-            k = max(1, int(round(f * N)))
+                    fitted[f"anchor{f}"] = anchors(H, k, seed)
+        for f, k in ks.items():
             S = perm[:k]
             e = err[f"{f:g}"]
             sub = y[S].mean()
