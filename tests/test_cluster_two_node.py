@@ -147,12 +147,20 @@ def _stop_nodes(sids: set[int]) -> list[str]:
     return [f"{p.pid} {p.name()}" for p in _session_procs(sids)]
 
 
-def _cluster_nodes(address: str, env: dict[str, str]) -> dict[str, dict[str, float]]:
-    """Node id -> resources of the live cluster (from a short separate driver)."""
+def _cluster_nodes(address: str, env: dict[str, str], expect: int = 2, wait_s: float = 60.0) -> dict[str, dict[str, float]]:
+    """Node id -> resources of the live cluster (from a short separate driver), once ``expect``
+    nodes are alive or after ``wait_s`` seconds: ``ray start`` returns when a node's raylet is
+    started, before the raylet has registered with the head, so the node may not be listed yet."""
     code = (
-        "import json, ray\n"
+        "import json, time, ray\n"
         f"ray.init(address={address!r}, log_to_driver=False)\n"
-        "print(json.dumps({n['NodeID']: n['Resources'] for n in ray.nodes() if n['Alive']}))\n"
+        f"deadline = time.monotonic() + {wait_s}\n"
+        "while True:\n"
+        "    alive = {n['NodeID']: n['Resources'] for n in ray.nodes() if n['Alive']}\n"
+        f"    if len(alive) >= {expect} or time.monotonic() > deadline:\n"
+        "        break\n"
+        "    time.sleep(0.5)\n"
+        "print(json.dumps(alive))\n"
         "ray.shutdown()\n"
     )
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
